@@ -1,0 +1,9 @@
+//! motherduck-rotator: rotates MotherDuck service-account tokens.
+//!
+//! See `ARCHITECTURE.md` at the repository root for the bird's-eye view and
+//! the codemap.
+
+pub mod cli;
+pub mod motherduck;
+pub mod secret;
+pub mod simulator;
