@@ -28,13 +28,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::error::{ApiError, Endpoint, ErrorBody};
+use super::rate::RateGate;
 use super::types::*;
 use crate::secret::{ExposeSecret, SecretString};
 
@@ -218,7 +218,7 @@ struct Inner {
     /// `Bearer <admin token>`, marked sensitive so hyper never prints it.
     admin_auth: HeaderValue,
     cfg: ClientConfig,
-    limiter: DefaultDirectRateLimiter,
+    limiter: RateGate,
 }
 
 /// One attempt's failure plus what the retry logic needs to know about it.
@@ -243,7 +243,7 @@ impl Client {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| ClientBuildError::Http(e.to_string()))?;
-        let limiter = RateLimiter::direct(Quota::per_second(cfg.rate_limit_per_second));
+        let limiter = RateGate::new(cfg.rate_limit_per_second);
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
@@ -316,8 +316,10 @@ impl Client {
     /// module documentation. `req.name` should be unique.
     ///
     /// # Errors
-    /// Validation and auth errors at once; [`ApiError::CreateOutcomeUnknown`]
-    /// when retries ran out and a token with this name may exist.
+    /// Validation and auth errors at once; the last failure when retries
+    /// ran out (no token with this name is then live);
+    /// [`ApiError::CreateOutcomeUnknown`] when the check by listing failed,
+    /// so a token with this name may exist.
     pub async fn create_token(
         &self,
         username: &str,
@@ -349,54 +351,22 @@ impl Client {
             if !definitely_not_created && !ambiguous {
                 return Err(failure.error);
             }
-            let Some(delay) = backoff.next() else {
-                return Err(if ambiguous {
-                    ApiError::CreateOutcomeUnknown {
+            if ambiguous {
+                // Find out whether the failed attempt created a token; if it
+                // did, its secret is lost, so revoke it.
+                if let Err(e) = self.discard_lost_tokens(username, &req.name).await {
+                    return Err(ApiError::CreateOutcomeUnknown {
                         endpoint,
                         username: username.to_owned(),
                         name: req.name.clone(),
                         attempts,
-                        last: Box::new(failure.error),
-                    }
-                } else {
-                    failure.error
-                });
-            };
-            if ambiguous {
-                // Find out whether the failed attempt created a token.
-                match self.list_tokens(username).await {
-                    Ok(tokens) => {
-                        for t in tokens
-                            .iter()
-                            .filter(|t| t.name.as_deref() == Some(&req.name))
-                        {
-                            tracing::warn!(
-                                endpoint = endpoint.as_str(),
-                                token_id = %t.id,
-                                "a failed create did create the token; revoking it because its secret was lost"
-                            );
-                            if let Err(e) = self.revoke_token(username, &t.id).await {
-                                return Err(ApiError::CreateOutcomeUnknown {
-                                    endpoint,
-                                    username: username.to_owned(),
-                                    name: req.name.clone(),
-                                    attempts,
-                                    last: Box::new(e),
-                                });
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        return Err(ApiError::CreateOutcomeUnknown {
-                            endpoint,
-                            username: username.to_owned(),
-                            name: req.name.clone(),
-                            attempts,
-                            last: Box::new(e),
-                        });
-                    }
+                        last: Box::new(e),
+                    });
                 }
             }
+            let Some(delay) = backoff.next() else {
+                return Err(failure.error);
+            };
             let delay = self.delay_for(&failure, delay);
             tracing::warn!(
                 endpoint = endpoint.as_str(),
@@ -407,6 +377,21 @@ impl Client {
             );
             self.inner.cfg.sleep.sleep(delay).await;
         }
+    }
+
+    /// Revokes every live token of `username` named `name`: tokens whose
+    /// create answer was lost.
+    async fn discard_lost_tokens(&self, username: &str, name: &str) -> Result<(), ApiError> {
+        let tokens = self.list_tokens(username).await?;
+        for t in tokens.iter().filter(|t| t.name.as_deref() == Some(name)) {
+            tracing::warn!(
+                endpoint = Endpoint::CreateToken.as_str(),
+                token_id = %t.id,
+                "a failed create did create the token; revoking it because its secret was lost"
+            );
+            self.revoke_token(username, &t.id).await?;
+        }
+        Ok(())
     }
 
     /// `DELETE /v1/users/{username}/tokens/{token_id}`. A 404 counts as done.
@@ -635,7 +620,7 @@ impl Client {
         body: Option<&B>,
         auth: &HeaderValue,
     ) -> Result<T, Failure> {
-        self.inner.limiter.until_ready().await;
+        self.inner.limiter.acquire().await;
         let url = self.url(segments);
         let mut req = self
             .inner

@@ -5,6 +5,7 @@
 
 mod client;
 mod error;
+mod rate;
 mod types;
 
 pub use client::{
