@@ -1,0 +1,9 @@
+//! The integration-test binary: one binary, one module per concern.
+
+mod cli_simulator;
+mod client_sim;
+mod client_wiremock;
+mod harness;
+mod simulator_validation;
+mod smoke_services;
+mod support;
