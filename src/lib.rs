@@ -4,6 +4,7 @@
 //! the codemap.
 
 pub mod cli;
+pub mod clock;
 pub mod motherduck;
 pub mod secret;
 pub mod simulator;
