@@ -6,5 +6,7 @@
 pub mod cli;
 pub mod clock;
 pub mod motherduck;
+pub mod rotation;
 pub mod secret;
 pub mod simulator;
+pub mod stores;

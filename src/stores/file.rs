@@ -1,0 +1,700 @@
+//! The local file store: one JSON record per destination in an owner-only
+//! directory.
+//!
+//! For a destination file `P`:
+//! - `P` is the current record, which consumers read (`.token`);
+//! - `P.pending` is a staged record; promotion renames it over `P`;
+//! - `P.previous` keeps the replaced record until its token is revoked;
+//! - `P.lock` is the coordination lock (an exclusive `flock`), never
+//!   deleted, so two daemons sharing the directory rotate one at a time;
+//! - an optional bare-token file beside `P` holds just the current secret,
+//!   for applications that read a plain token from a mounted volume.
+//!
+//! Every write goes to a temporary file (mode 0600), is fsynced, renamed
+//! over its target, and the directory is fsynced, so a crash leaves either
+//! the old or the new file, never a torn one.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::{
+    DestinationView, Journal, NewRecord, RecordView, Slot, StoreError, StoreErrorKind, StoreOp,
+    TokenMeta,
+};
+use crate::motherduck::TokenType;
+use crate::secret::{ExposeSecret, SecretString};
+
+/// A file destination: `directory/file`, plus an optional bare-token file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileDestination {
+    /// The configured store's name, for messages.
+    pub store: String,
+    pub directory: PathBuf,
+    /// A plain file name inside `directory`.
+    pub file: String,
+    /// A plain file name inside `directory` for the bare token.
+    pub bare_token_file: Option<String>,
+}
+
+/// Holds the destination's `flock` until dropped.
+#[derive(Debug)]
+pub struct FileLease {
+    _file: File,
+}
+
+/// The record on disk. Fields are listed explicitly (no `flatten`) so the
+/// secret is decoded straight into a zeroizing type.
+#[derive(Deserialize)]
+struct DiskRecord {
+    token: SecretString,
+    token_id: String,
+    token_name: String,
+    service_account: String,
+    token_type: TokenType,
+    created_at: chrono::DateTime<chrono::Utc>,
+    #[serde(default)]
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    rotation_id: String,
+    #[serde(default)]
+    rotation: Option<Journal>,
+    #[serde(default)]
+    ack_secret: Option<SecretString>,
+}
+
+#[derive(Serialize)]
+struct DiskRecordOut<'a> {
+    token: &'a str,
+    token_id: &'a str,
+    token_name: &'a str,
+    service_account: &'a str,
+    token_type: TokenType,
+    created_at: chrono::DateTime<chrono::Utc>,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    rotation_id: &'a str,
+    rotation: Option<&'a Journal>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ack_secret: Option<&'a str>,
+}
+
+impl DiskRecord {
+    fn from_new(r: &NewRecord) -> DiskRecord {
+        DiskRecord {
+            token: r.token.clone(),
+            token_id: r.meta.token_id.clone(),
+            token_name: r.meta.token_name.clone(),
+            service_account: r.meta.service_account.clone(),
+            token_type: r.meta.token_type,
+            created_at: r.meta.created_at,
+            expires_at: r.meta.expires_at,
+            rotation_id: r.meta.rotation_id.clone(),
+            rotation: Some(r.journal.clone()),
+            ack_secret: r.ack_secret.clone(),
+        }
+    }
+
+    fn meta(&self) -> TokenMeta {
+        TokenMeta {
+            token_id: self.token_id.clone(),
+            token_name: self.token_name.clone(),
+            service_account: self.service_account.clone(),
+            token_type: self.token_type,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            rotation_id: self.rotation_id.clone(),
+        }
+    }
+
+    fn view(&self) -> RecordView {
+        RecordView {
+            meta: self.meta(),
+            journal: self.rotation.clone(),
+        }
+    }
+
+    fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
+        let out = DiskRecordOut {
+            token: self.token.expose_secret(),
+            token_id: &self.token_id,
+            token_name: &self.token_name,
+            service_account: &self.service_account,
+            token_type: self.token_type,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            rotation_id: &self.rotation_id,
+            rotation: self.rotation.as_ref(),
+            ack_secret: self.ack_secret.as_ref().map(|s| s.expose_secret()),
+        };
+        let mut buf = Zeroizing::new(Vec::with_capacity(1024));
+        // Serializing plain strings and timestamps into memory cannot fail.
+        let _ = serde_json::to_writer_pretty(&mut *buf, &out);
+        buf.push(b'\n');
+        buf
+    }
+}
+
+impl FileDestination {
+    pub fn label(&self) -> String {
+        format!("file:{}", self.path().display())
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.directory.join(&self.file)
+    }
+
+    fn sibling(&self, suffix: &str) -> PathBuf {
+        self.directory.join(format!("{}.{suffix}", self.file))
+    }
+
+    fn bare_path(&self) -> Option<PathBuf> {
+        self.bare_token_file
+            .as_ref()
+            .map(|f| self.directory.join(f))
+    }
+
+    fn err(&self, op: StoreOp, kind: StoreErrorKind, message: String) -> StoreError {
+        StoreError {
+            destination: self.label(),
+            op,
+            kind,
+            message,
+        }
+    }
+
+    fn io_err(&self, op: StoreOp, path: &Path, e: &std::io::Error) -> StoreError {
+        let kind = match e.kind() {
+            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+                StoreErrorKind::Permanent
+            }
+            _ => StoreErrorKind::Transient,
+        };
+        self.err(op, kind, format!("`{}`: {e}", path.display()))
+    }
+
+    /// Runs blocking file IO off the async threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        op: StoreOp,
+        f: impl FnOnce(&FileDestination) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let this = self.clone();
+        match tokio::task::spawn_blocking(move || f(&this)).await {
+            Ok(r) => r,
+            Err(e) => Err(self.err(
+                op,
+                StoreErrorKind::Transient,
+                format!("IO task failed: {e}"),
+            )),
+        }
+    }
+
+    /// Creates the directory owner-only if missing; refuses one that group
+    /// or others can access, since it holds secrets.
+    fn ensure_dir(&self, op: StoreOp) -> Result<(), StoreError> {
+        let dir = &self.directory;
+        match std::fs::metadata(dir) {
+            Ok(m) if !m.is_dir() => {
+                return Err(self.err(
+                    op,
+                    StoreErrorKind::Permanent,
+                    format!("`{}` is not a directory", dir.display()),
+                ));
+            }
+            Ok(m) => {
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    let mode = m.permissions().mode() & 0o777;
+                    if mode & 0o077 != 0 {
+                        return Err(self.err(
+                            op,
+                            StoreErrorKind::Permanent,
+                            format!(
+                                "directory `{}` is accessible by group or others (mode {mode:o}); it holds secrets, make it owner-only (chmod 700)",
+                                dir.display()
+                            ),
+                        ));
+                    }
+                }
+                #[cfg(not(unix))]
+                let _ = m;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut b = std::fs::DirBuilder::new();
+                b.recursive(true);
+                #[cfg(unix)]
+                std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+                b.create(dir).map_err(|e| self.io_err(op, dir, &e))?;
+            }
+            Err(e) => return Err(self.io_err(op, dir, &e)),
+        }
+        Ok(())
+    }
+
+    fn read_record(&self, op: StoreOp, path: &Path) -> Result<Option<DiskRecord>, StoreError> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => Zeroizing::new(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.io_err(op, path, &e)),
+        };
+        serde_json::from_slice::<DiskRecord>(&bytes)
+            .map(Some)
+            .map_err(|e| {
+                // Position only: serde's message could quote the secret.
+                self.err(
+                    op,
+                    StoreErrorKind::Corrupt,
+                    format!(
+                        "`{}` is not a valid token record (line {} column {})",
+                        path.display(),
+                        e.line(),
+                        e.column()
+                    ),
+                )
+            })
+    }
+
+    /// Writes `bytes` to `target` atomically with mode 0600.
+    fn write_atomic(&self, op: StoreOp, target: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+        let tmp = self.directory.join(format!(
+            ".{}.tmp-{}",
+            target
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        let result = (|| {
+            let mut opts = OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let mut f = opts.open(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            drop(f);
+            std::fs::rename(&tmp, target)?;
+            File::open(&self.directory)?.sync_all()
+        })();
+        result.map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            self.io_err(op, target, &e)
+        })
+    }
+
+    fn remove(&self, op: StoreOp, path: &Path) -> Result<(), StoreError> {
+        match std::fs::remove_file(path) {
+            Ok(()) => File::open(&self.directory)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| self.io_err(op, &self.directory, &e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.io_err(op, path, &e)),
+        }
+    }
+
+    fn write_bare(&self, op: StoreOp, rec: &DiskRecord) -> Result<(), StoreError> {
+        if let Some(bare) = self.bare_path() {
+            let mut bytes = Zeroizing::new(rec.token.expose_secret().as_bytes().to_vec());
+            bytes.push(b'\n');
+            self.write_atomic(op, &bare, &bytes)?;
+        }
+        Ok(())
+    }
+
+    pub async fn load(&self) -> Result<DestinationView, StoreError> {
+        self.blocking(StoreOp::Load, |d| {
+            let op = StoreOp::Load;
+            Ok(DestinationView {
+                current: d.read_record(op, &d.path())?.map(|r| r.view()),
+                pending: d.read_record(op, &d.sibling("pending"))?.map(|r| r.view()),
+                previous: d.read_record(op, &d.sibling("previous"))?.map(|r| r.view()),
+            })
+        })
+        .await
+    }
+
+    pub async fn read_secret(
+        &self,
+        slot: Slot,
+        rotation_id: &str,
+    ) -> Result<Option<(SecretString, Option<SecretString>)>, StoreError> {
+        let rotation_id = rotation_id.to_owned();
+        self.blocking(StoreOp::ReadSecret, move |d| {
+            let path = match slot {
+                Slot::Current => d.path(),
+                Slot::Pending => d.sibling("pending"),
+            };
+            Ok(d.read_record(StoreOp::ReadSecret, &path)?
+                .filter(|r| r.rotation_id == rotation_id)
+                .map(|r| (r.token, r.ack_secret)))
+        })
+        .await
+    }
+
+    pub async fn stage(&self, record: &NewRecord) -> Result<(), StoreError> {
+        let rec = DiskRecord::from_new(record);
+        self.blocking(StoreOp::Stage, move |d| {
+            d.ensure_dir(StoreOp::Stage)?;
+            d.write_atomic(StoreOp::Stage, &d.sibling("pending"), &rec.to_bytes())
+        })
+        .await
+    }
+
+    pub async fn promote(&self, journal: &Journal) -> Result<(), StoreError> {
+        let journal = journal.clone();
+        self.blocking(StoreOp::Promote, move |d| {
+            let op = StoreOp::Promote;
+            let current = d.read_record(op, &d.path())?;
+            let pending = d.read_record(op, &d.sibling("pending"))?;
+            let rid = &journal.rotation_id;
+            if let Some(cur) = current.as_ref().filter(|c| &c.rotation_id == rid) {
+                // Already promoted (a repeat after a crash): finish the
+                // steps that may not have happened.
+                d.write_bare(op, cur)?;
+                if pending.as_ref().is_some_and(|p| &p.rotation_id == rid) {
+                    d.remove(op, &d.sibling("pending"))?;
+                }
+                return Ok(());
+            }
+            let Some(mut new) = pending.filter(|p| &p.rotation_id == rid) else {
+                return Err(d.err(
+                    op,
+                    StoreErrorKind::Corrupt,
+                    format!("no staged record for rotation `{rid}`"),
+                ));
+            };
+            if let Some(cur) = &current {
+                d.write_atomic(op, &d.sibling("previous"), &cur.to_bytes())?;
+            }
+            new.rotation = Some(journal.clone());
+            d.write_atomic(op, &d.path(), &new.to_bytes())?;
+            d.write_bare(op, &new)?;
+            d.remove(op, &d.sibling("pending"))
+        })
+        .await
+    }
+
+    pub async fn set_journal(&self, journal: &Journal) -> Result<(), StoreError> {
+        let journal = journal.clone();
+        self.blocking(StoreOp::Journal, move |d| {
+            let op = StoreOp::Journal;
+            let Some(mut cur) = d.read_record(op, &d.path())? else {
+                return Err(d.err(op, StoreErrorKind::Corrupt, "no current record".into()));
+            };
+            if cur.rotation.as_ref() == Some(&journal) {
+                return Ok(());
+            }
+            cur.rotation = Some(journal);
+            d.write_atomic(op, &d.path(), &cur.to_bytes())
+        })
+        .await
+    }
+
+    pub async fn rollback(&self, journal: &Journal) -> Result<(), StoreError> {
+        let journal = journal.clone();
+        self.blocking(StoreOp::Rollback, move |d| {
+            let op = StoreOp::Rollback;
+            let rid = &journal.rotation_id;
+            let current = d.read_record(op, &d.path())?;
+            let previous = d.read_record(op, &d.sibling("previous"))?;
+            match current {
+                Some(cur) if &cur.rotation_id == rid => match previous {
+                    Some(mut prev) => {
+                        prev.rotation = Some(journal.clone());
+                        d.write_atomic(op, &d.path(), &prev.to_bytes())?;
+                        d.write_bare(op, &prev)?;
+                        d.remove(op, &d.sibling("previous"))?;
+                    }
+                    None => {
+                        // The first token of this destination: there is no
+                        // older one to restore, and the new one is about to
+                        // be revoked, so nothing usable remains.
+                        d.remove(op, &d.path())?;
+                        if let Some(bare) = d.bare_path() {
+                            d.remove(op, &bare)?;
+                        }
+                    }
+                },
+                Some(mut cur) => {
+                    if cur.rotation.as_ref() != Some(&journal) {
+                        cur.rotation = Some(journal.clone());
+                        d.write_atomic(op, &d.path(), &cur.to_bytes())?;
+                    }
+                }
+                None => {}
+            }
+            let pending = d.read_record(op, &d.sibling("pending"))?;
+            if pending.is_some_and(|p| &p.rotation_id == rid) {
+                d.remove(op, &d.sibling("pending"))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn finish(&self, journal: &Journal) -> Result<(), StoreError> {
+        let journal = journal.clone();
+        self.blocking(StoreOp::Finish, move |d| {
+            let op = StoreOp::Finish;
+            let Some(mut cur) = d.read_record(op, &d.path())? else {
+                return Err(d.err(op, StoreErrorKind::Corrupt, "no current record".into()));
+            };
+            if cur.rotation.as_ref() != Some(&journal) {
+                cur.rotation = Some(journal.clone());
+                d.write_atomic(op, &d.path(), &cur.to_bytes())?;
+            }
+            d.remove(op, &d.sibling("previous"))
+        })
+        .await
+    }
+
+    pub async fn try_lock(&self, holder: &str) -> Result<Option<FileLease>, StoreError> {
+        let holder = holder.to_owned();
+        self.blocking(StoreOp::Lock, move |d| {
+            let op = StoreOp::Lock;
+            d.ensure_dir(op)?;
+            let path = d.sibling("lock");
+            let mut opts = OpenOptions::new();
+            opts.read(true).write(true).create(true).truncate(false);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let mut file = opts.open(&path).map_err(|e| d.io_err(op, &path, &e))?;
+            match file.try_lock() {
+                Ok(()) => {
+                    // Who holds it, for an operator looking at the file.
+                    let _ = file.set_len(0);
+                    let _ = writeln!(file, "{holder} pid={}", std::process::id());
+                    Ok(Some(FileLease { _file: file }))
+                }
+                Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+                Err(std::fs::TryLockError::Error(e)) => Err(d.io_err(op, &path, &e)),
+            }
+        })
+        .await
+    }
+
+    pub async fn check(&self) -> Result<(), StoreError> {
+        self.blocking(StoreOp::Check, |d| {
+            d.ensure_dir(StoreOp::Check)?;
+            // Writable: create and remove a probe file.
+            let probe = d
+                .directory
+                .join(format!(".probe-{}", uuid::Uuid::new_v4().simple()));
+            d.write_atomic(StoreOp::Check, &probe, b"ok\n")?;
+            d.remove(StoreOp::Check, &probe)?;
+            // Readable: the records parse.
+            d.read_record(StoreOp::Check, &d.path())?;
+            d.read_record(StoreOp::Check, &d.sibling("pending"))?;
+            d.read_record(StoreOp::Check, &d.sibling("previous"))?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stores::JournalState;
+
+    fn dest(dir: &Path) -> FileDestination {
+        FileDestination {
+            store: "local".into(),
+            directory: dir.to_path_buf(),
+            file: "etl.json".into(),
+            bare_token_file: Some("etl.token".into()),
+        }
+    }
+
+    fn tmpdir() -> PathBuf {
+        std::env::temp_dir()
+            .join(format!("mdr-file-{}", uuid::Uuid::new_v4().simple()))
+            .join("store")
+    }
+
+    fn record(rid: &str, secret: &str, prev: Option<&str>) -> NewRecord {
+        let now: chrono::DateTime<chrono::Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
+        NewRecord {
+            token: SecretString::from(secret.to_owned()),
+            meta: TokenMeta {
+                token_id: format!("id-{rid}"),
+                token_name: format!("rotator.etl.{rid}"),
+                service_account: "svc_etl".into(),
+                token_type: TokenType::ReadWrite,
+                created_at: now,
+                expires_at: None,
+                rotation_id: rid.into(),
+            },
+            journal: Journal {
+                rotation_id: rid.into(),
+                state: JournalState::Staged,
+                previous_token_id: prev.map(str::to_owned),
+                new_token_id: format!("id-{rid}"),
+                started_at: now,
+                updated_at: now,
+                revoke_after: None,
+                last_error: None,
+                failures: 0,
+                retry_at: None,
+            },
+            ack_secret: None,
+        }
+    }
+
+    fn journal(r: &NewRecord, state: JournalState) -> Journal {
+        Journal {
+            state,
+            ..r.journal.clone()
+        }
+    }
+
+    fn read_token(d: &FileDestination) -> String {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.path()).unwrap()).unwrap();
+        v["token"].as_str().unwrap().to_owned()
+    }
+
+    #[tokio::test]
+    async fn stage_promote_finish_and_repeat() {
+        let dir = tmpdir();
+        let d = dest(&dir);
+        let r1 = record("r1", "eyJone", None);
+        d.stage(&r1).await.unwrap();
+        let v = d.load().await.unwrap();
+        assert!(v.current.is_none(), "staged is not visible to consumers");
+        assert_eq!(v.pending.unwrap().meta.rotation_id, "r1");
+
+        let j = journal(&r1, JournalState::Promoted);
+        d.promote(&j).await.unwrap();
+        d.promote(&j).await.unwrap(); // repeat is harmless
+        assert_eq!(read_token(&d), "eyJone");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("etl.token")).unwrap(),
+            "eyJone\n"
+        );
+
+        let r2 = record("r2", "eyJtwo", Some("id-r1"));
+        d.stage(&r2).await.unwrap();
+        d.promote(&journal(&r2, JournalState::Promoted))
+            .await
+            .unwrap();
+        let v = d.load().await.unwrap();
+        assert_eq!(v.current.as_ref().unwrap().meta.rotation_id, "r2");
+        assert_eq!(v.previous.as_ref().unwrap().meta.rotation_id, "r1");
+        assert!(v.pending.is_none());
+        let ids: Vec<&str> = v.token_ids().collect();
+        assert_eq!(ids, vec!["id-r2", "id-r1"]);
+
+        let done = journal(&r2, JournalState::Done);
+        d.finish(&done).await.unwrap();
+        d.finish(&done).await.unwrap();
+        let v = d.load().await.unwrap();
+        assert!(v.previous.is_none());
+        assert_eq!(
+            v.current.unwrap().journal.unwrap().state,
+            JournalState::Done
+        );
+
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            for f in ["etl.json", "etl.token"] {
+                let mode = std::fs::metadata(dir.join(f)).unwrap().permissions().mode();
+                assert_eq!(mode & 0o777, 0o600, "{f}");
+            }
+            let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700);
+        }
+        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn rollback_restores_previous_everywhere() {
+        let dir = tmpdir();
+        let d = dest(&dir);
+        let r1 = record("r1", "eyJone", None);
+        d.stage(&r1).await.unwrap();
+        d.promote(&journal(&r1, JournalState::Promoted))
+            .await
+            .unwrap();
+        let r2 = record("r2", "eyJtwo", Some("id-r1"));
+        d.stage(&r2).await.unwrap();
+        d.promote(&journal(&r2, JournalState::Promoted))
+            .await
+            .unwrap();
+
+        let rb = journal(&r2, JournalState::RolledBack);
+        d.rollback(&rb).await.unwrap();
+        d.rollback(&rb).await.unwrap();
+        assert_eq!(read_token(&d), "eyJone");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("etl.token")).unwrap(),
+            "eyJone\n"
+        );
+        let v = d.load().await.unwrap();
+        let cur = v.current.unwrap();
+        assert_eq!(cur.meta.rotation_id, "r1");
+        assert_eq!(cur.journal.unwrap(), rb, "the journal records the rollback");
+        assert!(v.previous.is_none() && v.pending.is_none());
+        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn rollback_before_promotion_drops_the_staged_record() {
+        let dir = tmpdir();
+        let d = dest(&dir);
+        let r1 = record("r1", "eyJone", None);
+        d.stage(&r1).await.unwrap();
+        d.promote(&journal(&r1, JournalState::Promoted))
+            .await
+            .unwrap();
+        let r2 = record("r2", "eyJtwo", Some("id-r1"));
+        d.stage(&r2).await.unwrap();
+        d.rollback(&journal(&r2, JournalState::RolledBack))
+            .await
+            .unwrap();
+        let v = d.load().await.unwrap();
+        assert!(v.pending.is_none());
+        assert_eq!(v.current.unwrap().meta.rotation_id, "r1");
+        assert_eq!(read_token(&d), "eyJone");
+        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn lock_is_exclusive_until_dropped() {
+        let dir = tmpdir();
+        let a = dest(&dir);
+        let b = dest(&dir);
+        let lease = a.try_lock("a").await.unwrap();
+        assert!(lease.is_some());
+        assert!(b.try_lock("b").await.unwrap().is_none());
+        drop(lease);
+        assert!(b.try_lock("b").await.unwrap().is_some());
+        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn corrupt_record_and_open_directory_are_clear_errors() {
+        let dir = tmpdir();
+        let d = dest(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let e = d.check().await.unwrap_err();
+            assert_eq!(e.kind, StoreErrorKind::Permanent);
+            assert!(e.to_string().contains("owner-only"), "{e}");
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        std::fs::write(d.path(), r#"{"token": "eyJsecret", "token_id": 5}"#).unwrap();
+        let e = d.load().await.unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::Corrupt);
+        assert!(e.to_string().contains("not a valid token record"), "{e}");
+        assert!(!e.to_string().contains("eyJsecret"));
+        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+    }
+}

@@ -1,0 +1,332 @@
+//! Destinations: where tokens are written, and where the rotation journal
+//! lives.
+//!
+//! A destination holds up to three records, mirroring the staging labels AWS
+//! uses for its own rotations:
+//! - **current**: what consumers read (AWSCURRENT);
+//! - **pending**: a staged new token consumers do not read yet (AWSPENDING);
+//! - **previous**: the token before the last promotion, kept until it is
+//!   revoked so a rollback can restore it (AWSPREVIOUS).
+//!
+//! Each record carries the journal of the latest rotation (its id, state,
+//! the previous and new token ids, when the old token may be revoked), so a
+//! restart or another replica resumes from the stores alone, without a local
+//! database. Every operation is keyed by the rotation id and safe to repeat.
+
+pub mod file;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::motherduck::TokenType;
+use crate::secret::SecretString;
+
+/// Metadata of a stored token: everything but the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenMeta {
+    pub token_id: String,
+    pub token_name: String,
+    pub service_account: String,
+    pub token_type: TokenType,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub rotation_id: String,
+}
+
+/// Where a rotation stands, as recorded in a destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JournalState {
+    /// The new token is written where consumers do not read it yet.
+    Staged,
+    /// The new token is current; verification has not passed yet.
+    Promoted,
+    /// Verification passed; the old token is revoked after `revoke_after`.
+    Verified,
+    /// The old token is revoked; the rotation is complete.
+    Done,
+    /// Verification or a write failed; the old token is current again and
+    /// the new one is revoked.
+    RolledBack,
+}
+
+impl JournalState {
+    /// Whether the rotation still needs work.
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            JournalState::Staged | JournalState::Promoted | JournalState::Verified
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JournalState::Staged => "staged",
+            JournalState::Promoted => "promoted",
+            JournalState::Verified => "verified",
+            JournalState::Done => "done",
+            JournalState::RolledBack => "rolled_back",
+        }
+    }
+}
+
+/// The journal of one rotation, stored with the records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Journal {
+    pub rotation_id: String,
+    pub state: JournalState,
+    /// The token being replaced; `None` for the first token of a policy.
+    pub previous_token_id: Option<String>,
+    pub new_token_id: String,
+    pub started_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// When the previous token may be revoked (verification time plus the
+    /// overlap period). Set in `Verified`.
+    #[serde(default)]
+    pub revoke_after: Option<DateTime<Utc>>,
+    /// Why the rotation was rolled back. Never holds a secret.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// Consecutive failed rotations, for the retry backoff.
+    #[serde(default)]
+    pub failures: u32,
+    /// No new rotation before this instant (backoff after a rollback).
+    #[serde(default)]
+    pub retry_at: Option<DateTime<Utc>>,
+}
+
+/// A record as written: the secret, its metadata and the journal.
+#[derive(Debug)]
+pub struct NewRecord {
+    pub token: SecretString,
+    pub meta: TokenMeta,
+    pub journal: Journal,
+    /// The one-time secret consumers present to acknowledge this rotation,
+    /// when the policy has an acknowledgement hook.
+    pub ack_secret: Option<SecretString>,
+}
+
+/// A record as read back, without its secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordView {
+    pub meta: TokenMeta,
+    pub journal: Option<Journal>,
+}
+
+/// Everything a destination holds, without secrets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DestinationView {
+    pub current: Option<RecordView>,
+    pub pending: Option<RecordView>,
+    pub previous: Option<RecordView>,
+}
+
+impl DestinationView {
+    /// Every token id this destination references; orphan detection spares
+    /// these.
+    pub fn token_ids(&self) -> impl Iterator<Item = &str> {
+        [&self.current, &self.pending, &self.previous]
+            .into_iter()
+            .flatten()
+            .map(|r| r.meta.token_id.as_str())
+    }
+}
+
+/// Which record to read a secret from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    Current,
+    Pending,
+}
+
+/// The store operations, a bounded set for metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StoreOp {
+    Load,
+    ReadSecret,
+    Stage,
+    Promote,
+    Journal,
+    Rollback,
+    Finish,
+    Discard,
+    Lock,
+    Check,
+}
+
+impl StoreOp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreOp::Load => "load",
+            StoreOp::ReadSecret => "read_secret",
+            StoreOp::Stage => "stage",
+            StoreOp::Promote => "promote",
+            StoreOp::Journal => "journal",
+            StoreOp::Rollback => "rollback",
+            StoreOp::Finish => "finish",
+            StoreOp::Discard => "discard",
+            StoreOp::Lock => "lock",
+            StoreOp::Check => "check",
+        }
+    }
+}
+
+/// Whether a store failure can pass by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    /// Network, timeouts, a server error: retry.
+    Transient,
+    /// Permission denied, a missing mount: needs an operator.
+    Permanent,
+    /// Unreadable or inconsistent stored data: needs an operator.
+    Corrupt,
+    /// A concurrent writer got there first (check-and-set): re-read.
+    Conflict,
+}
+
+/// A store failure. Names the destination and the operation, never a
+/// secret.
+#[derive(Debug, thiserror::Error)]
+#[error("{destination}: {} failed: {message}", op.as_str())]
+pub struct StoreError {
+    pub destination: String,
+    pub op: StoreOp,
+    pub kind: StoreErrorKind,
+    pub message: String,
+}
+
+impl StoreError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.kind,
+            StoreErrorKind::Transient | StoreErrorKind::Conflict
+        )
+    }
+}
+
+/// A destination of a policy: a store plus the place in it.
+#[derive(Debug, Clone)]
+pub enum Destination {
+    File(file::FileDestination),
+}
+
+/// Proof of holding a policy's coordination lock; released on drop.
+#[derive(Debug)]
+pub enum Lease {
+    File(file::FileLease),
+}
+
+impl Destination {
+    /// A short description for logs and errors, e.g. `file:/var/lib/x/etl.json`.
+    pub fn label(&self) -> String {
+        match self {
+            Destination::File(f) => f.label(),
+        }
+    }
+
+    /// The store kind, for metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Destination::File(_) => "file",
+        }
+    }
+
+    /// Reads all records, without secrets.
+    ///
+    /// # Errors
+    /// Unreachable or corrupt store.
+    pub async fn load(&self) -> Result<DestinationView, StoreError> {
+        match self {
+            Destination::File(f) => f.load().await,
+        }
+    }
+
+    /// Reads the secret of the current or pending record, if that record
+    /// belongs to `rotation_id`.
+    ///
+    /// # Errors
+    /// Unreachable or corrupt store.
+    pub async fn read_secret(
+        &self,
+        slot: Slot,
+        rotation_id: &str,
+    ) -> Result<Option<(SecretString, Option<SecretString>)>, StoreError> {
+        match self {
+            Destination::File(f) => f.read_secret(slot, rotation_id).await,
+        }
+    }
+
+    /// Writes the new record where consumers do not read it yet.
+    ///
+    /// # Errors
+    /// Any write failure; nothing consumers read has changed.
+    pub async fn stage(&self, record: &NewRecord) -> Result<(), StoreError> {
+        match self {
+            Destination::File(f) => f.stage(record).await,
+        }
+    }
+
+    /// Makes the staged record of `journal.rotation_id` current, keeping the
+    /// replaced one as previous.
+    ///
+    /// # Errors
+    /// Any write failure, or no staged record for this rotation.
+    pub async fn promote(&self, journal: &Journal) -> Result<(), StoreError> {
+        match self {
+            Destination::File(f) => f.promote(journal).await,
+        }
+    }
+
+    /// Rewrites the journal of the current record of this rotation.
+    ///
+    /// # Errors
+    /// Any write failure.
+    pub async fn set_journal(&self, journal: &Journal) -> Result<(), StoreError> {
+        match self {
+            Destination::File(f) => f.set_journal(journal).await,
+        }
+    }
+
+    /// Undoes `journal.rotation_id` here: restores the previous record if
+    /// the new one was promoted, drops the staged one, records `journal`.
+    ///
+    /// # Errors
+    /// Any write failure.
+    pub async fn rollback(&self, journal: &Journal) -> Result<(), StoreError> {
+        match self {
+            Destination::File(f) => f.rollback(journal).await,
+        }
+    }
+
+    /// Records completion and forgets the previous record (its token is
+    /// revoked).
+    ///
+    /// # Errors
+    /// Any write failure.
+    pub async fn finish(&self, journal: &Journal) -> Result<(), StoreError> {
+        match self {
+            Destination::File(f) => f.finish(journal).await,
+        }
+    }
+
+    /// Takes the policy's coordination lock if it is free.
+    ///
+    /// # Errors
+    /// The lock cannot be attempted (permissions, unreachable store).
+    pub async fn try_lock(&self, holder: &str) -> Result<Option<Lease>, StoreError> {
+        match self {
+            Destination::File(f) => Ok(f.try_lock(holder).await?.map(Lease::File)),
+        }
+    }
+
+    /// Checks that the store is reachable and writable enough to rotate;
+    /// used by readiness.
+    ///
+    /// # Errors
+    /// What is wrong.
+    pub async fn check(&self) -> Result<(), StoreError> {
+        match self {
+            Destination::File(f) => f.check().await,
+        }
+    }
+}
