@@ -418,13 +418,11 @@ impl FileDestination {
                         }
                     }
                 },
-                Some(mut cur) => {
-                    if cur.rotation.as_ref() != Some(&journal) {
-                        cur.rotation = Some(journal.clone());
-                        d.write_atomic(op, &d.path(), &cur.to_bytes())?;
-                    }
+                Some(mut cur) if cur.rotation.as_ref() != Some(&journal) => {
+                    cur.rotation = Some(journal.clone());
+                    d.write_atomic(op, &d.path(), &cur.to_bytes())?;
                 }
-                None => {}
+                Some(_) | None => {}
             }
             let pending = d.read_record(op, &d.sibling("pending"))?;
             if pending.is_some_and(|p| &p.rotation_id == rid) {
