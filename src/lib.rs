@@ -5,8 +5,12 @@
 
 pub mod cli;
 pub mod clock;
+pub mod config;
+pub mod metrics;
 pub mod motherduck;
 pub mod rotation;
+pub mod schedule;
 pub mod secret;
 pub mod simulator;
 pub mod stores;
+pub mod verify;

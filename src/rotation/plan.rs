@@ -187,11 +187,19 @@ pub fn decide(views: &[DestinationView], now: DateTime<Utc>, due: (DateTime<Utc>
 
     if st.contains(&RolledBack) {
         let rest = where_status(&st, &[Staged, Promoted, Verified]);
-        return Step::ContinueRollback {
-            journal: Journal {
+        // Carry on with the journal the rollback wrote (reason, failure
+        // count, retry time), not the active copy.
+        let rolled = views
+            .iter()
+            .filter_map(|v| v.current.as_ref()?.journal.as_ref())
+            .find(|j| j.rotation_id == journal.rotation_id && j.state == JournalState::RolledBack)
+            .cloned()
+            .unwrap_or(Journal {
                 state: JournalState::RolledBack,
                 ..journal
-            },
+            });
+        return Step::ContinueRollback {
+            journal: rolled,
             dests: rest,
         };
     }

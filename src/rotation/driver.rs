@@ -1,0 +1,1041 @@
+//! The driver: executes the state machine's steps against MotherDuck, the
+//! stores and the verification hooks.
+//!
+//! [`Driver::reconcile`] reads every destination, asks [`plan::decide`] for
+//! the next step, takes the policy's lock before changing anything, and
+//! repeats until the policy has to wait (for its schedule, the overlap
+//! period, or a retry). Each step re-reads the records first, so a second
+//! replica, or this one after a restart, always continues from what the
+//! stores say.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, warn};
+
+use super::plan::{self, OnFailure, Step, WaitReason};
+use crate::clock::Clock;
+use crate::config::Policy;
+use crate::metrics::Metrics;
+use crate::motherduck::{Client, CreateTokenRequest, TokenInfo};
+use crate::schedule::{self, TokenTimes};
+use crate::secret::SecretString;
+use crate::stores::{
+    DestinationView, Journal, JournalState, NewRecord, Slot, StoreError, TokenMeta,
+};
+use crate::verify::{self, HookSpec, VerifyContext, VerifyDeps};
+
+/// What a reconcile pass ended with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tick {
+    /// Nothing to do before this instant.
+    Wait { until: DateTime<Utc>, why: String },
+    /// Another replica holds the lock; look again at this instant.
+    Busy { until: DateTime<Utc> },
+    /// Shutdown was requested; the policy is at a safe point.
+    Stopped,
+}
+
+/// A step failure, classified for the retry policy.
+#[derive(Debug)]
+struct StepError {
+    step: &'static str,
+    reason: &'static str,
+    retryable: bool,
+    message: String,
+}
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.step, self.message)
+    }
+}
+
+fn store_err(step: &'static str, e: &StoreError) -> StepError {
+    StepError {
+        step,
+        reason: match e.kind {
+            crate::stores::StoreErrorKind::Transient => "store_unavailable",
+            crate::stores::StoreErrorKind::Permanent => "store_denied",
+            crate::stores::StoreErrorKind::Corrupt => "store_corrupt",
+            crate::stores::StoreErrorKind::Conflict => "store_conflict",
+        },
+        retryable: e.is_retryable(),
+        message: e.to_string(),
+    }
+}
+
+fn api_err(step: &'static str, e: &crate::motherduck::ApiError) -> StepError {
+    StepError {
+        step,
+        reason: e.reason(),
+        retryable: e.is_retryable(),
+        message: e.to_string(),
+    }
+}
+
+/// Why reconcile stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DriveError {
+    #[error("policy `{policy}`: {source}")]
+    Store {
+        policy: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("policy `{policy}`: the stored records are inconsistent: {reason}")]
+    Inconsistent { policy: String, reason: String },
+    #[error("policy `{policy}`: {message}")]
+    Step { policy: String, message: String },
+}
+
+/// Test-only crash points: when `MDR_CRASH_AT` names a point, the process
+/// kills itself with SIGKILL there, exactly as `kill -9` would. This is how
+/// the crash-safety tests stop the real daemon at every step.
+fn crash_point(point: &str) {
+    if std::env::var("MDR_CRASH_AT").is_ok_and(|p| p == point) {
+        eprintln!("MDR_CRASH_AT={point}: killing the process");
+        #[cfg(unix)]
+        // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+        std::process::abort();
+    }
+}
+
+/// Executes rotations. Cheap to clone.
+#[derive(Clone)]
+pub struct Driver {
+    pub client: Client,
+    pub clock: Clock,
+    pub verify: VerifyDeps,
+    pub metrics: Arc<Metrics>,
+    /// Names this replica in lock files.
+    pub instance_id: String,
+    pub lock_retry_interval: Duration,
+    /// Tokens younger than this are never swept as orphans.
+    pub orphan_min_age: Duration,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("instance_id", &self.instance_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the stores say of a policy, for `status` and `plan`.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    pub views: Vec<DestinationView>,
+    pub next: Option<schedule::Due>,
+    pub step: Step,
+    pub now: DateTime<Utc>,
+}
+
+impl Observation {
+    /// The current token (newest among destinations).
+    pub fn current(&self) -> Option<&TokenMeta> {
+        self.views
+            .iter()
+            .filter_map(|v| v.current.as_ref().map(|c| &c.meta))
+            .max_by_key(|m| m.created_at)
+    }
+}
+
+/// The due time for `decide`, from the current token's times and backoff.
+fn due_of(
+    policy: &Policy,
+    views: &[DestinationView],
+    now: DateTime<Utc>,
+) -> (Option<schedule::Due>, (DateTime<Utc>, String)) {
+    let current = views
+        .iter()
+        .filter_map(|v| v.current.as_ref().map(|c| &c.meta))
+        .max_by_key(|m| m.created_at);
+    // Schedule from the later of MotherDuck's `created_ts` and our own
+    // rotation start: with a server clock behind ours, `created_ts` can fall
+    // just before the cron slot that triggered the rotation, which would
+    // make the same slot due again.
+    let started = |rid: &str| {
+        views
+            .iter()
+            .filter_map(|v| v.current.as_ref()?.journal.as_ref())
+            .find(|j| j.rotation_id == rid)
+            .map(|j| j.started_at)
+    };
+    let times = current.map(|m| TokenTimes {
+        created_at: started(&m.rotation_id).map_or(m.created_at, |s| s.max(m.created_at)),
+        expires_at: m.expires_at,
+    });
+    let not_before = plan::last_journal(views)
+        .filter(|j| j.state == JournalState::RolledBack)
+        .and_then(|j| j.retry_at);
+    let due = schedule::next_due(
+        &policy.name,
+        &policy.schedule,
+        times.as_ref(),
+        now,
+        not_before,
+    );
+    let pair = match &due {
+        Some(d) => (d.at, d.detail.clone()),
+        // Nothing makes it due: wait a long while, re-checked periodically.
+        None => (
+            now + chrono::Duration::days(3650),
+            "no schedule and no expiry".to_owned(),
+        ),
+    };
+    (due, pair)
+}
+
+impl Driver {
+    async fn load_all(&self, policy: &Policy) -> Result<Vec<DestinationView>, DriveError> {
+        let mut views = Vec::with_capacity(policy.destinations.len());
+        for d in &policy.destinations {
+            let r = d.load().await;
+            self.metrics
+                .store_op(d.kind(), crate::stores::StoreOp::Load, r.is_ok());
+            views.push(r.map_err(|source| DriveError::Store {
+                policy: policy.name.clone(),
+                source,
+            })?);
+        }
+        Ok(views)
+    }
+
+    /// Reads the stores and says what would happen next, changing nothing.
+    ///
+    /// # Errors
+    /// A store cannot be read.
+    pub async fn observe(&self, policy: &Policy) -> Result<Observation, DriveError> {
+        let now = self.clock.now();
+        let views = self.load_all(policy).await?;
+        let (next, due) = due_of(policy, &views, now);
+        let step = plan::decide(&views, now, due);
+        Ok(Observation {
+            views,
+            next,
+            step,
+            now,
+        })
+    }
+
+    fn publish_gauges(
+        &self,
+        policy: &Policy,
+        obs_views: &[DestinationView],
+        next: Option<&schedule::Due>,
+    ) {
+        let p = policy.name.as_str();
+        let current = obs_views
+            .iter()
+            .filter_map(|v| v.current.as_ref().map(|c| &c.meta))
+            .max_by_key(|m| m.created_at);
+        if let Some(c) = current {
+            self.metrics
+                .token_created_timestamp_seconds
+                .with_label_values(&[p])
+                .set(c.created_at.timestamp() as f64);
+            match c.expires_at {
+                Some(e) => self
+                    .metrics
+                    .token_expiry_timestamp_seconds
+                    .with_label_values(&[p])
+                    .set(e.timestamp() as f64),
+                None => {
+                    let _ = self
+                        .metrics
+                        .token_expiry_timestamp_seconds
+                        .remove_label_values(&[p]);
+                }
+            }
+        }
+        if let Some(n) = next {
+            self.metrics
+                .next_rotation_timestamp_seconds
+                .with_label_values(&[p])
+                .set(n.at.timestamp() as f64);
+        }
+    }
+
+    /// Runs the policy's steps until it must wait. With `force`, starts a
+    /// rotation now even if the schedule does not call for one.
+    ///
+    /// # Errors
+    /// Unreadable stores or contradictory records; failed rotation steps
+    /// are rolled back and reported as a `Wait` until the retry time.
+    pub async fn reconcile(
+        &self,
+        policy: &Policy,
+        force: bool,
+        cancel: &CancellationToken,
+    ) -> Result<Tick, DriveError> {
+        let now = self.clock.now();
+        let views = self.load_all(policy).await?;
+        let (next, mut due) = due_of(policy, &views, now);
+        self.publish_gauges(policy, &views, next.as_ref());
+        if force {
+            due = (now, "requested by `rotate`".to_owned());
+        }
+        match plan::decide(&views, now, due) {
+            Step::Wait { until, why } => {
+                return Ok(Tick::Wait {
+                    until,
+                    why: wait_text(&why),
+                });
+            }
+            Step::Inconsistent { reason } => {
+                return Err(DriveError::Inconsistent {
+                    policy: policy.name.clone(),
+                    reason,
+                });
+            }
+            _ => {}
+        }
+        let lock_dest = &policy.destinations[0];
+        let lease = lock_dest
+            .try_lock(&self.instance_id)
+            .await
+            .map_err(|source| DriveError::Store {
+                policy: policy.name.clone(),
+                source,
+            })?;
+        let Some(_lease) = lease else {
+            info!(policy = %policy.name, "another replica holds the lock; looking again later");
+            return Ok(Tick::Busy {
+                until: now
+                    + chrono::Duration::from_std(self.lock_retry_interval).unwrap_or_default(),
+            });
+        };
+        let gauge = self
+            .metrics
+            .rotation_in_progress
+            .with_label_values(&[policy.name.as_str()]);
+        gauge.set(1);
+        let result = self.locked(policy, force, cancel).await;
+        gauge.set(0);
+        result
+    }
+
+    /// The steps under the lock.
+    async fn locked(
+        &self,
+        policy: &Policy,
+        mut force: bool,
+        cancel: &CancellationToken,
+    ) -> Result<Tick, DriveError> {
+        // The secret of the rotation this pass created, so it is not read
+        // back from a store needlessly.
+        let mut fresh: Option<(String, SecretString, Option<SecretString>)> = None;
+        let mut started: Option<tokio::time::Instant> = None;
+        loop {
+            if cancel.is_cancelled() {
+                return Ok(Tick::Stopped);
+            }
+            let now = self.clock.now();
+            let views = self.load_all(policy).await?;
+            let (next, mut due) = due_of(policy, &views, now);
+            if force {
+                due = (now, "requested by `rotate`".to_owned());
+            }
+            let step = plan::decide(&views, now, due);
+            match step {
+                Step::Wait { until, why } => {
+                    self.publish_gauges(policy, &views, next.as_ref());
+                    return Ok(Tick::Wait {
+                        until,
+                        why: wait_text(&why),
+                    });
+                }
+                Step::Inconsistent { reason } => {
+                    return Err(DriveError::Inconsistent {
+                        policy: policy.name.clone(),
+                        reason,
+                    });
+                }
+                Step::Begin {
+                    previous_token_id,
+                    failures,
+                    why,
+                } => {
+                    force = false;
+                    started = Some(tokio::time::Instant::now());
+                    match self
+                        .begin(policy, &views, previous_token_id, failures, &why, cancel)
+                        .await?
+                    {
+                        Some(f) => fresh = Some(f),
+                        None => continue,
+                    }
+                }
+                Step::Stage { journal, dests } => {
+                    let secret = self.secret_for(policy, &views, &journal, &fresh).await?;
+                    if let Err(e) = self.stage(policy, &journal, &dests, &secret, cancel).await {
+                        self.fail(policy, &views, journal, e, cancel).await?;
+                    }
+                }
+                Step::Promote { journal, dests } => {
+                    crash_point("before-promote");
+                    if let Err(e) = self.promote(policy, &journal, &dests, cancel).await {
+                        self.fail(policy, &views, journal, e, cancel).await?;
+                    }
+                    crash_point("after-promote");
+                }
+                Step::Verify { journal } => {
+                    let secret = self.secret_for(policy, &views, &journal, &fresh).await?;
+                    match self.verify(policy, &journal, secret, cancel).await {
+                        Ok(()) => {
+                            let verified = Journal {
+                                state: JournalState::Verified,
+                                updated_at: now,
+                                revoke_after: Some(
+                                    self.clock.now()
+                                        + chrono::Duration::from_std(policy.overlap)
+                                            .unwrap_or_default(),
+                                ),
+                                ..journal
+                            };
+                            let all: Vec<usize> = (0..policy.destinations.len()).collect();
+                            if let Err(e) =
+                                self.write_journal(policy, &verified, &all, cancel).await
+                            {
+                                self.fail(policy, &views, verified, e, cancel).await?;
+                                continue;
+                            }
+                            crash_point("after-verify");
+                            self.record_success(policy, started.take());
+                        }
+                        Err(e) if cancel.is_cancelled() => {
+                            info!(policy = %policy.name, error = %e, "verification interrupted by shutdown; it resumes on restart");
+                            return Ok(Tick::Stopped);
+                        }
+                        Err(e) => {
+                            self.fail(policy, &views, journal, e, cancel).await?;
+                        }
+                    }
+                }
+                Step::MarkVerified { journal, dests } => {
+                    if let Err(e) = self.write_journal(policy, &journal, &dests, cancel).await {
+                        return Err(DriveError::Step {
+                            policy: policy.name.clone(),
+                            message: e.to_string(),
+                        });
+                    }
+                }
+                Step::RevokeOld { journal } => {
+                    self.revoke_old(policy, journal, cancel).await?;
+                }
+                Step::ContinueRollback { journal, dests } => {
+                    self.roll_back(policy, &journal, &dests, cancel).await?;
+                }
+            }
+        }
+    }
+
+    fn record_success(&self, policy: &Policy, started: Option<tokio::time::Instant>) {
+        let p = policy.name.as_str();
+        self.metrics
+            .rotations_total
+            .with_label_values(&[p, "success"])
+            .inc();
+        self.metrics
+            .last_success_timestamp_seconds
+            .with_label_values(&[p])
+            .set(self.clock.now().timestamp() as f64);
+        if let Some(s) = started {
+            self.metrics
+                .rotation_duration_seconds
+                .with_label_values(&[p])
+                .observe(s.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Runs `f` under the policy's retry settings; `Err` once it gives up.
+    async fn retrying<T, F, Fut>(
+        &self,
+        policy: &Policy,
+        cancel: &CancellationToken,
+        mut f: F,
+    ) -> Result<T, StepError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StepError>>,
+    {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let e = match f().await {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            self.metrics
+                .rotation_step_failures_total
+                .with_label_values(&[policy.name.as_str(), e.step, e.reason])
+                .inc();
+            match policy.retry.on_failure(attempts, e.retryable) {
+                OnFailure::Retry(d) if !cancel.is_cancelled() => {
+                    let d = jitter(d);
+                    warn!(policy = %policy.name, step = e.step, attempt = attempts, error = %e, retry_in_ms = d.as_millis() as u64, "rotation step failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(d) => {}
+                        () = cancel.cancelled() => return Err(e),
+                    }
+                }
+                _ => return Err(e),
+            }
+        }
+    }
+
+    /// Claim is held; create the token and stage it everywhere. Returns the
+    /// fresh secret, or `None` when the attempt failed and was recorded.
+    async fn begin(
+        &self,
+        policy: &Policy,
+        views: &[DestinationView],
+        previous_token_id: Option<String>,
+        failures: u32,
+        why: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Option<(String, SecretString, Option<SecretString>)>, DriveError> {
+        let rotation_id = uuid::Uuid::now_v7().simple().to_string();
+        let span =
+            tracing::info_span!("rotation", policy = %policy.name, rotation_id = %rotation_id);
+        async {
+            info!(
+                step = "claim",
+                reason = why,
+                previous_token_id = previous_token_id.as_deref().unwrap_or("-"),
+                "rotation started"
+            );
+            crash_point("before-create");
+            let req = CreateTokenRequest {
+                name: policy.token_name(&rotation_id),
+                ttl: policy.token_ttl.map(|d| d.as_secs()),
+                token_type: policy.token_type,
+                description: Some(format!(
+                    "rotated by motherduck-rotator, policy {}",
+                    policy.name
+                )),
+            };
+            let now = self.clock.now();
+            let mut journal = Journal {
+                rotation_id: rotation_id.clone(),
+                state: JournalState::Staged,
+                previous_token_id: previous_token_id.clone(),
+                new_token_id: String::new(),
+                started_at: now,
+                updated_at: now,
+                revoke_after: None,
+                last_error: None,
+                failures,
+                retry_at: None,
+            };
+            let created = self
+                .retrying(policy, cancel, || async {
+                    self.client
+                        .create_token(&policy.service_account, &req)
+                        .await
+                        .map_err(|e| api_err("create", &e))
+                })
+                .await;
+            let created = match created {
+                Ok(c) => c,
+                Err(e) => {
+                    // No token was made (or the client revoked the one whose
+                    // answer was lost); record the failure and back off.
+                    self.fail(policy, views, journal, e, cancel).await?;
+                    return Ok(None);
+                }
+            };
+            crash_point("after-create");
+            info!(step = "create", token_id = %created.info.id, "token created");
+            journal.new_token_id = created.info.id.clone();
+            let ack_secret = policy
+                .hooks
+                .iter()
+                .any(|h| matches!(h, HookSpec::Ack(_)))
+                .then(verify::AckRegistry::generate_secret);
+            let all: Vec<usize> = (0..policy.destinations.len()).collect();
+            let fresh = (rotation_id.clone(), created.token, ack_secret);
+            let meta = meta_of(&created.info, &policy.service_account, &rotation_id);
+            if let Err(e) = self
+                .stage_record(
+                    policy,
+                    &journal,
+                    &meta,
+                    &all,
+                    &fresh.1,
+                    fresh.2.as_ref(),
+                    cancel,
+                )
+                .await
+            {
+                // The secret exists only in memory now: the token cannot be
+                // kept, so it is revoked and the old one stays current.
+                self.fail(policy, views, journal, e, cancel).await?;
+                return Ok(None);
+            }
+            crash_point("after-stage");
+            Ok(Some(fresh))
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Stages in `dests`, reading the secret back from the stores if this
+    /// pass did not create it.
+    async fn stage(
+        &self,
+        policy: &Policy,
+        journal: &Journal,
+        dests: &[usize],
+        secret: &(SecretString, Option<SecretString>),
+        cancel: &CancellationToken,
+    ) -> Result<(), StepError> {
+        let views = self.load_all(policy).await.map_err(|e| StepError {
+            step: "stage",
+            reason: "store_unavailable",
+            retryable: true,
+            message: e.to_string(),
+        })?;
+        let meta = views
+            .iter()
+            .flat_map(|v| [&v.pending, &v.current])
+            .flatten()
+            .find(|r| r.meta.rotation_id == journal.rotation_id)
+            .map(|r| r.meta.clone())
+            .ok_or_else(|| StepError {
+                step: "stage",
+                reason: "store_corrupt",
+                retryable: false,
+                message: format!("no record of rotation `{}` to copy", journal.rotation_id),
+            })?;
+        self.stage_record(
+            policy,
+            journal,
+            &meta,
+            dests,
+            &secret.0,
+            secret.1.as_ref(),
+            cancel,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn stage_record(
+        &self,
+        policy: &Policy,
+        journal: &Journal,
+        meta: &TokenMeta,
+        dests: &[usize],
+        token: &SecretString,
+        ack: Option<&SecretString>,
+        cancel: &CancellationToken,
+    ) -> Result<(), StepError> {
+        let record = NewRecord {
+            token: token.clone(),
+            meta: meta.clone(),
+            journal: Journal {
+                state: JournalState::Staged,
+                updated_at: self.clock.now(),
+                ..journal.clone()
+            },
+            ack_secret: ack.cloned(),
+        };
+        for &i in dests {
+            let d = &policy.destinations[i];
+            self.retrying(policy, cancel, || async {
+                let r = d.stage(&record).await;
+                self.metrics
+                    .store_op(d.kind(), crate::stores::StoreOp::Stage, r.is_ok());
+                r.map_err(|e| store_err("stage", &e))
+            })
+            .await?;
+            info!(policy = %policy.name, rotation_id = %journal.rotation_id, step = "stage", destination = %d.label(), "new token staged");
+        }
+        Ok(())
+    }
+
+    async fn promote(
+        &self,
+        policy: &Policy,
+        journal: &Journal,
+        dests: &[usize],
+        cancel: &CancellationToken,
+    ) -> Result<(), StepError> {
+        let journal = Journal {
+            state: JournalState::Promoted,
+            updated_at: self.clock.now(),
+            ..journal.clone()
+        };
+        for &i in dests {
+            let d = &policy.destinations[i];
+            self.retrying(policy, cancel, || async {
+                let r = d.promote(&journal).await;
+                self.metrics
+                    .store_op(d.kind(), crate::stores::StoreOp::Promote, r.is_ok());
+                r.map_err(|e| store_err("promote", &e))
+            })
+            .await?;
+            info!(policy = %policy.name, rotation_id = %journal.rotation_id, step = "promote", destination = %d.label(), token_id = %journal.new_token_id, "new token is current");
+        }
+        Ok(())
+    }
+
+    async fn write_journal(
+        &self,
+        policy: &Policy,
+        journal: &Journal,
+        dests: &[usize],
+        cancel: &CancellationToken,
+    ) -> Result<(), StepError> {
+        for &i in dests {
+            let d = &policy.destinations[i];
+            self.retrying(policy, cancel, || async {
+                let r = d.set_journal(journal).await;
+                self.metrics
+                    .store_op(d.kind(), crate::stores::StoreOp::Journal, r.is_ok());
+                r.map_err(|e| store_err("journal", &e))
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The new token's secret (and ack secret): from this pass, or read
+    /// back from a destination that holds the rotation's record.
+    async fn secret_for(
+        &self,
+        policy: &Policy,
+        views: &[DestinationView],
+        journal: &Journal,
+        fresh: &Option<(String, SecretString, Option<SecretString>)>,
+    ) -> Result<(SecretString, Option<SecretString>), DriveError> {
+        if let Some((rid, s, a)) = fresh {
+            if rid == &journal.rotation_id {
+                return Ok((s.clone(), a.clone()));
+            }
+        }
+        for (i, v) in views.iter().enumerate() {
+            let slot = if v
+                .current
+                .as_ref()
+                .is_some_and(|c| c.meta.rotation_id == journal.rotation_id)
+            {
+                Slot::Current
+            } else if v
+                .pending
+                .as_ref()
+                .is_some_and(|p| p.meta.rotation_id == journal.rotation_id)
+            {
+                Slot::Pending
+            } else {
+                continue;
+            };
+            let d = &policy.destinations[i];
+            match d.read_secret(slot, &journal.rotation_id).await {
+                Ok(Some(s)) => return Ok(s),
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(policy = %policy.name, destination = %d.label(), error = %e, "cannot read the staged secret here")
+                }
+            }
+        }
+        Err(DriveError::Inconsistent {
+            policy: policy.name.clone(),
+            reason: format!(
+                "no destination holds the secret of rotation `{}`",
+                journal.rotation_id
+            ),
+        })
+    }
+
+    async fn verify(
+        &self,
+        policy: &Policy,
+        journal: &Journal,
+        secret: (SecretString, Option<SecretString>),
+        cancel: &CancellationToken,
+    ) -> Result<(), StepError> {
+        let started = tokio::time::Instant::now();
+        let _ack_guard = match (
+            &secret.1,
+            policy.hooks.iter().any(|h| matches!(h, HookSpec::Ack(_))),
+        ) {
+            (Some(ack), true) => Some(self.verify.acks.register(journal.rotation_id.clone(), ack)),
+            _ => None,
+        };
+        let ctx = VerifyContext {
+            policy: policy.name.clone(),
+            rotation_id: journal.rotation_id.clone(),
+            service_account: policy.service_account.clone(),
+            token_id: journal.new_token_id.clone(),
+            token: secret.0,
+        };
+        info!(policy = %policy.name, rotation_id = %journal.rotation_id, step = "verify", hooks = policy.hooks.len(), "verifying the new token");
+        let r = verify::run_all(&policy.hooks, &ctx, &self.verify, cancel).await;
+        let outcome = if r.is_ok() { "success" } else { "failure" };
+        self.metrics
+            .verification_duration_seconds
+            .with_label_values(&[policy.name.as_str(), outcome])
+            .observe(started.elapsed().as_secs_f64());
+        r.map_err(|e| StepError {
+            step: "verify",
+            reason: e.reason(),
+            retryable: false,
+            message: e.to_string(),
+        })?;
+        info!(policy = %policy.name, rotation_id = %journal.rotation_id, step = "verify", outcome = "success", "new token verified");
+        Ok(())
+    }
+
+    async fn revoke_old(
+        &self,
+        policy: &Policy,
+        journal: Journal,
+        cancel: &CancellationToken,
+    ) -> Result<(), DriveError> {
+        if let Some(old) = &journal.previous_token_id {
+            let r = self
+                .retrying(policy, cancel, || async {
+                    self.client
+                        .revoke_token(&policy.service_account, old)
+                        .await
+                        .map_err(|e| api_err("revoke_old", &e))
+                })
+                .await;
+            if let Err(e) = r {
+                return Err(DriveError::Step {
+                    policy: policy.name.clone(),
+                    message: e.to_string(),
+                });
+            }
+            info!(policy = %policy.name, rotation_id = %journal.rotation_id, step = "revoke_old", token_id = %old, "old token revoked");
+        }
+        crash_point("after-revoke-old");
+        let done = Journal {
+            state: JournalState::Done,
+            updated_at: self.clock.now(),
+            failures: 0,
+            retry_at: None,
+            last_error: None,
+            ..journal
+        };
+        for d in &policy.destinations {
+            let r = self
+                .retrying(policy, cancel, || async {
+                    let r = d.finish(&done).await;
+                    self.metrics
+                        .store_op(d.kind(), crate::stores::StoreOp::Finish, r.is_ok());
+                    r.map_err(|e| store_err("finish", &e))
+                })
+                .await;
+            if let Err(e) = r {
+                return Err(DriveError::Step {
+                    policy: policy.name.clone(),
+                    message: e.to_string(),
+                });
+            }
+        }
+        info!(policy = %policy.name, rotation_id = %done.rotation_id, step = "done", token_id = %done.new_token_id, "rotation complete");
+        Ok(())
+    }
+
+    /// A step gave up: record the failure and roll the rotation back.
+    async fn fail(
+        &self,
+        policy: &Policy,
+        views: &[DestinationView],
+        journal: Journal,
+        error: StepError,
+        cancel: &CancellationToken,
+    ) -> Result<(), DriveError> {
+        let now = self.clock.now();
+        let failures = journal.failures + 1;
+        let rolled = Journal {
+            state: JournalState::RolledBack,
+            updated_at: now,
+            last_error: Some(truncate(&error.to_string(), 500)),
+            failures,
+            retry_at: Some(policy.retry.retry_at(now, failures)),
+            ..journal
+        };
+        warn!(policy = %policy.name, rotation_id = %rolled.rotation_id, step = error.step, error = %error, failures, "rotation failed; rolling back");
+        let _ = views;
+        let all: Vec<usize> = (0..policy.destinations.len()).collect();
+        self.roll_back(policy, &rolled, &all, cancel).await?;
+        self.metrics
+            .rotations_total
+            .with_label_values(&[
+                policy.name.as_str(),
+                if error.step == "verify" {
+                    "rolled_back"
+                } else {
+                    "failed"
+                },
+            ])
+            .inc();
+        Ok(())
+    }
+
+    /// Restores the old token in `dests`, then revokes the new one.
+    async fn roll_back(
+        &self,
+        policy: &Policy,
+        journal: &Journal,
+        dests: &[usize],
+        cancel: &CancellationToken,
+    ) -> Result<(), DriveError> {
+        for &i in dests {
+            let d = &policy.destinations[i];
+            let r = self
+                .retrying(policy, cancel, || async {
+                    let r = d.rollback(journal).await;
+                    self.metrics
+                        .store_op(d.kind(), crate::stores::StoreOp::Rollback, r.is_ok());
+                    r.map_err(|e| store_err("rollback", &e))
+                })
+                .await;
+            if let Err(e) = r {
+                return Err(DriveError::Step {
+                    policy: policy.name.clone(),
+                    message: format!("rollback incomplete, it resumes on the next pass: {e}"),
+                });
+            }
+        }
+        crash_point("after-restore");
+        if !journal.new_token_id.is_empty() {
+            let r = self
+                .retrying(policy, cancel, || async {
+                    self.client
+                        .revoke_token(&policy.service_account, &journal.new_token_id)
+                        .await
+                        .map_err(|e| api_err("revoke_new", &e))
+                })
+                .await;
+            if let Err(e) = r {
+                // The orphan sweep revokes it later: no record references it.
+                warn!(policy = %policy.name, rotation_id = %journal.rotation_id, error = %e, "failed to revoke the new token after rollback; the orphan sweep will");
+            }
+        }
+        self.metrics
+            .rollbacks_total
+            .with_label_values(&[policy.name.as_str()])
+            .inc();
+        warn!(policy = %policy.name, rotation_id = %journal.rotation_id, step = "rollback", new_token_id = %journal.new_token_id, reason = journal.last_error.as_deref().unwrap_or("-"), "rotation rolled back; the old token is current");
+        Ok(())
+    }
+
+    /// Finds tokens this daemon named for `policy` that no record
+    /// references and that are older than the safety margin; revokes them
+    /// unless `dry_run`. Runs under the policy's lock, so no rotation of
+    /// another replica is between create and stage meanwhile.
+    ///
+    /// # Errors
+    /// Store or MotherDuck failures. `Ok(None)`: the lock is busy.
+    pub async fn sweep(
+        &self,
+        policy: &Policy,
+        dry_run: bool,
+    ) -> Result<Option<Vec<TokenInfo>>, DriveError> {
+        let lease = policy.destinations[0]
+            .try_lock(&self.instance_id)
+            .await
+            .map_err(|source| DriveError::Store {
+                policy: policy.name.clone(),
+                source,
+            })?;
+        let Some(_lease) = lease else { return Ok(None) };
+        let views = self.load_all(policy).await?;
+        let referenced: std::collections::HashSet<&str> =
+            views.iter().flat_map(DestinationView::token_ids).collect();
+        let tokens = self
+            .client
+            .list_tokens(&policy.service_account)
+            .await
+            .map_err(|e| DriveError::Step {
+                policy: policy.name.clone(),
+                message: e.to_string(),
+            })?;
+        let now = self.clock.now();
+        let margin = chrono::Duration::from_std(self.orphan_min_age).unwrap_or_default();
+        let orphans: Vec<TokenInfo> = tokens
+            .into_iter()
+            .filter(|t| {
+                t.name
+                    .as_deref()
+                    .is_some_and(|n| policy.rotation_id_of(n).is_some())
+            })
+            .filter(|t| !referenced.contains(t.id.as_str()))
+            .filter(|t| t.created_ts + margin <= now)
+            .collect();
+        for t in &orphans {
+            self.metrics
+                .orphans_found_total
+                .with_label_values(&[policy.name.as_str()])
+                .inc();
+            if dry_run {
+                info!(policy = %policy.name, token_id = %t.id, token_name = t.name.as_deref().unwrap_or(""), "orphaned token (dry run, not revoked)");
+                continue;
+            }
+            self.client
+                .revoke_token(&policy.service_account, &t.id)
+                .await
+                .map_err(|e| DriveError::Step {
+                    policy: policy.name.clone(),
+                    message: e.to_string(),
+                })?;
+            self.metrics
+                .orphans_revoked_total
+                .with_label_values(&[policy.name.as_str()])
+                .inc();
+            warn!(policy = %policy.name, token_id = %t.id, token_name = t.name.as_deref().unwrap_or(""), "orphaned token revoked");
+        }
+        Ok(Some(orphans))
+    }
+}
+
+fn meta_of(info: &TokenInfo, service_account: &str, rotation_id: &str) -> TokenMeta {
+    TokenMeta {
+        token_id: info.id.clone(),
+        token_name: info.name.clone().unwrap_or_default(),
+        service_account: service_account.to_owned(),
+        token_type: info.token_type,
+        created_at: info.created_ts,
+        expires_at: info.expire_at,
+        rotation_id: rotation_id.to_owned(),
+    }
+}
+
+fn wait_text(why: &WaitReason) -> String {
+    match why {
+        WaitReason::Schedule(s) => s.clone(),
+        WaitReason::Overlap => "overlap period before the old token is revoked".to_owned(),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// Adds up to 20% random jitter so replicas and policies spread out.
+fn jitter(d: Duration) -> Duration {
+    let extra = d.as_millis() as u64 / 5;
+    if extra == 0 {
+        return d;
+    }
+    d + Duration::from_millis(fastrand::u64(0..=extra))
+}
