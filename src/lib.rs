@@ -6,6 +6,8 @@
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod daemon;
+pub mod http;
 pub mod metrics;
 pub mod motherduck;
 pub mod rotation;

@@ -1,28 +1,71 @@
 //! Command-line interface: argument parsing and the subcommands.
 
+mod demo;
+mod ops;
 mod simulator_cmd;
 
+use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config, LoadOptions, LogFormat};
 
 /// Exit code for invalid usage or configuration (EX_USAGE).
 pub const EXIT_USAGE: u8 = 64;
 /// Exit code for a runtime failure.
 pub const EXIT_FAILURE: u8 = 1;
 
-/// Rotates MotherDuck service-account tokens on schedule, storing them in
-/// Vault/OpenBao, AWS Secrets Manager or local files, verifying the new token
-/// before the old one is revoked.
+const DEFAULT_CONFIG: &str = "/etc/motherduck-rotator/config.toml";
+
+/// Rotates MotherDuck service-account tokens on schedule.
+///
+/// For each policy it creates a replacement token, writes it to the
+/// configured stores (local files, Vault/OpenBao, AWS Secrets Manager),
+/// verifies that consumers work with it, and only then revokes the old one.
+/// Every step is journaled in the stores, so a crash or restart resumes
+/// where it stopped.
 #[derive(Debug, Parser)]
-#[command(name = "motherduck-rotator", version, about, long_about = None)]
+#[command(name = "motherduck-rotator", version, about, long_about)]
 pub struct Cli {
+    /// Configuration file.
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "MOTHERDUCK_ROTATOR_CONFIG",
+        default_value = DEFAULT_CONFIG
+    )]
+    pub config: PathBuf,
+
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon: rotate every policy on schedule until SIGTERM/SIGINT.
+    Run,
+    /// Check the configuration and exit: 0 when valid, 64 with every problem
+    /// (file:line:column: field: reason) otherwise. Warnings are printed too.
+    Validate(ops::ValidateArgs),
+    /// Show the next due times of each policy and why, from the stores'
+    /// current tokens.
+    Plan(ops::PlanArgs),
+    /// Rotate now, once: the given policies, or all with --all. Exits 1 if
+    /// any rotation failed or was rolled back.
+    Rotate(ops::RotateArgs),
+    /// Show each policy's current token, age, expiry, next due time,
+    /// rotation in progress and last error, read from the stores.
+    Status(ops::StatusArgs),
+    /// Find tokens this rotator created that no store record references,
+    /// and revoke them (or list them with --dry-run).
+    Sweep(ops::SweepArgs),
+    /// Run a self-contained demo: an embedded MotherDuck simulator, a local
+    /// file store and three policies rotating about every 15 seconds, with
+    /// metrics on http://127.0.0.1:9464/metrics. Ctrl-C stops it.
+    Demo(demo::DemoArgs),
     /// Serve a simulated MotherDuck REST API for integration tests.
     ///
     /// The simulator implements the documented routes, validation rules and
@@ -41,7 +84,6 @@ pub enum Command {
 /// Parses arguments, runs the command, and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -52,11 +94,9 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Simulator(args) => simulator_cmd::run(args).await,
-        }
-    });
+    let result = runtime.block_on(dispatch(cli));
+    // Do not wait for blocking tasks (hooks, file IO) left by a shutdown.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -66,13 +106,98 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run => {
+            let config = match load_config(&cli.config, LoadOptions::default()) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            init_logging(config.daemon.log_format);
+            for w in &config.warnings {
+                tracing::warn!("{w}");
+            }
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let s = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                s.cancel();
+                // A second signal exits at once: every step can be resumed.
+                shutdown_signal().await;
+                eprintln!("second signal: exiting now");
+                std::process::exit(130);
+            });
+            crate::daemon::run(config, crate::daemon::RunOptions::default(), shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate(args) => Ok(ops::validate(&cli.config, &args)),
+        Command::Plan(args) => {
+            init_logging(LogFormat::Text);
+            ops::plan(&cli.config, &args).await
+        }
+        Command::Rotate(args) => {
+            init_logging(LogFormat::Text);
+            ops::rotate(&cli.config, &args).await
+        }
+        Command::Status(args) => {
+            init_logging(LogFormat::Text);
+            ops::status(&cli.config, &args).await
+        }
+        Command::Sweep(args) => {
+            init_logging(LogFormat::Text);
+            ops::sweep(&cli.config, &args).await
+        }
+        Command::Demo(args) => {
+            init_logging(LogFormat::Text);
+            demo::run(args).await
+        }
+        Command::Simulator(args) => {
+            init_logging(LogFormat::Text);
+            simulator_cmd::run(args).await
+        }
+    }
+}
+
+/// Loads the configuration, printing every problem and returning exit code
+/// 64 on failure.
+pub(crate) fn load_config(path: &std::path::Path, opts: LoadOptions) -> Result<Config, ExitCode> {
+    match config::load_with(path, opts) {
+        Ok(c) => Ok(c),
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("error: {e}");
+            }
+            eprintln!(
+                "error: invalid configuration ({} problem(s)); nothing was changed",
+                errors.0.len()
+            );
+            Err(ExitCode::from(EXIT_USAGE))
+        }
+    }
+}
+
+/// Logs go to stderr: human-readable on a terminal, JSON otherwise (or as
+/// configured). `MDR_LOG` overrides the level filter (default `info`).
+pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("MDR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -189,6 +189,31 @@ impl Env for ProcessEnv {
 /// Every problem found, each naming the file, line, column, field and
 /// reason.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    load_with(path, LoadOptions::default())
+}
+
+/// How [`load_with`] treats secret references.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    /// Read every referenced secret. Off for linting a configuration on a
+    /// machine that does not hold the secrets: references are checked for
+    /// form only and the config carries placeholders.
+    pub resolve_secrets: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            resolve_secrets: true,
+        }
+    }
+}
+
+/// [`load`] with options.
+///
+/// # Errors
+/// Every problem found.
+pub fn load_with(path: &Path, opts: LoadOptions) -> Result<Config, ConfigErrors> {
     let src = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: path.to_path_buf(),
@@ -198,7 +223,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             reason: format!("failed to read the configuration file: {e}"),
         }])
     })?;
-    parse(path, &src, &ProcessEnv)
+    parse_with(path, &src, &ProcessEnv, opts)
 }
 
 /// Validates configuration text; `path` is for messages and for resolving
@@ -207,6 +232,19 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 /// # Errors
 /// Every problem found.
 pub fn parse(path: &Path, src: &str, env: &dyn Env) -> Result<Config, ConfigErrors> {
+    parse_with(path, src, env, LoadOptions::default())
+}
+
+/// [`parse`] with options.
+///
+/// # Errors
+/// Every problem found.
+pub fn parse_with(
+    path: &Path,
+    src: &str,
+    env: &dyn Env,
+    opts: LoadOptions,
+) -> Result<Config, ConfigErrors> {
     let map = SourceMap::new(src);
     let raw: RawConfig = match toml::from_str(src) {
         Ok(r) => r,
@@ -228,6 +266,7 @@ pub fn parse(path: &Path, src: &str, env: &dyn Env) -> Result<Config, ConfigErro
         base,
         map,
         env,
+        opts,
         errors: Vec::new(),
         warnings: Vec::new(),
     };
@@ -246,6 +285,7 @@ struct Validator<'a> {
     base: PathBuf,
     map: SourceMap<'a>,
     env: &'a dyn Env,
+    opts: LoadOptions,
     errors: Vec<ConfigError>,
     warnings: Vec<String>,
 }
@@ -340,6 +380,17 @@ impl Validator<'_> {
         if n != 1 {
             self.error(path, "give exactly one of `file`, `env` or `credential`");
             return None;
+        }
+        if !self.opts.resolve_secrets {
+            let name = r.credential.as_deref().unwrap_or("x");
+            if name.is_empty() || name.contains('/') || name.starts_with('.') {
+                self.error(
+                    &path.key("credential"),
+                    format!("invalid credential name `{name}`"),
+                );
+                return None;
+            }
+            return Some((SecretString::from("unresolved".to_owned()), r.env.clone()));
         }
         if let Some(f) = &r.file {
             let f = self.path(f);
@@ -701,13 +752,13 @@ impl Validator<'_> {
                             ),
                         );
                     }
-                    if let Some(b) = &d.bare_token_file {
-                        if !plain_file_name(b) || b == &d.path {
-                            self.error(
-                                &dpath.key("bare_token_file"),
-                                format!("`{b}` must be a plain file name, different from `path`"),
-                            );
-                        }
+                    if let Some(b) = &d.bare_token_file
+                        && (!plain_file_name(b) || b == &d.path)
+                    {
+                        self.error(
+                            &dpath.key("bare_token_file"),
+                            format!("`{b}` must be a plain file name, different from `path`"),
+                        );
                     }
                     destinations.push(Destination::File(FileDestination {
                         store: d.store.clone(),

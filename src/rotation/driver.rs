@@ -344,6 +344,9 @@ impl Driver {
                 due = (now, "requested by `rotate`".to_owned());
             }
             let step = plan::decide(&views, now, due);
+            // `force` starts one rotation now; when the first step resumes
+            // an unfinished rotation instead, that one is the rotation.
+            force = false;
             match step {
                 Step::Wait { until, why } => {
                     self.publish_gauges(policy, &views, next.as_ref());
@@ -363,7 +366,6 @@ impl Driver {
                     failures,
                     why,
                 } => {
-                    force = false;
                     started = Some(tokio::time::Instant::now());
                     match self
                         .begin(policy, &views, previous_token_id, failures, &why, cancel)
@@ -717,10 +719,10 @@ impl Driver {
         journal: &Journal,
         fresh: &Option<(String, SecretString, Option<SecretString>)>,
     ) -> Result<(SecretString, Option<SecretString>), DriveError> {
-        if let Some((rid, s, a)) = fresh {
-            if rid == &journal.rotation_id {
-                return Ok((s.clone(), a.clone()));
-            }
+        if let Some((rid, s, a)) = fresh
+            && rid == &journal.rotation_id
+        {
+            return Ok((s.clone(), a.clone()));
         }
         for (i, v) in views.iter().enumerate() {
             let slot = if v

@@ -110,7 +110,7 @@ mod tests {
             .revoke_token("svc_verify", &created.info.id)
             .await
             .unwrap();
-        let err = run_all(&check(50), &ctx, &deps, &CancellationToken::new())
+        let err = run_all(&check(100), &ctx, &deps, &CancellationToken::new())
             .await
             .unwrap_err();
         assert_eq!(err.kind, HookKind::MotherDuck);
@@ -118,7 +118,7 @@ mod tests {
         let msg = err.to_string();
         assert!(
             msg.starts_with(&format!(
-                "motherduck hook `token {}` failed: not passed within 50ms",
+                "motherduck hook `token {}` failed: not passed within 100ms",
                 created.info.id
             )),
             "{msg}"

@@ -344,14 +344,13 @@ fn scrub(bytes: &[u8], secret: &[u8], cut_at_start: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     // A suffix of the secret at the very start, when earlier bytes were cut.
-    if cut_at_start {
-        if let Some(k) = (MIN_PARTIAL..secret.len())
+    if cut_at_start
+        && let Some(k) = (MIN_PARTIAL..secret.len())
             .rev()
             .find(|&k| bytes.starts_with(&secret[secret.len() - k..]))
-        {
-            out.extend_from_slice(REDACTED);
-            i = k;
-        }
+    {
+        out.extend_from_slice(REDACTED);
+        i = k;
     }
     while i < bytes.len() {
         if bytes[i..].starts_with(secret) {
@@ -541,8 +540,9 @@ mod tests {
     #[tokio::test]
     async fn non_zero_exit_fails_with_the_code() {
         let hook = sh("echo oops >&2; exit 7")
-            .deadline(Duration::from_millis(50))
-            .timeout(Duration::from_millis(50))
+            .timeout(Duration::from_secs(1))
+            .interval(Duration::from_secs(1))
+            .deadline(Duration::from_secs(1))
             .build()
             .unwrap();
         let err = run(hook).await.unwrap_err();
@@ -582,8 +582,9 @@ mod tests {
             .await
             .unwrap();
         let err = run(sh(&with_token)
-            .deadline(Duration::from_millis(30))
-            .timeout(Duration::from_millis(30))
+            .timeout(Duration::from_secs(1))
+            .interval(Duration::from_secs(1))
+            .deadline(Duration::from_secs(1))
             .build()
             .unwrap())
         .await
@@ -731,8 +732,18 @@ mod tests {
         // the end, leave no fragment either.
         let mut tail = Tail::default();
         tail.push(secret);
-        tail.push(&vec![b'x'; TAIL_BYTES - 10]);
+        tail.push(&vec![b'x'; TAIL_BYTES - secret.len()]);
         tail.push(&secret[..20]);
+        // 20 bytes fell out of the window: the first token lost its start.
+        assert!(
+            tail.bytes
+                .iter()
+                .copied()
+                .eq(secret[20..].iter().copied().chain(
+                    std::iter::repeat_n(b'x', TAIL_BYTES - secret.len())
+                        .chain(secret[..20].iter().copied())
+                ))
+        );
         assert!(tail.truncated);
         assert_eq!(tail.bytes.len(), TAIL_BYTES);
         let shown = tail.scrubbed(secret);

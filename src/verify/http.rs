@@ -2,6 +2,7 @@
 //! works with the new token.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -39,8 +40,12 @@ impl fmt::Debug for HeaderValueSpec {
 
 /// A validated HTTP probe. Built through [`HttpProbe::builder`], so an
 /// invalid URL, method, header or status cannot reach the polling loop.
+/// The settings sit behind an `Arc`, which keeps [`HookSpec`](super::HookSpec)
+/// small and clones cheap.
 #[derive(Clone)]
-pub struct HttpProbe {
+pub struct HttpProbe(Arc<Probe>);
+
+struct Probe {
     method: Method,
     url: Url,
     /// The URL without query and fragment: what errors and logs show, since
@@ -61,6 +66,7 @@ pub struct HttpProbe {
 impl fmt::Debug for HttpProbe {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let headers: Vec<(&str, &str)> = self
+            .0
             .headers
             .iter()
             .map(|(name, value)| {
@@ -73,14 +79,14 @@ impl fmt::Debug for HttpProbe {
             })
             .collect();
         f.debug_struct("HttpProbe")
-            .field("method", &self.method.as_str())
-            .field("url", &self.label)
+            .field("method", &self.0.method.as_str())
+            .field("url", &self.0.label)
             .field("headers", &headers)
-            .field("expect_status", &self.expect_status)
-            .field("json_field", &self.json_field)
-            .field("interval", &self.interval)
-            .field("deadline", &self.deadline)
-            .field("request_timeout", &self.request_timeout)
+            .field("expect_status", &self.0.expect_status)
+            .field("json_field", &self.0.json_field)
+            .field("interval", &self.0.interval)
+            .field("deadline", &self.0.deadline)
+            .field("request_timeout", &self.0.request_timeout)
             .finish()
     }
 }
@@ -117,52 +123,53 @@ impl HttpProbe {
 
     /// The URL without query or fragment.
     pub fn label(&self) -> &str {
-        &self.label
+        &self.0.label
     }
 
     pub fn method(&self) -> &Method {
-        &self.method
+        &self.0.method
     }
 
     pub fn expect_status(&self) -> &[u16] {
-        &self.expect_status
+        &self.0.expect_status
     }
 
     pub fn json_field(&self) -> Option<&str> {
-        self.json_field.as_deref()
+        self.0.json_field.as_deref()
     }
 
     pub fn interval(&self) -> Duration {
-        self.interval
+        self.0.interval
     }
 
     pub fn deadline(&self) -> Duration {
-        self.deadline
+        self.0.deadline
     }
 
     pub fn request_timeout(&self) -> Duration {
-        self.request_timeout
+        self.0.request_timeout
     }
 
     /// One request: passes when the status is expected and, if configured,
     /// the JSON field reports the new token id.
     pub(super) async fn attempt(&self, ctx: &VerifyContext) -> Result<(), Reason> {
         let mut response = self
+            .0
             .client
-            .request(self.method.clone(), self.url.clone())
-            .headers(self.headers.clone())
-            .timeout(self.request_timeout)
+            .request(self.0.method.clone(), self.0.url.clone())
+            .headers(self.0.headers.clone())
+            .timeout(self.0.request_timeout)
             .send()
             .await
             .map_err(|e| self.request_error(e))?;
         let actual = response.status().as_u16();
-        if !self.expect_status.contains(&actual) {
+        if !self.0.expect_status.contains(&actual) {
             return Err(Reason::Status {
-                expected: self.expect_status.clone(),
+                expected: self.0.expect_status.clone(),
                 actual,
             });
         }
-        let Some(pointer) = &self.json_field else {
+        let Some(pointer) = &self.0.json_field else {
             return Ok(());
         };
         let mut body = Vec::new();
@@ -182,7 +189,7 @@ impl HttpProbe {
     fn request_error(&self, e: reqwest::Error) -> Reason {
         if e.is_timeout() {
             return Reason::RequestTimeout {
-                after: self.request_timeout,
+                after: self.0.request_timeout,
             };
         }
         // The URL is already in the error's label; `without_url` also keeps
@@ -411,7 +418,7 @@ impl HttpProbeBuilder {
             .build()
             .map_err(|e| format!("failed to build the http client for the probe: {e}"))?;
 
-        Ok(HttpProbe {
+        Ok(HttpProbe(Arc::new(Probe {
             method,
             url,
             label: label.to_string(),
@@ -422,7 +429,7 @@ impl HttpProbeBuilder {
             deadline: self.deadline,
             request_timeout: self.request_timeout,
             client,
-        })
+        })))
     }
 }
 
@@ -443,6 +450,22 @@ mod tests {
             .interval(Duration::from_millis(5))
             .deadline(Duration::from_millis(300))
             .request_timeout(Duration::from_millis(200))
+    }
+
+    /// Settings for exactly one attempt that may take its time: with the
+    /// interval as long as the deadline no second attempt fits, so a failure
+    /// is reported as soon as the first answer is in, and a slow machine
+    /// cannot turn it into "still running at the deadline".
+    trait Once {
+        fn once(self) -> Self;
+    }
+
+    impl Once for HttpProbeBuilder {
+        fn once(self) -> Self {
+            self.interval(Duration::from_secs(2))
+                .deadline(Duration::from_secs(2))
+                .request_timeout(Duration::from_secs(2))
+        }
     }
 
     async fn run(probe: HttpProbe) -> Result<(), super::super::VerifyError> {
@@ -496,16 +519,16 @@ mod tests {
             .mount(&server)
             .await;
         let probe = fast(format!("{}/ready?key=abc", server.uri()))
-            .interval(Duration::from_millis(10))
-            .deadline(Duration::from_millis(50))
-            .request_timeout(Duration::from_millis(50))
+            .interval(Duration::from_millis(20))
+            .deadline(Duration::from_millis(200))
+            .request_timeout(Duration::from_millis(200))
             .build()
             .unwrap();
         let err = run(probe).await.unwrap_err();
         assert_eq!(err.kind, HookKind::Http);
         let msg = err.to_string();
         let prefix = format!(
-            "http hook `{}/ready` failed: not passed within 50ms after ",
+            "http hook `{}/ready` failed: not passed within 200ms after ",
             server.uri()
         );
         assert!(msg.starts_with(&prefix), "{msg}");
@@ -568,9 +591,7 @@ mod tests {
 
         let probe = |p: &str| {
             fast(format!("{}{p}", server.uri()))
-                .interval(Duration::from_millis(10))
-                .deadline(Duration::from_millis(30))
-                .request_timeout(Duration::from_millis(30))
+                .once()
                 .json_field("/auth/token_id")
                 .build()
                 .unwrap()
@@ -597,9 +618,7 @@ mod tests {
         );
 
         let missing = fast(format!("{}/match", server.uri()))
-            .interval(Duration::from_millis(10))
-            .deadline(Duration::from_millis(30))
-            .request_timeout(Duration::from_millis(30))
+            .once()
             .json_field("/token_id")
             .build()
             .unwrap();
@@ -630,9 +649,7 @@ mod tests {
             .mount(&server)
             .await;
         let probe = fast(server.uri())
-            .interval(Duration::from_millis(10))
-            .deadline(Duration::from_millis(30))
-            .request_timeout(Duration::from_millis(30))
+            .once()
             .header(
                 "X-Api-Key",
                 HeaderValueSpec::Secret(SecretString::from(HEADER_SECRET.to_owned())),

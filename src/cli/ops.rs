@@ -1,0 +1,538 @@
+//! The one-shot commands: validate, plan, rotate, status, sweep.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use clap::Args;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::{EXIT_FAILURE, load_config};
+use crate::clock::Clock;
+use crate::config::{Config, LoadOptions, Policy};
+use crate::metrics::Metrics;
+use crate::rotation::driver::{Driver, Tick};
+use crate::rotation::plan::{self, Step};
+use crate::schedule::{self, TokenTimes};
+use crate::stores::JournalState;
+use crate::verify::AckRegistry;
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Check secret references for form only, without reading them (for
+    /// linting a configuration on a machine that lacks the secrets).
+    #[arg(long)]
+    pub skip_secrets: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Compute from this instant instead of now (RFC 3339, e.g.
+    /// 2026-03-29T00:00:00Z), to see how a schedule behaves.
+    #[arg(long, value_name = "INSTANT")]
+    pub from: Option<DateTime<Utc>>,
+    /// How many due times to show per policy.
+    #[arg(short = 'n', long, default_value_t = 5)]
+    pub count: usize,
+    /// Only these policies (default: all).
+    pub policies: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    /// Policies to rotate.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub policies: Vec<String>,
+    /// Rotate every policy.
+    #[arg(long)]
+    pub all: bool,
+    /// Show what would happen, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also wait out the overlap period and revoke the old token, instead
+    /// of leaving that to the daemon.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// List orphaned tokens without revoking them.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Only these policies (default: all).
+    pub policies: Vec<String>,
+}
+
+pub fn validate(path: &Path, args: &ValidateArgs) -> ExitCode {
+    let opts = LoadOptions {
+        resolve_secrets: !args.skip_secrets,
+    };
+    match load_config(path, opts) {
+        Ok(c) => {
+            for w in &c.warnings {
+                eprintln!("warning: {w}");
+            }
+            println!(
+                "{}: valid ({} policies, {} warning(s))",
+                path.display(),
+                c.policies.len(),
+                c.warnings.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+/// The policies named, or all; an unknown name is a usage error.
+fn select<'a>(config: &'a Config, names: &[String]) -> Result<Vec<&'a Policy>, ExitCode> {
+    if names.is_empty() {
+        return Ok(config.policies.iter().collect());
+    }
+    let mut out = Vec::new();
+    for n in names {
+        match config.policies.iter().find(|p| &p.name == n) {
+            Some(p) => out.push(p),
+            None => {
+                let known: Vec<&str> = config.policies.iter().map(|p| p.name.as_str()).collect();
+                eprintln!("error: no policy named `{n}` (known: {})", known.join(", "));
+                return Err(ExitCode::from(super::EXIT_USAGE));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn driver(config: &Config) -> anyhow::Result<Driver> {
+    crate::daemon::driver_for(
+        config,
+        Clock::System,
+        Arc::new(Metrics::new()),
+        AckRegistry::default(),
+    )
+}
+
+pub async fn plan(path: &Path, args: &PlanArgs) -> anyhow::Result<ExitCode> {
+    let config = match load_config(path, LoadOptions::default()) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let policies = match select(&config, &args.policies) {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    let d = driver(&config)?;
+    let now = args.from.unwrap_or_else(Utc::now);
+    for p in policies {
+        let obs = d.observe(p).await?;
+        let times = obs.current().map(|m| TokenTimes {
+            created_at: m.created_at,
+            expires_at: m.expires_at,
+        });
+        println!("{} ({}):", p.name, p.service_account);
+        let dues = schedule::upcoming(
+            &p.name,
+            &p.schedule,
+            times.as_ref(),
+            now,
+            p.token_ttl,
+            args.count,
+        );
+        if dues.is_empty() {
+            println!("  never due: no schedule, and the token does not expire");
+        }
+        for due in dues {
+            let when = if due.at <= now {
+                "due now".to_owned()
+            } else {
+                format!("in {}", human_delta(due.at - now))
+            };
+            println!("  {}  ({when})  {}", due.at.to_rfc3339(), due.detail);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn rotate(path: &Path, args: &RotateArgs) -> anyhow::Result<ExitCode> {
+    let config = match load_config(path, LoadOptions::default()) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let policies = match select(&config, &args.policies) {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    let d = driver(&config)?;
+    let cancel = CancellationToken::new();
+    {
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            super::shutdown_signal().await;
+            c.cancel();
+        });
+    }
+    let mut failed = 0;
+    for p in policies {
+        if args.dry_run {
+            let obs = d.observe(p).await?;
+            let what = match &obs.step {
+                Step::Wait { .. } | Step::Begin { .. } => {
+                    "would create a new token, stage and promote it in every destination, verify it, and revoke the old one after the overlap".to_owned()
+                }
+                other => format!("would resume the unfinished rotation: {}", describe_step(other)),
+            };
+            println!("{}: {what}", p.name);
+            continue;
+        }
+        println!("{}: rotating", p.name);
+        let before = d
+            .observe(p)
+            .await
+            .ok()
+            .and_then(|o| plan::last_journal(&o.views).map(|j| j.rotation_id.clone()));
+        let mut result = d.reconcile(p, true, &cancel).await;
+        loop {
+            match &result {
+                Ok(Tick::Wait { until, why }) if args.wait && why.starts_with("overlap") => {
+                    println!(
+                        "{}: waiting until {until} before revoking the old token",
+                        p.name
+                    );
+                    let clock = d.clock.clone();
+                    if !schedule::sleep_until_wall(
+                        *until,
+                        move || clock.now(),
+                        crate::daemon::WALL_CHECK,
+                        &cancel,
+                    )
+                    .await
+                    {
+                        break;
+                    }
+                    result = d.reconcile(p, false, &cancel).await;
+                }
+                _ => break,
+            }
+        }
+        match result {
+            Err(e) => {
+                failed += 1;
+                println!("{}: failed: {e}", p.name);
+            }
+            Ok(Tick::Busy { .. }) => {
+                failed += 1;
+                println!("{}: another replica holds the lock; not rotated", p.name);
+            }
+            Ok(Tick::Stopped) => {
+                failed += 1;
+                println!(
+                    "{}: interrupted; the rotation resumes on the next run",
+                    p.name
+                );
+            }
+            Ok(Tick::Wait { until, why }) => {
+                let obs = d.observe(p).await?;
+                let last = plan::last_journal(&obs.views).cloned();
+                match last {
+                    Some(j) if Some(&j.rotation_id) != before.as_ref() || before.is_none() => {
+                        match j.state {
+                            JournalState::RolledBack => {
+                                failed += 1;
+                                println!(
+                                    "{}: rolled back, the old token is current: {}",
+                                    p.name,
+                                    j.last_error.as_deref().unwrap_or("unknown error")
+                                );
+                            }
+                            JournalState::Done => println!(
+                                "{}: rotated: token {} is current, the old token is revoked",
+                                p.name, j.new_token_id
+                            ),
+                            _ => println!(
+                                "{}: rotated: token {} is current; the old token stays valid until {until} ({why}) and is revoked then by the daemon, or now with --wait",
+                                p.name, j.new_token_id
+                            ),
+                        }
+                    }
+                    _ => {
+                        failed += 1;
+                        println!("{}: no rotation happened ({why})", p.name);
+                    }
+                }
+            }
+        }
+    }
+    Ok(if failed > 0 {
+        ExitCode::from(EXIT_FAILURE)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn describe_step(s: &Step) -> String {
+    match s {
+        Step::Wait { until, .. } => format!("wait until {until}"),
+        Step::Begin { why, .. } => format!("begin ({why})"),
+        Step::Stage { journal, .. } => format!("stage rotation {}", journal.rotation_id),
+        Step::Promote { journal, .. } => format!("promote rotation {}", journal.rotation_id),
+        Step::Verify { journal } => format!("verify rotation {}", journal.rotation_id),
+        Step::MarkVerified { journal, .. } => {
+            format!("record verification of rotation {}", journal.rotation_id)
+        }
+        Step::RevokeOld { journal } => format!(
+            "revoke the old token {} of rotation {}",
+            journal.previous_token_id.as_deref().unwrap_or("-"),
+            journal.rotation_id
+        ),
+        Step::ContinueRollback { journal, .. } => {
+            format!("finish rolling back rotation {}", journal.rotation_id)
+        }
+        Step::Inconsistent { reason } => format!("blocked: inconsistent records: {reason}"),
+    }
+}
+
+/// What `status` reports per policy.
+#[derive(Debug, Serialize)]
+struct PolicyStatus {
+    policy: String,
+    service_account: String,
+    token_id: Option<String>,
+    token_created_at: Option<DateTime<Utc>>,
+    token_age_seconds: Option<i64>,
+    token_expires_at: Option<DateTime<Utc>>,
+    next_due: Option<DateTime<Utc>>,
+    next_due_reason: Option<String>,
+    /// `idle`, or the state of the unfinished rotation.
+    state: String,
+    rotation_id: Option<String>,
+    revoke_old_after: Option<DateTime<Utc>>,
+    last_error: Option<String>,
+    consecutive_failures: u32,
+    destinations: Vec<DestinationStatus>,
+    error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct DestinationStatus {
+    destination: String,
+    current_token_id: Option<String>,
+    pending_token_id: Option<String>,
+    previous_token_id: Option<String>,
+}
+
+pub async fn status(path: &Path, args: &StatusArgs) -> anyhow::Result<ExitCode> {
+    let config = match load_config(path, LoadOptions::default()) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let d = driver(&config)?;
+    let mut out = Vec::new();
+    let mut any_error = false;
+    for p in &config.policies {
+        let mut s = PolicyStatus {
+            policy: p.name.clone(),
+            service_account: p.service_account.clone(),
+            token_id: None,
+            token_created_at: None,
+            token_age_seconds: None,
+            token_expires_at: None,
+            next_due: None,
+            next_due_reason: None,
+            state: "unknown".into(),
+            rotation_id: None,
+            revoke_old_after: None,
+            last_error: None,
+            consecutive_failures: 0,
+            destinations: Vec::new(),
+            error: None,
+        };
+        match d.observe(p).await {
+            Err(e) => {
+                any_error = true;
+                s.error = Some(e.to_string());
+            }
+            Ok(obs) => {
+                if let Some(c) = obs.current() {
+                    s.token_id = Some(c.token_id.clone());
+                    s.token_created_at = Some(c.created_at);
+                    s.token_age_seconds = Some((obs.now - c.created_at).num_seconds());
+                    s.token_expires_at = c.expires_at;
+                }
+                if let Some(n) = &obs.next {
+                    s.next_due = Some(n.at);
+                    s.next_due_reason = Some(n.detail.clone());
+                }
+                match plan::active_journal(&obs.views) {
+                    Ok(Some(j)) => {
+                        s.state = format!("rotating ({})", j.state.as_str());
+                        s.rotation_id = Some(j.rotation_id.clone());
+                        s.revoke_old_after = j.revoke_after;
+                    }
+                    Ok(None) => s.state = "idle".into(),
+                    Err(reason) => {
+                        any_error = true;
+                        s.state = "inconsistent".into();
+                        s.error = Some(reason);
+                    }
+                }
+                if let Some(j) = plan::last_journal(&obs.views)
+                    && j.state == JournalState::RolledBack
+                {
+                    s.last_error = j.last_error.clone();
+                    s.consecutive_failures = j.failures;
+                }
+                for (i, v) in obs.views.iter().enumerate() {
+                    s.destinations.push(DestinationStatus {
+                        destination: p.destinations[i].label(),
+                        current_token_id: v.current.as_ref().map(|r| r.meta.token_id.clone()),
+                        pending_token_id: v.pending.as_ref().map(|r| r.meta.token_id.clone()),
+                        previous_token_id: v.previous.as_ref().map(|r| r.meta.token_id.clone()),
+                    });
+                }
+            }
+        }
+        out.push(s);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        for s in &out {
+            print_status(s);
+        }
+    }
+    Ok(if any_error {
+        ExitCode::from(EXIT_FAILURE)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn print_status(s: &PolicyStatus) {
+    println!("{} ({})", s.policy, s.service_account);
+    if let Some(e) = &s.error {
+        println!("  error:       {e}");
+    }
+    match (&s.token_id, s.token_created_at) {
+        (Some(id), Some(c)) => {
+            let age = s.token_age_seconds.map_or_else(String::new, |a| {
+                format!(" ({} ago)", human_delta(chrono::Duration::seconds(a)))
+            });
+            let exp = s
+                .token_expires_at
+                .map_or_else(|| "never".to_owned(), |e| e.to_rfc3339());
+            println!(
+                "  token:       {id}, created {}{age}, expires {exp}",
+                c.to_rfc3339()
+            );
+        }
+        _ => println!("  token:       none stored"),
+    }
+    match (&s.next_due, &s.next_due_reason) {
+        (Some(n), Some(r)) => println!("  next due:    {} ({r})", n.to_rfc3339()),
+        _ => println!("  next due:    never"),
+    }
+    let mut state = s.state.clone();
+    if let Some(r) = &s.rotation_id {
+        state.push_str(&format!(", rotation {r}"));
+    }
+    if let Some(t) = s.revoke_old_after {
+        state.push_str(&format!(", old token revoked after {}", t.to_rfc3339()));
+    }
+    println!("  state:       {state}");
+    match &s.last_error {
+        Some(e) => println!(
+            "  last error:  {e} ({} consecutive failure(s))",
+            s.consecutive_failures
+        ),
+        None => println!("  last error:  -"),
+    }
+    for d in &s.destinations {
+        println!(
+            "  {}: current {}{}{}",
+            d.destination,
+            d.current_token_id.as_deref().unwrap_or("-"),
+            d.pending_token_id
+                .as_ref()
+                .map_or_else(String::new, |p| format!(", pending {p}")),
+            d.previous_token_id
+                .as_ref()
+                .map_or_else(String::new, |p| format!(", previous {p}")),
+        );
+    }
+}
+
+pub async fn sweep(path: &Path, args: &SweepArgs) -> anyhow::Result<ExitCode> {
+    let config = match load_config(path, LoadOptions::default()) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let policies = match select(&config, &args.policies) {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    let d = driver(&config)?;
+    let mut failed = false;
+    for p in policies {
+        match d.sweep(p, args.dry_run).await {
+            Ok(None) => println!("{}: skipped, a rotation holds the lock", p.name),
+            Ok(Some(found)) if found.is_empty() => println!("{}: no orphaned tokens", p.name),
+            Ok(Some(found)) => {
+                for t in found {
+                    println!(
+                        "{}: {} {} ({}, created {})",
+                        p.name,
+                        if args.dry_run {
+                            "orphan"
+                        } else {
+                            "revoked orphan"
+                        },
+                        t.id,
+                        t.name.as_deref().unwrap_or(""),
+                        t.created_ts.to_rfc3339()
+                    );
+                }
+            }
+            Err(e) => {
+                failed = true;
+                println!("{}: sweep failed: {e}", p.name);
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(EXIT_FAILURE)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// "3h 5m", "42s": the two largest units.
+pub fn human_delta(d: chrono::Duration) -> String {
+    let secs = d.num_seconds().unsigned_abs();
+    let units = [(86_400, "d"), (3_600, "h"), (60, "m"), (1, "s")];
+    let mut parts = Vec::new();
+    let mut rest = secs;
+    for (n, u) in units {
+        if rest >= n {
+            parts.push(format!("{}{u}", rest / n));
+            rest %= n;
+        }
+        if parts.len() == 2 {
+            break;
+        }
+    }
+    if parts.is_empty() {
+        "0s".to_owned()
+    } else {
+        parts.join(" ")
+    }
+}
