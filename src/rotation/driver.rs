@@ -333,6 +333,9 @@ impl Driver {
         // back from a store needlessly.
         let mut fresh: Option<(String, SecretString, Option<SecretString>)> = None;
         let mut started: Option<tokio::time::Instant> = None;
+        // Acknowledgements are accepted from promotion on: consumers see the
+        // new token then and may acknowledge before verification starts.
+        let mut ack_waiter: Option<verify::AckWaiter> = None;
         loop {
             if cancel.is_cancelled() {
                 return Ok(Tick::Stopped);
@@ -382,6 +385,10 @@ impl Driver {
                     }
                 }
                 Step::Promote { journal, dests } => {
+                    if self.wants_ack(policy, &journal, &ack_waiter) {
+                        let secret = self.secret_for(policy, &views, &journal, &fresh).await?;
+                        ack_waiter = self.register_ack(&journal, &secret);
+                    }
                     crash_point("before-promote");
                     if let Err(e) = self.promote(policy, &journal, &dests, cancel).await {
                         self.fail(policy, &views, journal, e, cancel).await?;
@@ -390,7 +397,13 @@ impl Driver {
                 }
                 Step::Verify { journal } => {
                     let secret = self.secret_for(policy, &views, &journal, &fresh).await?;
-                    match self.verify(policy, &journal, secret, cancel).await {
+                    if self.wants_ack(policy, &journal, &ack_waiter) {
+                        ack_waiter = self.register_ack(&journal, &secret);
+                    }
+                    let result = self.verify(policy, &journal, secret.0, cancel).await;
+                    // Acknowledgements end with verification.
+                    drop(ack_waiter.take());
+                    match result {
                         Ok(()) => {
                             let verified = Journal {
                                 state: JournalState::Verified,
@@ -758,27 +771,45 @@ impl Driver {
         })
     }
 
+    /// Whether the policy takes acknowledgements and none is registered
+    /// for this rotation yet.
+    fn wants_ack(
+        &self,
+        policy: &Policy,
+        journal: &Journal,
+        waiter: &Option<verify::AckWaiter>,
+    ) -> bool {
+        policy.hooks.iter().any(|h| matches!(h, HookSpec::Ack(_)))
+            && waiter
+                .as_ref()
+                .is_none_or(|w| w.rotation_id() != journal.rotation_id)
+    }
+
+    fn register_ack(
+        &self,
+        journal: &Journal,
+        secret: &(SecretString, Option<SecretString>),
+    ) -> Option<verify::AckWaiter> {
+        secret
+            .1
+            .as_ref()
+            .map(|ack| self.verify.acks.register(journal.rotation_id.clone(), ack))
+    }
+
     async fn verify(
         &self,
         policy: &Policy,
         journal: &Journal,
-        secret: (SecretString, Option<SecretString>),
+        token: SecretString,
         cancel: &CancellationToken,
     ) -> Result<(), StepError> {
         let started = tokio::time::Instant::now();
-        let _ack_guard = match (
-            &secret.1,
-            policy.hooks.iter().any(|h| matches!(h, HookSpec::Ack(_))),
-        ) {
-            (Some(ack), true) => Some(self.verify.acks.register(journal.rotation_id.clone(), ack)),
-            _ => None,
-        };
         let ctx = VerifyContext {
             policy: policy.name.clone(),
             rotation_id: journal.rotation_id.clone(),
             service_account: policy.service_account.clone(),
             token_id: journal.new_token_id.clone(),
-            token: secret.0,
+            token,
         };
         info!(policy = %policy.name, rotation_id = %journal.rotation_id, step = "verify", hooks = policy.hooks.len(), "verifying the new token");
         let r = verify::run_all(&policy.hooks, &ctx, &self.verify, cancel).await;
