@@ -4,6 +4,7 @@ mod cli_simulator;
 mod client_sim;
 mod client_wiremock;
 mod harness;
+mod prometheus_rules;
 mod simulator_validation;
 mod smoke_services;
 mod support;
