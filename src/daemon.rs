@@ -35,8 +35,9 @@ pub fn driver_for(
     metrics: Arc<Metrics>,
     acks: AckRegistry,
 ) -> anyhow::Result<Driver> {
-    let client = Client::new(config.motherduck.client_config())
-        .context("failed to set up the MotherDuck client")?;
+    let mut client_config = config.motherduck.client_config();
+    client_config.metrics = Some(metrics.clone());
+    let client = Client::new(client_config).context("failed to set up the MotherDuck client")?;
     let scrub_env = config.motherduck.admin_token_env.iter().cloned().collect();
     Ok(Driver {
         client: client.clone(),

@@ -3,6 +3,7 @@
 //! See `ARCHITECTURE.md` at the repository root for the bird's-eye view and
 //! the codemap.
 
+pub mod alerts;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub store_operations_total: IntCounterVec,
     pub verification_duration_seconds: HistogramVec,
     pub config_reloads_total: IntCounterVec,
+    pub alerts_total: IntCounterVec,
     pub build_info: IntGaugeVec,
 }
 
@@ -174,6 +175,11 @@ impl Metrics {
                 "config_reloads_total",
                 "Configuration reloads, by outcome (success, failure).",
                 &["outcome"],
+            ),
+            alerts_total: counter(
+                "alerts_total",
+                "Alert notifications, by sink and outcome (success, failure, rate_limited, queue_full).",
+                &["sink", "outcome"],
             ),
             build_info: int_gauge(
                 "build_info",

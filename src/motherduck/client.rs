@@ -60,6 +60,8 @@ pub struct ClientConfig {
     pub rate_limit_per_second: NonZeroU32,
     /// How the client waits between attempts; tests record instead.
     pub sleep: RetrySleep,
+    /// Where request counts and latencies are recorded, if anywhere.
+    pub metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 impl ClientConfig {
@@ -75,6 +77,7 @@ impl ClientConfig {
             retry_after_cap: Duration::from_secs(30),
             rate_limit_per_second: NonZeroU32::new(10).expect("10 is not zero"),
             sleep: RetrySleep::Tokio,
+            metrics: None,
         }
     }
 }
@@ -638,7 +641,26 @@ impl Client {
             let bytes = resp.bytes().await.map_err(reqwest::Error::without_url)?;
             Ok::<_, reqwest::Error>((status, headers, bytes))
         };
-        let (status, headers, bytes) = match tokio::time::timeout(timeout, exchange).await {
+        let started = tokio::time::Instant::now();
+        let outcome = tokio::time::timeout(timeout, exchange).await;
+        if let Some(m) = &self.inner.cfg.metrics {
+            let class = match &outcome {
+                Ok(Ok((status, _, _))) => match status.as_u16() {
+                    200..=299 => "2xx",
+                    300..=399 => "3xx",
+                    400..=499 => "4xx",
+                    _ => "5xx",
+                },
+                _ => "error",
+            };
+            m.api_requests_total
+                .with_label_values(&[endpoint.as_str(), class])
+                .inc();
+            m.api_request_duration_seconds
+                .with_label_values(&[endpoint.as_str()])
+                .observe(started.elapsed().as_secs_f64());
+        }
+        let (status, headers, bytes) = match outcome {
             Err(_) => {
                 return Err(Failure {
                     error: ApiError::Timeout {
