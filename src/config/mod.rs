@@ -23,7 +23,7 @@ use span::{FieldPath, SourceMap};
 use crate::motherduck::{self, TokenType};
 use crate::rotation::plan::RetryPolicy;
 use crate::schedule::{Cadence, ScheduleSpec};
-use crate::secret::{SecretString, read_secret_file};
+use crate::secret::{ExposeSecret, SecretString, read_secret_file};
 use crate::stores::Destination;
 use crate::stores::file::FileDestination;
 use crate::verify::HookSpec;
@@ -134,6 +134,7 @@ impl Policy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     pub file: PathBuf,
+    /// 1-based; 0 when the file itself could not be read.
     pub line: usize,
     pub column: usize,
     /// The field, e.g. `policy[0].schedule.cron`; empty for syntax errors.
@@ -143,7 +144,13 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        // Line 0: the problem is with the file as a whole (it could not be
+        // read), so there is no place in it to name.
+        if self.line == 0 {
+            write!(f, "{}: ", self.file.display())?;
+        } else {
+            write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        }
         if !self.field.is_empty() {
             write!(f, "`{}`: ", self.field)?;
         }
@@ -249,14 +256,31 @@ pub fn parse_with(
     let raw: RawConfig = match toml::from_str(src) {
         Ok(r) => r,
         Err(e) => {
-            let span = e.span().unwrap_or(0..0);
+            let reason = e.message().trim().to_owned();
+            let mut span = e.span().unwrap_or(0..0);
+            // An empty span is toml's way of pointing at the whole document
+            // (a missing top-level table).
+            let mut field = if span.is_empty() {
+                FieldPath::default()
+            } else {
+                map.path_at(&span)
+            };
+            // Serde places an unknown field at its table (or, for the
+            // tagged store and hook tables, at the enclosing array); point
+            // at the key itself, where the typo is.
+            if let Some((path, key_span)) =
+                unknown_field(&reason).and_then(|k| map.find_key(&field, k))
+            {
+                field = path;
+                span = key_span;
+            }
             let (line, column) = map.line_col(span.start);
             return Err(ConfigErrors(vec![ConfigError {
                 file: path.to_path_buf(),
                 line,
                 column,
-                field: map.path_at(&span).to_string(),
-                reason: e.message().trim().to_owned(),
+                field: field.to_string(),
+                reason,
             }]));
         }
     };
@@ -269,6 +293,7 @@ pub fn parse_with(
         opts,
         errors: Vec::new(),
         warnings: Vec::new(),
+        secret_envs: secret_env_names(&raw),
     };
     let config = v.config(raw);
     if v.errors.is_empty() {
@@ -276,7 +301,10 @@ pub fn parse_with(
         config.warnings = v.warnings;
         Ok(config)
     } else {
-        Err(ConfigErrors(v.errors))
+        // Found section by section; reported in the order of the file.
+        let mut errors = v.errors;
+        errors.sort_by_key(|e| (e.line, e.column));
+        Err(ConfigErrors(errors))
     }
 }
 
@@ -288,6 +316,9 @@ struct Validator<'a> {
     opts: LoadOptions,
     errors: Vec<ConfigError>,
     warnings: Vec<String>,
+    /// Environment variables the configuration reads secrets from; command
+    /// hooks may not inherit them.
+    secret_envs: BTreeSet<String>,
 }
 
 const DEFAULT_API_URL: &str = "https://api.motherduck.com";
@@ -369,30 +400,62 @@ impl Validator<'_> {
         self.secret_ref(r, path)
     }
 
+    /// Resolves a secret reference (or, without `resolve_secrets`, checks
+    /// its form). A reference that looks like a pasted token is refused
+    /// without being quoted, since then it is the secret itself.
     fn secret_ref(
         &mut self,
         r: &RawSecretRef,
         path: &FieldPath,
     ) -> Option<(SecretString, Option<String>)> {
-        let n = usize::from(r.file.is_some())
-            + usize::from(r.env.is_some())
-            + usize::from(r.credential.is_some());
-        if n != 1 {
-            self.error(path, "give exactly one of `file`, `env` or `credential`");
-            return None;
-        }
-        if !self.opts.resolve_secrets {
-            let name = r.credential.as_deref().unwrap_or("x");
-            if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        let given: Vec<&str> = [
+            r.file.as_ref().map(|_| "file"),
+            r.env.as_ref().map(|_| "env"),
+            r.credential.as_ref().map(|_| "credential"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        match given.as_slice() {
+            [_] => {}
+            [] => {
                 self.error(
-                    &path.key("credential"),
-                    format!("invalid credential name `{name}`"),
+                    path,
+                    "a secret reference needs one of `file`, `env` or `credential`",
                 );
                 return None;
             }
-            return Some((SecretString::from("unresolved".to_owned()), r.env.clone()));
+            more => {
+                self.error(
+                    path,
+                    format!(
+                        "give exactly one of `file`, `env` or `credential`, not {}",
+                        more.iter()
+                            .map(|k| format!("`{k}`"))
+                            .collect::<Vec<_>>()
+                            .join(" and ")
+                    ),
+                );
+                return None;
+            }
         }
+        let pasted = |key: &str| {
+            format!(
+                "this looks like a token rather than a {key}; never put the secret itself in the configuration (the value is not shown)"
+            )
+        };
         if let Some(f) = &r.file {
+            if f.as_os_str().is_empty() {
+                self.error(&path.key("file"), "the secret file path is empty");
+                return None;
+            }
+            if looks_like_token(&f.to_string_lossy()) {
+                self.error(&path.key("file"), pasted("file path"));
+                return None;
+            }
+            if !self.opts.resolve_secrets {
+                return Some((unresolved(), None));
+            }
             let f = self.path(f);
             return match read_secret_file(&f) {
                 Ok(s) => Some((s, None)),
@@ -403,6 +466,22 @@ impl Validator<'_> {
             };
         }
         if let Some(var) = &r.env {
+            if looks_like_token(var) {
+                self.error(&path.key("env"), pasted("variable name"));
+                return None;
+            }
+            if !valid_env_name(var) {
+                self.error(
+                    &path.key("env"),
+                    format!(
+                        "`{var}` is not an environment variable name (letters, digits and `_`, not starting with a digit)"
+                    ),
+                );
+                return None;
+            }
+            if !self.opts.resolve_secrets {
+                return Some((unresolved(), Some(var.clone())));
+            }
             return match self.env.var(var).map(|v| v.trim().to_owned()) {
                 Some(v) if !v.is_empty() => Some((SecretString::from(v), Some(var.clone()))),
                 _ => {
@@ -415,12 +494,21 @@ impl Validator<'_> {
             };
         }
         let name = r.credential.as_deref().unwrap_or_default();
-        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        if looks_like_token(name) {
+            self.error(&path.key("credential"), pasted("credential name"));
+            return None;
+        }
+        if !plain_file_name(name) {
             self.error(
                 &path.key("credential"),
-                format!("invalid credential name `{name}`"),
+                format!(
+                    "invalid credential name `{name}`: it must be a file name in $CREDENTIALS_DIRECTORY (no `/`, not starting with `.`)"
+                ),
             );
             return None;
+        }
+        if !self.opts.resolve_secrets {
+            return Some((unresolved(), None));
         }
         let Some(dir) = self.env.var("CREDENTIALS_DIRECTORY") else {
             self.error(
@@ -444,7 +532,7 @@ impl Validator<'_> {
         let stores = self.stores(&raw.stores);
         let mut policies = Vec::new();
         let mut names = BTreeSet::new();
-        let mut files: BTreeMap<PathBuf, String> = BTreeMap::new();
+        let mut files: BTreeMap<PathBuf, FileClaim> = BTreeMap::new();
         if raw.policies.is_empty() {
             self.warn(
                 &root(),
@@ -461,24 +549,12 @@ impl Validator<'_> {
             }
             if let Some(policy) = self.policy(p, &path, &stores) {
                 for (j, d) in policy.destinations.iter().enumerate() {
-                    let Destination::File(f) = d;
-                    for file in [
-                        Some(f.path()),
-                        f.bare_token_file.as_ref().map(|b| f.directory.join(b)),
-                    ]
-                    .into_iter()
-                    .flatten()
-                    {
-                        if let Some(other) = files.insert(file.clone(), policy.name.clone()) {
-                            self.error(
-                                &path.key("destinations").index(j),
-                                format!(
-                                    "`{}` is already written by policy `{other}`",
-                                    file.display()
-                                ),
-                            );
-                        }
-                    }
+                    self.claim_files(
+                        &mut files,
+                        &policy.name,
+                        d,
+                        &path.key("destinations").index(j),
+                    );
                 }
                 policies.push(policy);
             }
@@ -492,6 +568,72 @@ impl Validator<'_> {
         })
     }
 
+    /// Records the files destination `d` of `policy` writes, reporting any
+    /// that another destination (of any policy, this one included) already
+    /// writes. Besides the record `P` and the bare-token file, the file
+    /// store keeps `P.pending`, `P.previous` and `P.lock` next to the record,
+    /// so a record named like another record's working file would be
+    /// overwritten by that rotation.
+    fn claim_files(
+        &mut self,
+        files: &mut BTreeMap<PathBuf, FileClaim>,
+        policy: &str,
+        d: &Destination,
+        dpath: &FieldPath,
+    ) {
+        let Destination::File(f) = d;
+        let record = f.path();
+        let mut wanted = vec![("path", record.clone(), None)];
+        for suffix in ["pending", "previous", "lock"] {
+            let mut name = record.clone().into_os_string();
+            name.push(format!(".{suffix}"));
+            wanted.push(("path", PathBuf::from(name), Some(record.clone())));
+        }
+        if let Some(b) = &f.bare_token_file {
+            wanted.push(("bare_token_file", f.directory.join(b), None));
+        }
+        let mut reported = BTreeSet::new();
+        for (field, file, working_file_of) in wanted {
+            let reason = match (files.get(&file), &working_file_of) {
+                (None, _) => {
+                    files.insert(
+                        file,
+                        FileClaim {
+                            policy: policy.to_owned(),
+                            working_file_of,
+                        },
+                    );
+                    continue;
+                }
+                (Some(c), None) => match &c.working_file_of {
+                    None => format!(
+                        "`{}` is already written by policy `{}`",
+                        file.display(),
+                        c.policy
+                    ),
+                    Some(r) => format!(
+                        "`{}` is already used by policy `{}` as a working file of its record `{}`",
+                        file.display(),
+                        c.policy,
+                        r.display()
+                    ),
+                },
+                (Some(c), Some(_)) => match &c.working_file_of {
+                    None => format!(
+                        "the file store keeps `{}` next to this record, but policy `{}` already writes that file",
+                        file.display(),
+                        c.policy
+                    ),
+                    // Equal records, reported for the record itself.
+                    Some(_) => continue,
+                },
+            };
+            if reported.insert(field) {
+                self.error(&dpath.key(field), reason);
+            }
+        }
+    }
+
     fn motherduck(&mut self, raw: &RawMotherDuck) -> Option<MotherDuckSettings> {
         let path = root().key("motherduck");
         let api_url = raw
@@ -501,7 +643,24 @@ impl Validator<'_> {
         if let Err(e) = motherduck::validate_base_url(&api_url) {
             self.error(&path.key("api_url"), e.to_string());
         }
-        let token = self.secret(&raw.admin_token, &path.key("admin_token"));
+        let token = self
+            .secret(&raw.admin_token, &path.key("admin_token"))
+            .filter(|(t, _)| {
+                // The client sends it as `Authorization: Bearer …`; a token
+                // that cannot be a header value (a stray line break inside
+                // the file) would otherwise fail only at the first request.
+                let ok = t
+                    .expose_secret()
+                    .bytes()
+                    .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f));
+                if !ok {
+                    self.error(
+                        &path.key("admin_token"),
+                        "the admin token contains characters not allowed in an HTTP header, such as a line break inside it",
+                    );
+                }
+                ok
+            });
         let request_timeout = self.duration(
             &raw.request_timeout,
             &path.key("request_timeout"),
@@ -514,7 +673,7 @@ impl Validator<'_> {
         if max_retries > 20 {
             self.error(
                 &path.key("max_retries"),
-                format!("{max_retries} is more than 20"),
+                format!("`{max_retries}` is more than the maximum of 20"),
             );
         }
         let rate = raw.rate_limit_per_second.unwrap_or(10);
@@ -591,6 +750,17 @@ impl Validator<'_> {
                 "must be greater than zero",
             );
         }
+        if let Some(id) = &raw.instance_id
+            && (id.trim().is_empty() || id.chars().any(char::is_control))
+        {
+            self.error(
+                &path.key("instance_id"),
+                format!(
+                    "`{}` must be non-empty text without control characters",
+                    id.escape_debug()
+                ),
+            );
+        }
         let instance_id = raw.instance_id.clone().unwrap_or_else(default_instance_id);
         Some(DaemonSettings {
             listen: listen.ok()?,
@@ -648,7 +818,14 @@ impl Validator<'_> {
             Some(&serde_json::json!(p.service_account)),
             &["service_account"],
         ) {
-            let reasons: Vec<String> = issues.into_iter().map(|i| i.message).collect();
+            // The API's messages read "Username must …"; say "it must …".
+            let reasons: Vec<String> = issues
+                .into_iter()
+                .map(|i| match i.message.strip_prefix("Username ") {
+                    Some(rest) => format!("it {rest}"),
+                    None => i.message,
+                })
+                .collect();
             self.error(
                 &path.key("service_account"),
                 format!(
@@ -669,19 +846,23 @@ impl Validator<'_> {
                 TokenType::ReadWrite
             }
         };
-        let token_ttl = self.opt_duration(&p.token_ttl, &path.key("token_ttl"));
-        if let Some(ttl) = token_ttl {
-            let secs = ttl.as_secs();
-            if !(300..=31_536_000).contains(&secs) || ttl.subsec_nanos() != 0 {
-                self.error(
-                    &path.key("token_ttl"),
-                    format!(
-                        "{} is outside what MotherDuck accepts (whole seconds from 5m to 365d)",
-                        humantime::format_duration(ttl)
-                    ),
-                );
-            }
-        }
+        // An invalid TTL is reported once and then treated as absent, so
+        // the checks that compare against it do not report follow-on errors.
+        let token_ttl = self
+            .opt_duration(&p.token_ttl, &path.key("token_ttl"))
+            .filter(|ttl| {
+                let ok = (300..=31_536_000).contains(&ttl.as_secs()) && ttl.subsec_nanos() == 0;
+                if !ok {
+                    self.error(
+                        &path.key("token_ttl"),
+                        format!(
+                            "`{}` is outside what MotherDuck accepts (whole seconds from 5m to 365d)",
+                            p.token_ttl.as_deref().unwrap_or_default()
+                        ),
+                    );
+                }
+                ok
+            });
         let prefix = p
             .token_name_prefix
             .clone()
@@ -852,37 +1033,52 @@ impl Validator<'_> {
                 w.timezone.as_deref().unwrap_or("UTC"),
             ) {
                 Ok(w) => windows.push(w),
-                Err(e) => self.error(&wpath, e),
+                Err(e) => {
+                    let field = window_error_field(&e);
+                    self.error(&field.map_or(wpath.clone(), |f| wpath.key(f)), e);
+                }
             }
         }
-        let mut rotate_before_expiry =
-            self.opt_duration(&p.rotate_before_expiry, &path.key("rotate_before_expiry"));
-        if let Some(ttl) = ttl {
+        let rbe_path = path.key("rotate_before_expiry");
+        let mut rotate_before_expiry = self.opt_duration(&p.rotate_before_expiry, &rbe_path);
+        let fmt = |d: Duration| humantime::format_duration(d).to_string();
+        let rbe_invalid = p.rotate_before_expiry.is_some() && rotate_before_expiry.is_none();
+        if let Some(ttl) = ttl.filter(|_| !rbe_invalid) {
             // Expiring tokens always rotate before they expire; a third of
             // the lifetime leaves room for retries and the overlap.
+            let defaulted = rotate_before_expiry.is_none() && p.rotate_before_expiry.is_none();
             let before = *rotate_before_expiry.get_or_insert(ttl / 3);
+            let what = if defaulted {
+                format!("the default (a third of `token_ttl`, `{}`)", fmt(before))
+            } else {
+                format!("`{}`", fmt(before))
+            };
             if before >= ttl {
                 self.error(
-                    &path.key("rotate_before_expiry"),
-                    "must be shorter than `token_ttl`",
+                    &rbe_path,
+                    format!("{what} must be shorter than `token_ttl` (`{}`)", fmt(ttl)),
                 );
             } else if before <= overlap {
+                let fix = if defaulted {
+                    "; set `rotate_before_expiry` longer than `overlap`, or shorten `overlap`"
+                } else {
+                    ""
+                };
                 self.error(
-                    &path.key("rotate_before_expiry"),
+                    &rbe_path,
                     format!(
-                        "{} leaves no time: the old token must outlive the overlap period ({}) after the rotation starts",
-                        humantime::format_duration(before),
-                        humantime::format_duration(overlap)
+                        "{what} must be longer than `overlap` (`{}`): the old token has to outlive the overlap period after the rotation starts{fix}",
+                        fmt(overlap)
                     ),
                 );
             }
-        } else if rotate_before_expiry.is_some() {
+        } else if p.rotate_before_expiry.is_some() && p.token_ttl.is_none() {
             self.warn(
-                &path.key("rotate_before_expiry"),
+                &rbe_path,
                 "has no effect: `token_ttl` is not set, tokens never expire",
             );
         }
-        if cadence.is_none() && p.schedule.is_none() && ttl.is_none() {
+        if p.schedule.is_none() && p.token_ttl.is_none() {
             self.error(
                 &path.key("name"),
                 "nothing would ever make this policy due: set `schedule`, or `token_ttl` for expiry-driven rotation",
@@ -901,8 +1097,11 @@ impl Validator<'_> {
 
     fn hook(&mut self, raw: &RawHook, path: &FieldPath) -> Option<HookSpec> {
         use crate::verify::{AckHook, BuiltinCheck, CommandHook, HeaderValueSpec, HttpProbe};
+        // For telling which header a builder's error is about.
+        let mut header_names: Vec<&str> = Vec::new();
         let built = match raw {
             RawHook::Http(h) => {
+                header_names = h.headers.keys().map(String::as_str).collect();
                 let mut b = HttpProbe::builder(h.url.clone());
                 if let Some(m) = &h.method {
                     b = b.method(m.clone());
@@ -940,9 +1139,20 @@ impl Validator<'_> {
                     self.error(&path.key("command"), "needs at least the program to run");
                     return None;
                 };
+                for (i, name) in c.inherit_env.iter().enumerate() {
+                    if self.secret_envs.contains(name) {
+                        self.error(
+                            &path.key("inherit_env").index(i),
+                            format!(
+                                "`{name}` holds a secret this configuration references; a verification command must not inherit it"
+                            ),
+                        );
+                    }
+                }
                 let mut b = CommandHook::builder(program.clone())
                     .args(args.iter().cloned())
-                    .pass_token(c.pass_token);
+                    .pass_token(c.pass_token)
+                    .inherit_env(c.inherit_env.iter().cloned());
                 if let Some(d) = self.opt_duration(&c.timeout, &path.key("timeout")) {
                     b = b.timeout(d);
                 }
@@ -967,7 +1177,10 @@ impl Validator<'_> {
         match built {
             Ok(h) => Some(h),
             Err(e) => {
-                self.error(path, e);
+                // The builders check every setting at once and answer with
+                // one message; point at the setting it names.
+                let field = hook_error_field(&e, &header_names);
+                self.error(&field.map_or(path.clone(), |f| path.join(&f)), e);
                 None
             }
         }
@@ -1005,9 +1218,123 @@ impl Validator<'_> {
     }
 }
 
+/// Who writes a file, for reporting two destinations that would write the
+/// same one.
+struct FileClaim {
+    policy: String,
+    /// The record this is the `.pending`/`.previous`/`.lock` file of, or
+    /// `None` for a record or bare-token file itself.
+    working_file_of: Option<PathBuf>,
+}
+
 /// A named store's settings, before destinations point into it.
 enum StoreDef {
     File { directory: PathBuf },
+}
+
+/// The key named by serde's "unknown field `key`, expected …" message.
+fn unknown_field(message: &str) -> Option<&str> {
+    message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(key, _)| key)
+}
+
+/// Every environment variable named by a secret reference.
+fn secret_env_names(raw: &RawConfig) -> BTreeSet<String> {
+    let admin = match &raw.motherduck.admin_token {
+        RawSecret::Ref(r) => r.env.clone(),
+        RawSecret::Inline => None,
+    };
+    let headers = raw
+        .policies
+        .iter()
+        .flat_map(|p| &p.verify)
+        .filter_map(|h| match h {
+            RawHook::Http(h) => Some(h.headers.values()),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|v| match v {
+            RawHeaderValue::Secret(r) => r.env.clone(),
+            RawHeaderValue::Literal(_) => None,
+        });
+    admin.into_iter().chain(headers).collect()
+}
+
+/// Which window setting a [`crate::schedule::parse_window`] error is about,
+/// from its wording; `None` leaves the error on the window as a whole.
+fn window_error_field(message: &str) -> Option<&'static str> {
+    if message.starts_with("unknown day") || message.contains("at least one day") {
+        Some("days")
+    } else if message.contains("equals its end") || message.starts_with("invalid window end") {
+        Some("end")
+    } else if message.starts_with("invalid window start") {
+        Some("start")
+    } else if message.starts_with("unknown time zone") {
+        Some("timezone")
+    } else {
+        None
+    }
+}
+
+/// Which hook setting a hook builder's error is about, from its wording;
+/// `None` leaves the error on the hook as a whole. The hook modules'
+/// messages name the setting first, which is what this relies on.
+fn hook_error_field(message: &str, header_names: &[&str]) -> Option<FieldPath> {
+    if let Some(name) = header_names
+        .iter()
+        .find(|n| message.contains(&format!("header `{n}`")))
+    {
+        return Some(root().key("headers").key(name));
+    }
+    let field = if message.contains("probe url") {
+        "url"
+    } else if message.starts_with("invalid http method") {
+        "method"
+    } else if message.starts_with("invalid header name") {
+        "headers"
+    } else if message.starts_with("expect_status") || message.starts_with("expected status") {
+        "expect_status"
+    } else if message.starts_with("json_field") {
+        "json_field"
+    } else if message.starts_with("the command program") {
+        "command"
+    } else if message.contains("inherit_env") {
+        "inherit_env"
+    } else if message.starts_with("request_timeout") {
+        "request_timeout"
+    } else if message.starts_with("timeout") {
+        "timeout"
+    } else if message.starts_with("interval") {
+        "interval"
+    } else if message.starts_with("deadline") {
+        "deadline"
+    } else {
+        return None;
+    };
+    Some(root().key(field))
+}
+
+/// The placeholder a secret gets when `resolve_secrets` is off.
+fn unresolved() -> SecretString {
+    SecretString::from("unresolved".to_owned())
+}
+
+/// Whether a value meant to *name* a secret is more likely the secret: a
+/// MotherDuck token is a JWT (`eyJ…` in three dot-separated parts). Such a
+/// value is never quoted in an error.
+fn looks_like_token(s: &str) -> bool {
+    s.trim_start().starts_with("eyJ") && s.matches('.').count() >= 2
+}
+
+/// A portable environment variable name: letters, digits and `_`, not
+/// starting with a digit.
+fn valid_env_name(s: &str) -> bool {
+    s.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn valid_name(s: &str) -> bool {

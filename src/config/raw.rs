@@ -38,8 +38,10 @@ pub enum RawSecret {
     Inline,
 }
 
-/// Strings become [`RawSecret::Inline`] (rejected later with a clear
-/// message, never echoing the value); tables are references.
+/// Strings, and any other plain value, become [`RawSecret::Inline`]
+/// (rejected later with a clear message); tables are references. Numbers
+/// and booleans are caught here too because serde's own "invalid type"
+/// error would quote them.
 impl<'de> Deserialize<'de> for RawSecret {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -49,6 +51,18 @@ impl<'de> Deserialize<'de> for RawSecret {
                 f.write_str("a secret reference such as { file = \"/path\" }, { env = \"VAR\" } or { credential = \"name\" }")
             }
             fn visit_str<E: serde::de::Error>(self, _v: &str) -> Result<RawSecret, E> {
+                Ok(RawSecret::Inline)
+            }
+            fn visit_i64<E: serde::de::Error>(self, _v: i64) -> Result<RawSecret, E> {
+                Ok(RawSecret::Inline)
+            }
+            fn visit_u64<E: serde::de::Error>(self, _v: u64) -> Result<RawSecret, E> {
+                Ok(RawSecret::Inline)
+            }
+            fn visit_f64<E: serde::de::Error>(self, _v: f64) -> Result<RawSecret, E> {
+                Ok(RawSecret::Inline)
+            }
+            fn visit_bool<E: serde::de::Error>(self, _v: bool) -> Result<RawSecret, E> {
                 Ok(RawSecret::Inline)
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(
@@ -217,6 +231,9 @@ pub struct RawCommandHook {
     pub deadline: Option<String>,
     #[serde(default)]
     pub pass_token: bool,
+    /// Variables of the daemon's environment the command also gets.
+    #[serde(default)]
+    pub inherit_env: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

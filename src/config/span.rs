@@ -25,6 +25,13 @@ impl FieldPath {
         p
     }
 
+    /// `self` followed by every step of `rest`.
+    pub fn join(&self, rest: &FieldPath) -> FieldPath {
+        let mut p = self.clone();
+        p.0.extend(rest.0.iter().cloned());
+        p
+    }
+
     pub fn index(&self, i: usize) -> FieldPath {
         let mut p = self.clone();
         p.0.push(Seg::Index(i));
@@ -107,8 +114,16 @@ impl<'a> SourceMap<'a> {
         Some(best)
     }
 
-    /// The deepest field whose value contains `span`, for errors that come
-    /// with a place but no field name.
+    /// The deepest field whose text contains `span`, for errors that come
+    /// with a place but no field name (serde's).
+    ///
+    /// A value's own span is not enough to search by: a `[table]` or
+    /// `[[array]]` value spans only its header, and an implicit parent table
+    /// (`stores` in `[stores.local]`) only its key. So each field is judged
+    /// by its extent, the range covering its key, its value and everything
+    /// inside it; where extents of siblings overlap (a table whose
+    /// sub-tables are defined further down the file), the smallest one that
+    /// contains `span` wins.
     pub fn path_at(&self, span: &Range<usize>) -> FieldPath {
         let mut path = FieldPath::default();
         let Some(root) = self.root.as_ref() else {
@@ -116,25 +131,99 @@ impl<'a> SourceMap<'a> {
         };
         let contains =
             |r: &Range<usize>| r.start <= span.start && span.end <= r.end.max(r.start + 1);
-        // A clone of the root keeps the borrows simple; configs are small.
-        let root_value = DeValue::Table(root.get_ref().clone());
-        let mut cur: &DeValue<'_> = &root_value;
+        let mut table: Option<&DeTable<'_>> = Some(root.get_ref());
+        let mut array: Option<&[Spanned<DeValue<'_>>]> = None;
         loop {
-            let step = match cur {
-                DeValue::Table(t) => t.iter().find_map(|(k, v)| {
-                    (contains(&v.span()) || contains(&k.span()))
-                        .then(|| (Seg::Key(k.get_ref().to_string()), v))
-                }),
-                DeValue::Array(a) => a
+            let candidates: Vec<(Seg, &Spanned<DeValue<'_>>, Range<usize>)> = match (table, array) {
+                (Some(t), _) => t
+                    .iter()
+                    .map(|(k, v)| {
+                        let e = extent(v);
+                        let e = e.start.min(k.span().start)..e.end.max(k.span().end);
+                        (Seg::Key(k.get_ref().to_string()), v, e)
+                    })
+                    .collect(),
+                (None, Some(a)) => a
                     .iter()
                     .enumerate()
-                    .find_map(|(i, v)| contains(&v.span()).then_some((Seg::Index(i), v))),
-                _ => None,
+                    .map(|(i, v)| (Seg::Index(i), v, extent(v)))
+                    .collect(),
+                (None, None) => Vec::new(),
             };
-            let Some((seg, v)) = step else { break };
+            let Some((seg, v, _)) = candidates
+                .into_iter()
+                .filter(|(_, _, e)| contains(e))
+                .min_by_key(|(_, _, e)| e.len())
+            else {
+                break;
+            };
             path.0.push(seg);
-            cur = v.get_ref();
+            (table, array) = match v.get_ref() {
+                DeValue::Table(t) => (Some(t), None),
+                DeValue::Array(a) => (None, Some(&a[..])),
+                _ => (None, None),
+            };
         }
         path
     }
+
+    /// Whether the value at `path` is a table holding `key`, or an array
+    /// with such a table; in that case the path of that key and its span.
+    /// Serde reports an unknown field at the enclosing table (or, for the
+    /// tagged hook and store tables, at the enclosing array); this finds
+    /// the key itself.
+    pub fn find_key(&self, path: &FieldPath, key: &str) -> Option<(FieldPath, Range<usize>)> {
+        let root = self.root.as_ref()?;
+        // A clone of the root keeps the borrows simple; this runs once, on
+        // an error, and configs are small.
+        let root_value = DeValue::Table(root.get_ref().clone());
+        let mut value: &DeValue<'_> = &root_value;
+        for seg in &path.0 {
+            value = match (seg, value) {
+                (Seg::Key(k), DeValue::Table(t)) => t
+                    .iter()
+                    .find(|(name, _)| name.get_ref().as_ref() == k)
+                    .map(|(_, v)| v.get_ref())?,
+                (Seg::Index(i), DeValue::Array(a)) => a.get(*i).map(Spanned::get_ref)?,
+                _ => return None,
+            };
+        }
+        let in_table = |t: &DeTable<'_>| {
+            t.iter()
+                .find(|(name, _)| name.get_ref().as_ref() == key)
+                .map(|(name, _)| name.span())
+        };
+        match value {
+            DeValue::Table(t) => in_table(t).map(|s| (path.key(key), s)),
+            DeValue::Array(a) => a.iter().enumerate().find_map(|(i, v)| match v.get_ref() {
+                DeValue::Table(t) => in_table(t).map(|s| (path.index(i).key(key), s)),
+                _ => None,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// The range covering a value and everything inside it, keys included.
+fn extent(v: &Spanned<DeValue<'_>>) -> Range<usize> {
+    let mut r = v.span();
+    let mut widen = |o: Range<usize>| {
+        r.start = r.start.min(o.start);
+        r.end = r.end.max(o.end);
+    };
+    match v.get_ref() {
+        DeValue::Table(t) => {
+            for (k, child) in t.iter() {
+                widen(k.span());
+                widen(extent(child));
+            }
+        }
+        DeValue::Array(a) => {
+            for child in a.iter() {
+                widen(extent(child));
+            }
+        }
+        _ => {}
+    }
+    r
 }
