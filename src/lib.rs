@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod http;
 pub mod metrics;
 pub mod motherduck;
+pub mod notify;
 pub mod rotation;
 pub mod schedule;
 pub mod secret;

@@ -186,7 +186,22 @@ pub fn decide(views: &[DestinationView], now: DateTime<Utc>, due: (DateTime<Utc>
     use DestStatus::*;
 
     if st.contains(&RolledBack) {
-        let rest = where_status(&st, &[Staged, Promoted, Verified]);
+        let mut rest = where_status(&st, &[Staged, Promoted, Verified]);
+        // A destination whose rollback was interrupted after the current
+        // record was restored but before the staged one was removed still
+        // needs its rollback finished (regression: without this the staged
+        // record kept the rotation "active" with nothing left to do, and
+        // the driver looped).
+        for (i, v) in views.iter().enumerate() {
+            let stale_pending = v
+                .pending
+                .as_ref()
+                .is_some_and(|p| p.meta.rotation_id == journal.rotation_id);
+            if st[i] == RolledBack && stale_pending && !rest.contains(&i) {
+                rest.push(i);
+            }
+        }
+        rest.sort_unstable();
         // Carry on with the journal the rollback wrote (reason, failure
         // count, retry time), not the active copy.
         let rolled = views
@@ -583,6 +598,24 @@ mod tests {
             describe(&got),
             "begin prev=Some(\"tok-r1\") failures=2 (retry)"
         );
+    }
+
+    #[test]
+    fn rollback_interrupted_before_the_staged_record_was_removed_is_finished() {
+        let mut rolled = journal("r2", RolledBack, Some("r1"));
+        rolled.failures = 1;
+        let view = DestinationView {
+            current: Some(rec("r1", Some(rolled))),
+            pending: Some(rec("r2", Some(journal("r2", Staged, Some("r1"))))),
+            previous: None,
+        };
+        check(std::slice::from_ref(&view), "rollback r2 [0]");
+        // Once the staged record is gone, nothing is active.
+        let done = DestinationView {
+            pending: None,
+            ..view
+        };
+        check(&[done], "wait 13:00 Schedule(\"interval\")");
     }
 
     #[test]

@@ -156,6 +156,14 @@ impl Simulator {
             .collect()
     }
 
+    /// Whether `candidate` is the secret of any token ever issued (revoked
+    /// and expired ones included). Leak tests scan output with it.
+    pub fn is_issued_secret(&self, candidate: &str) -> bool {
+        self.lock()
+            .by_hash
+            .contains_key(&state::hash_secret(candidate))
+    }
+
     pub fn user_exists(&self, username: &str) -> bool {
         self.lock().user(username).is_some()
     }

@@ -13,7 +13,9 @@
 //! restart or another replica resumes from the stores alone, without a local
 //! database. Every operation is keyed by the rotation id and safe to repeat.
 
+pub mod aws;
 pub mod file;
+pub mod vault;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,145 @@
+//! Secrets never leak: run the real binary through full rotations, a
+//! rollback, status, plan and sweep with debug logging, capture everything
+//! it prints, and search it for every token secret the simulator issued.
+
+use std::process::{Command, Output};
+
+use motherduck_rotator::secret::ExposeSecret;
+use motherduck_rotator::simulator::{Simulator, SimulatorOptions};
+
+/// Every substring that looks like a JWT (`eyJ…` with two dots).
+fn jwt_candidates(text: &str) -> Vec<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(pos) = text[i..].find("eyJ") {
+        let start = i + pos;
+        let mut end = start;
+        while end < bytes.len()
+            && (bytes[end].is_ascii_alphanumeric() || matches!(bytes[end], b'-' | b'_' | b'.'))
+        {
+            end += 1;
+        }
+        out.push(text[start..end].to_owned());
+        i = start + 3;
+    }
+    out
+}
+
+#[tokio::test]
+async fn no_token_secret_in_any_output() {
+    let dir = std::env::temp_dir().join(format!("mdr-leak-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let running = Simulator::spawn(SimulatorOptions::default()).await.unwrap();
+    for sa in ["svc_leak_a", "svc_leak_b", "svc_leak_c"] {
+        running.sim.add_service_account(sa);
+    }
+    let token_file = dir.join("admin.token");
+    std::fs::write(&token_file, running.admin_token.expose_secret()).unwrap();
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[motherduck]
+api_url = "{url}"
+admin_token = {{ file = "{token}" }}
+
+[daemon]
+orphan_min_age = "0s"
+
+[stores.local]
+type = "file"
+directory = "{store}"
+
+[[policy]]
+name = "alpha"
+service_account = "svc_leak_a"
+schedule = {{ interval = "1d" }}
+overlap = "0s"
+verify = [{{ type = "motherduck", interval = "10ms", deadline = "5s" }}]
+destinations = [{{ store = "local", path = "alpha.json", bare_token_file = "alpha.token" }}]
+
+[[policy]]
+name = "beta"
+service_account = "svc_leak_b"
+schedule = {{ interval = "1d" }}
+overlap = "0s"
+# The hook is handed the token and prints it: the daemon must not pass
+# that output on unscrubbed.
+verify = [{{ type = "command", command = ["sh", "-c", "echo token=$MOTHERDUCK_TOKEN; echo err=$MOTHERDUCK_TOKEN >&2"], pass_token = true, timeout = "5s", interval = "10ms", deadline = "10s" }}]
+destinations = [{{ store = "local", path = "beta.json" }}]
+
+[[policy]]
+name = "gamma"
+service_account = "svc_leak_c"
+schedule = {{ interval = "1d" }}
+overlap = "0s"
+# Always fails: exercises the rollback path and its messages.
+verify = [{{ type = "command", command = ["sh", "-c", "echo $MOTHERDUCK_TOKEN; exit 3"], pass_token = true, timeout = "50ms", interval = "10ms", deadline = "100ms" }}]
+destinations = [{{ store = "local", path = "gamma.json" }}]
+retry = {{ max_attempts = 1, initial_backoff = "1s", max_backoff = "1s" }}
+"#,
+            url = running.base_url(),
+            token = token_file.display(),
+            store = dir.join("store").display(),
+        ),
+    )
+    .unwrap();
+
+    let bin = env!("CARGO_BIN_EXE_motherduck-rotator");
+    let run = |args: &[&str]| -> Output {
+        Command::new(bin)
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env("MDR_LOG", "debug")
+            .output()
+            .unwrap()
+    };
+    let mut transcript = String::new();
+    let mut record = |o: Output| {
+        transcript.push_str(&String::from_utf8_lossy(&o.stdout));
+        transcript.push_str(&String::from_utf8_lossy(&o.stderr));
+        o
+    };
+    // Two rounds: the second replaces (and revokes) the first tokens.
+    let first = record(run(&["rotate", "--all"]));
+    assert_eq!(
+        first.status.code(),
+        Some(1),
+        "gamma always rolls back: {}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    record(run(&["rotate", "alpha", "beta"]));
+    record(run(&["status"]));
+    record(run(&["status", "--json"]));
+    record(run(&["plan"]));
+    record(run(&["sweep", "--dry-run"]));
+    record(run(&["validate"]));
+    record(run(&["rotate", "--all", "--dry-run"]));
+
+    // The runs did happen: tokens were issued and the output talks about them.
+    let issued = running.sim.issued_tokens();
+    assert!(issued.len() >= 6, "{} tokens issued", issued.len());
+    assert!(transcript.contains("rotation complete"), "{transcript}");
+    assert!(transcript.contains("rolled back"), "{transcript}");
+
+    let admin = running.admin_token.expose_secret();
+    assert!(!transcript.contains(admin), "the admin token leaked");
+    let leaked: Vec<String> = jwt_candidates(&transcript)
+        .into_iter()
+        .filter(|c| running.sim.is_issued_secret(c.trim_end_matches('.')))
+        .collect();
+    assert!(leaked.is_empty(), "{} token secret(s) in the output", leaked.len());
+    // Stricter: nothing JWT-shaped at all.
+    assert!(
+        jwt_candidates(&transcript).is_empty(),
+        "JWT-shaped text in the output"
+    );
+    // The tokens really are in the store: the scan looked for real values.
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("store/alpha.json")).unwrap()).unwrap();
+    assert!(running.sim.is_issued_secret(stored["token"].as_str().unwrap()));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
