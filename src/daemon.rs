@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::alerts::Alerter;
 use crate::clock::Clock;
 use crate::config::{Config, Policy};
 use crate::http::{Check, HttpState, Readiness};
@@ -25,7 +26,8 @@ use crate::verify::{AckRegistry, VerifyDeps};
 /// resume and clock jumps are noticed.
 pub const WALL_CHECK: Duration = Duration::from_secs(30);
 
-/// Builds the driver for a configuration.
+/// Builds the driver for a configuration, with alerts disabled (the
+/// one-shot commands).
 ///
 /// # Errors
 /// The MotherDuck client cannot be built (bad URL or token bytes).
@@ -34,6 +36,21 @@ pub fn driver_for(
     clock: Clock,
     metrics: Arc<Metrics>,
     acks: AckRegistry,
+) -> anyhow::Result<Driver> {
+    let alerts = Alerter::disabled(clock.clone(), metrics.clone());
+    driver_with_alerts(config, clock, metrics, acks, alerts)
+}
+
+/// Builds the driver for a configuration, reporting through `alerts`.
+///
+/// # Errors
+/// The MotherDuck client cannot be built (bad URL or token bytes).
+pub fn driver_with_alerts(
+    config: &Config,
+    clock: Clock,
+    metrics: Arc<Metrics>,
+    acks: AckRegistry,
+    alerts: Alerter,
 ) -> anyhow::Result<Driver> {
     let mut client_config = config.motherduck.client_config();
     client_config.metrics = Some(metrics.clone());
@@ -51,6 +68,7 @@ pub fn driver_for(
         instance_id: config.daemon.instance_id.clone(),
         lock_retry_interval: config.daemon.lock_retry_interval,
         orphan_min_age: config.daemon.orphan_min_age,
+        alerts,
     })
 }
 
@@ -105,19 +123,27 @@ pub async fn readiness(driver: &Driver, config: &Config) -> Readiness {
     Readiness::from_checks(checks)
 }
 
-/// Drives one policy until shutdown.
+/// Drives one policy until shutdown, or until its configuration
+/// generation is retired by a reload: `cancel` interrupts a rotation at its
+/// next safe point (shutdown); `retire` only stops the loop between passes,
+/// so an in-flight rotation finishes under the policy it started with.
 async fn policy_loop(
     driver: Driver,
     policy: Arc<Policy>,
     permits: Arc<Semaphore>,
     cancel: CancellationToken,
+    retire: CancellationToken,
 ) {
     let mut errors = 0u32;
     loop {
+        if retire.is_cancelled() {
+            return;
+        }
         let tick = {
             let Ok(_permit) = permits.acquire().await else {
                 return;
             };
+            crate::notify::status(&format!("rotating policy {}", policy.name));
             driver.reconcile(&policy, false, &cancel).await
         };
         let now = driver.clock.now();
@@ -137,7 +163,7 @@ async fn policy_loop(
             }
         };
         let clock = driver.clock.clone();
-        if !sleep_until_wall(next, move || clock.now(), WALL_CHECK, &cancel).await {
+        if !sleep_until_wall(next, move || clock.now(), WALL_CHECK, &retire).await {
             return;
         }
     }
@@ -175,6 +201,77 @@ async fn sweep_loop(
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     pub clock: Clock,
+    /// Where the configuration came from; SIGHUP reloads it from here.
+    /// `None` (the demo) ignores SIGHUP.
+    pub config_path: Option<std::path::PathBuf>,
+}
+
+/// The tasks of one configuration generation. A reload retires the old
+/// generation (its loops stop between passes) and starts a new one.
+struct Generation {
+    config: Arc<Config>,
+    retire: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Generation {
+    fn start(
+        config: Arc<Config>,
+        driver: Driver,
+        shutdown: &CancellationToken,
+        readiness: Arc<RwLock<Readiness>>,
+    ) -> Generation {
+        let retire = shutdown.child_token();
+        let mut tasks = JoinSet::new();
+        let permits = Arc::new(Semaphore::new(config.daemon.rotation_concurrency.get()));
+        let policies: Vec<Arc<Policy>> = config.policies.iter().cloned().map(Arc::new).collect();
+        for p in &policies {
+            tasks.spawn(policy_loop(
+                driver.clone(),
+                p.clone(),
+                permits.clone(),
+                shutdown.clone(),
+                retire.clone(),
+            ));
+        }
+        {
+            let (d, r) = (driver.clone(), retire.clone());
+            let every = config.daemon.sweep_interval;
+            let ps = policies.clone();
+            tasks.spawn(async move {
+                let clock = d.clock.clone();
+                let first = clock.now() + chrono::Duration::from_std(every).unwrap_or_default();
+                if sleep_until_wall(first, move || clock.now(), WALL_CHECK, &r).await {
+                    sweep_loop(d, ps, every, r).await;
+                }
+            });
+        }
+        {
+            let (d, r, cfg) = (driver, retire.clone(), config.clone());
+            tasks.spawn(async move {
+                loop {
+                    let clock = d.clock.clone();
+                    let next = clock.now() + chrono::Duration::seconds(30);
+                    if !sleep_until_wall(next, move || clock.now(), WALL_CHECK, &r).await {
+                        return;
+                    }
+                    readiness_pass(&d, &cfg, &readiness).await;
+                }
+            });
+        }
+        for conn in &config.vault_connections {
+            let r = retire.clone();
+            let handle = conn.spawn_token_renewal(r.clone());
+            tasks.spawn(async move {
+                let _ = handle.await;
+            });
+        }
+        Generation {
+            config,
+            retire,
+            tasks,
+        }
+    }
 }
 
 /// Runs the daemon until `shutdown` is cancelled; in-flight rotations then
@@ -189,7 +286,21 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let acks = AckRegistry::default();
-    let driver = driver_for(&config, opts.clock.clone(), metrics.clone(), acks.clone())?;
+    let (alerts, alert_rx) = Alerter::new(
+        crate::alerts::AlertSettings::default(),
+        opts.clock.clone(),
+        metrics.clone(),
+    );
+    if let Some(rx) = alert_rx {
+        tokio::spawn(crate::alerts::deliver(alerts.clone(), rx, shutdown.clone()));
+    }
+    let driver = driver_with_alerts(
+        &config,
+        opts.clock.clone(),
+        metrics.clone(),
+        acks.clone(),
+        alerts.clone(),
+    )?;
     let readiness = Arc::new(RwLock::new(Readiness::default()));
 
     let listener = tokio::net::TcpListener::bind(config.daemon.listen)
@@ -202,7 +313,7 @@ pub async fn run(
             readiness: readiness.clone(),
             metrics_token: None,
         },
-        acks,
+        acks.clone(),
     );
     let http_cancel = shutdown.clone();
     let http = tokio::spawn(async move {
@@ -225,68 +336,128 @@ pub async fn run(
     }
 
     let config = Arc::new(config);
-    let mut tasks = JoinSet::new();
-    let permits = Arc::new(Semaphore::new(config.daemon.rotation_concurrency.get()));
-    let policies: Vec<Arc<Policy>> = config.policies.iter().cloned().map(Arc::new).collect();
     // The first sweep runs before rotations start, so a crash's orphans are
     // revoked before anything new is created.
-    for p in &policies {
+    for p in &config.policies {
         if let Err(e) = driver.sweep(p, false).await {
             warn!(policy = %p.name, error = %e, "orphan sweep at start failed");
         }
     }
-    for p in &policies {
-        tasks.spawn(policy_loop(
-            driver.clone(),
-            p.clone(),
-            permits.clone(),
-            shutdown.clone(),
-        ));
-    }
-    {
-        let (d, c) = (driver.clone(), shutdown.clone());
-        let every = config.daemon.sweep_interval;
-        let ps = policies.clone();
-        tasks.spawn(async move {
-            let clock = d.clock.clone();
-            let first = clock.now() + chrono::Duration::from_std(every).unwrap_or_default();
-            if sleep_until_wall(first, move || clock.now(), WALL_CHECK, &c).await {
-                sweep_loop(d, ps, every, c).await;
-            }
-        });
-    }
-    {
-        let (d, c, cfg, r) = (
-            driver.clone(),
-            shutdown.clone(),
-            config.clone(),
-            readiness.clone(),
-        );
-        tasks.spawn(async move {
-            loop {
-                let clock = d.clock.clone();
-                let next = clock.now() + chrono::Duration::seconds(30);
-                if !sleep_until_wall(next, move || clock.now(), WALL_CHECK, &c).await {
-                    return;
+    let mut current = Generation::start(config.clone(), driver, &shutdown, readiness.clone());
+    let mut retired: Vec<Generation> = Vec::new();
+    crate::notify::ready(&format!(
+        "running {} polic{}",
+        config.policies.len(),
+        if config.policies.len() == 1 {
+            "y"
+        } else {
+            "ies"
+        }
+    ));
+
+    let mut watchdog = crate::notify::watchdog_interval().map(tokio::time::interval);
+    let mut hangup = hangup_signal();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = async {
+                match watchdog.as_mut() {
+                    Some(w) => { w.tick().await; }
+                    None => std::future::pending().await,
                 }
-                readiness_pass(&d, &cfg, &r).await;
+            } => crate::notify::watchdog(),
+            got = async {
+                match hangup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if got.is_none() {
+                    hangup = None;
+                    continue;
+                }
+                let Some(path) = opts.config_path.as_deref() else {
+                    info!("SIGHUP ignored: this run has no configuration file to reload");
+                    continue;
+                };
+                crate::notify::reloading();
+                match reload(path, &current.config, &opts, &metrics, &acks, &alerts) {
+                    Ok((config, driver)) => {
+                        let old = std::mem::replace(
+                            &mut current,
+                            Generation::start(config, driver, &shutdown, readiness.clone()),
+                        );
+                        old.retire.cancel();
+                        retired.push(old);
+                        metrics.config_reloads_total.with_label_values(&["success"]).inc();
+                        info!(policies = current.config.policies.len(), "configuration reloaded; in-flight rotations finish under the previous policy");
+                    }
+                    Err(e) => {
+                        metrics.config_reloads_total.with_label_values(&["failure"]).inc();
+                        error!("configuration reload failed; the previous configuration keeps running:\n{e}");
+                    }
+                }
+                crate::notify::ready("running");
             }
+        }
+        // Forget retired generations whose tasks have all ended.
+        retired.retain_mut(|g| {
+            while g.tasks.try_join_next().is_some() {}
+            !g.tasks.is_empty()
         });
     }
 
-    shutdown.cancelled().await;
-    info!(timeout = %humantime::format_duration(config.daemon.shutdown_timeout), "shutting down: no new rotations; waiting for in-flight steps");
-    let drained = tokio::time::timeout(config.daemon.shutdown_timeout, async {
-        while tasks.join_next().await.is_some() {}
+    crate::notify::stopping();
+    info!(timeout = %humantime::format_duration(current.config.daemon.shutdown_timeout), "shutting down: no new rotations; waiting for in-flight steps");
+    let timeout = current.config.daemon.shutdown_timeout;
+    retired.push(current);
+    let drained = tokio::time::timeout(timeout, async {
+        for g in &mut retired {
+            while g.tasks.join_next().await.is_some() {}
+        }
     })
     .await;
     if drained.is_err() {
         warn!("shutdown timeout reached; stopping in-flight work (every step resumes on restart)");
-        tasks.abort_all();
+        for g in &mut retired {
+            g.tasks.abort_all();
+        }
     }
     let _ = http.await;
     info!(at = %Utc::now(), "stopped");
     Ok(())
+}
+
+/// SIGHUP, where the platform has it.
+fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+}
+
+/// Loads and validates the new configuration completely, then builds its
+/// driver; nothing is swapped unless both succeed.
+fn reload(
+    path: &std::path::Path,
+    old: &Config,
+    opts: &RunOptions,
+    metrics: &Arc<Metrics>,
+    acks: &AckRegistry,
+    alerts: &Alerter,
+) -> anyhow::Result<(Arc<Config>, Driver)> {
+    let config = crate::config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if config.daemon.listen != old.daemon.listen {
+        warn!(old = %old.daemon.listen, new = %config.daemon.listen, "a new listen address takes effect only after a restart");
+    }
+    for w in &config.warnings {
+        warn!("{w}");
+    }
+    let driver = driver_with_alerts(
+        &config,
+        opts.clock.clone(),
+        metrics.clone(),
+        acks.clone(),
+        alerts.clone(),
+    )?;
+    Ok((Arc::new(config), driver))
 }
 
 async fn readiness_pass(

@@ -127,7 +127,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("second signal: exiting now");
                 std::process::exit(130);
             });
-            crate::daemon::run(config, crate::daemon::RunOptions::default(), shutdown).await?;
+            let opts = crate::daemon::RunOptions {
+                clock: crate::clock::Clock::System,
+                config_path: Some(cli.config.clone()),
+            };
+            crate::daemon::run(config, opts, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate(args) => Ok(ops::validate(&cli.config, &args)),

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, warn};
 
 use super::plan::{self, OnFailure, Step, WaitReason};
+use crate::alerts::AlertKind;
 use crate::clock::Clock;
 use crate::config::Policy;
 use crate::metrics::Metrics;
@@ -118,6 +119,8 @@ pub struct Driver {
     pub lock_retry_interval: Duration,
     /// Tokens younger than this are never swept as orphans.
     pub orphan_min_age: Duration,
+    /// Where failures, rollbacks, orphans and near-expiry are reported.
+    pub alerts: crate::alerts::Alerter,
 }
 
 impl std::fmt::Debug for Driver {
@@ -237,6 +240,22 @@ impl Driver {
             .filter_map(|v| v.current.as_ref().map(|c| &c.meta))
             .max_by_key(|m| m.created_at);
         if let Some(c) = current {
+            let warn_at = c.expires_at.map(|e| {
+                e - chrono::Duration::from_std(self.alerts.settings().expiry_warning)
+                    .unwrap_or_default()
+            });
+            match warn_at {
+                Some(w) if self.clock.now() >= w => self.alerts.fire(
+                    AlertKind::TokenExpiringSoon,
+                    p,
+                    format!(
+                        "the current token {} expires at {} and has not been replaced",
+                        c.token_id,
+                        c.expires_at.map(|e| e.to_rfc3339()).unwrap_or_default()
+                    ),
+                ),
+                _ => self.alerts.resolve(AlertKind::TokenExpiringSoon, p),
+            }
             self.metrics
                 .token_created_timestamp_seconds
                 .with_label_values(&[p])
@@ -297,8 +316,8 @@ impl Driver {
             }
             _ => {}
         }
-        let lock_dest = &policy.destinations[0];
-        let lease = lock_dest
+        let lease = policy
+            .lock
             .try_lock(&self.instance_id)
             .await
             .map_err(|source| DriveError::Store {
@@ -336,6 +355,11 @@ impl Driver {
         // Acknowledgements are accepted from promotion on: consumers see the
         // new token then and may acknowledge before verification starts.
         let mut ack_waiter: Option<verify::AckWaiter> = None;
+        // When a rotation of this pass failed, no new one starts before its
+        // retry time. The stores usually say so too, but not after the
+        // first token of a policy failed: its rollback leaves no record to
+        // carry the retry time, and the pass would begin again at once.
+        let mut backoff_until: Option<DateTime<Utc>> = None;
         loop {
             if cancel.is_cancelled() {
                 return Ok(Tick::Stopped);
@@ -350,6 +374,14 @@ impl Driver {
             // `force` starts one rotation now; when the first step resumes
             // an unfinished rotation instead, that one is the rotation.
             force = false;
+            if let (Step::Begin { .. }, Some(until)) = (&step, backoff_until)
+                && until > now
+            {
+                return Ok(Tick::Wait {
+                    until,
+                    why: "retry after a failed rotation".to_owned(),
+                });
+            }
             match step {
                 Step::Wait { until, why } => {
                     self.publish_gauges(policy, &views, next.as_ref());
@@ -374,14 +406,14 @@ impl Driver {
                         .begin(policy, &views, previous_token_id, failures, &why, cancel)
                         .await?
                     {
-                        Some(f) => fresh = Some(f),
-                        None => continue,
+                        Began::Created(f) => fresh = Some(f),
+                        Began::Failed { retry_at } => backoff_until = Some(retry_at),
                     }
                 }
                 Step::Stage { journal, dests } => {
                     let secret = self.secret_for(policy, &views, &journal, &fresh).await?;
                     if let Err(e) = self.stage(policy, &journal, &dests, &secret, cancel).await {
-                        self.fail(policy, &views, journal, e, cancel).await?;
+                        backoff_until = Some(self.fail(policy, &views, journal, e, cancel).await?);
                     }
                 }
                 Step::Promote { journal, dests } => {
@@ -391,7 +423,7 @@ impl Driver {
                     }
                     crash_point("before-promote");
                     if let Err(e) = self.promote(policy, &journal, &dests, cancel).await {
-                        self.fail(policy, &views, journal, e, cancel).await?;
+                        backoff_until = Some(self.fail(policy, &views, journal, e, cancel).await?);
                     }
                     crash_point("after-promote");
                 }
@@ -419,7 +451,8 @@ impl Driver {
                             if let Err(e) =
                                 self.write_journal(policy, &verified, &all, cancel).await
                             {
-                                self.fail(policy, &views, verified, e, cancel).await?;
+                                backoff_until =
+                                    Some(self.fail(policy, &views, verified, e, cancel).await?);
                                 continue;
                             }
                             crash_point("after-verify");
@@ -430,7 +463,8 @@ impl Driver {
                             return Ok(Tick::Stopped);
                         }
                         Err(e) => {
-                            self.fail(policy, &views, journal, e, cancel).await?;
+                            backoff_until =
+                                Some(self.fail(policy, &views, journal, e, cancel).await?);
                         }
                     }
                 }
@@ -454,6 +488,8 @@ impl Driver {
 
     fn record_success(&self, policy: &Policy, started: Option<tokio::time::Instant>) {
         let p = policy.name.as_str();
+        self.alerts.resolve(AlertKind::RotationFailed, p);
+        self.alerts.resolve(AlertKind::RollbackHappened, p);
         self.metrics
             .rotations_total
             .with_label_values(&[p, "success"])
@@ -507,7 +543,8 @@ impl Driver {
     }
 
     /// Claim is held; create the token and stage it everywhere. Returns the
-    /// fresh secret, or `None` when the attempt failed and was recorded.
+    /// fresh secret, or the retry time when the attempt failed and was
+    /// rolled back.
     async fn begin(
         &self,
         policy: &Policy,
@@ -516,7 +553,7 @@ impl Driver {
         failures: u32,
         why: &str,
         cancel: &CancellationToken,
-    ) -> Result<Option<(String, SecretString, Option<SecretString>)>, DriveError> {
+    ) -> Result<Began, DriveError> {
         let rotation_id = uuid::Uuid::now_v7().simple().to_string();
         let span =
             tracing::info_span!("rotation", policy = %policy.name, rotation_id = %rotation_id);
@@ -563,8 +600,8 @@ impl Driver {
                 Err(e) => {
                     // No token was made (or the client revoked the one whose
                     // answer was lost); record the failure and back off.
-                    self.fail(policy, views, journal, e, cancel).await?;
-                    return Ok(None);
+                    let retry_at = self.fail(policy, views, journal, e, cancel).await?;
+                    return Ok(Began::Failed { retry_at });
                 }
             };
             crash_point("after-create");
@@ -592,11 +629,11 @@ impl Driver {
             {
                 // The secret exists only in memory now: the token cannot be
                 // kept, so it is revoked and the old one stays current.
-                self.fail(policy, views, journal, e, cancel).await?;
-                return Ok(None);
+                let retry_at = self.fail(policy, views, journal, e, cancel).await?;
+                return Ok(Began::Failed { retry_at });
             }
             crash_point("after-stage");
-            Ok(Some(fresh))
+            Ok(Began::Created(fresh))
         }
         .instrument(span)
         .await
@@ -881,6 +918,7 @@ impl Driver {
     }
 
     /// A step gave up: record the failure and roll the rotation back.
+    /// Returns when the next rotation may start.
     async fn fail(
         &self,
         policy: &Policy,
@@ -888,33 +926,42 @@ impl Driver {
         journal: Journal,
         error: StepError,
         cancel: &CancellationToken,
-    ) -> Result<(), DriveError> {
+    ) -> Result<DateTime<Utc>, DriveError> {
         let now = self.clock.now();
         let failures = journal.failures + 1;
+        let retry_at = policy.retry.retry_at(now, failures);
         let rolled = Journal {
             state: JournalState::RolledBack,
             updated_at: now,
             last_error: Some(truncate(&error.to_string(), 500)),
             failures,
-            retry_at: Some(policy.retry.retry_at(now, failures)),
+            retry_at: Some(retry_at),
             ..journal
         };
         warn!(policy = %policy.name, rotation_id = %rolled.rotation_id, step = error.step, error = %error, failures, "rotation failed; rolling back");
         let _ = views;
         let all: Vec<usize> = (0..policy.destinations.len()).collect();
         self.roll_back(policy, &rolled, &all, cancel).await?;
+        let outcome = if error.step == "verify" {
+            "rolled_back"
+        } else {
+            "failed"
+        };
         self.metrics
             .rotations_total
-            .with_label_values(&[
-                policy.name.as_str(),
-                if error.step == "verify" {
-                    "rolled_back"
-                } else {
-                    "failed"
-                },
-            ])
+            .with_label_values(&[policy.name.as_str(), outcome])
             .inc();
-        Ok(())
+        let summary = format!(
+            "rotation {} failed at {}: {}",
+            rolled.rotation_id, error.step, error
+        );
+        self.alerts
+            .fire(AlertKind::RotationFailed, &policy.name, summary.clone());
+        if error.step == "verify" {
+            self.alerts
+                .fire(AlertKind::RollbackHappened, &policy.name, summary);
+        }
+        Ok(retry_at)
     }
 
     /// Restores the old token in `dests`, then revokes the new one.
@@ -936,6 +983,7 @@ impl Driver {
                 })
                 .await;
             if let Err(e) = r {
+                self.revoke_if_unreferenced(policy, journal, cancel).await;
                 return Err(DriveError::Step {
                     policy: policy.name.clone(),
                     message: format!("rollback incomplete, it resumes on the next pass: {e}"),
@@ -965,6 +1013,49 @@ impl Driver {
         Ok(())
     }
 
+    /// After a rollback could not finish: revokes the new token anyway if
+    /// no destination holds it, current, pending or previous. Then no pass
+    /// can resume with it and its secret is lost, so it must not stay live
+    /// (invariant 2) until the orphan sweep finds it. When the stores
+    /// cannot even be read, nothing is revoked: the token may be current.
+    async fn revoke_if_unreferenced(
+        &self,
+        policy: &Policy,
+        journal: &Journal,
+        cancel: &CancellationToken,
+    ) {
+        let new = journal.new_token_id.as_str();
+        if new.is_empty() {
+            return;
+        }
+        let Ok(views) = self.load_all(policy).await else {
+            return;
+        };
+        if views
+            .iter()
+            .flat_map(DestinationView::token_ids)
+            .any(|id| id == new)
+        {
+            return;
+        }
+        let r = self
+            .retrying(policy, cancel, || async {
+                self.client
+                    .revoke_token(&policy.service_account, new)
+                    .await
+                    .map_err(|e| api_err("revoke_new", &e))
+            })
+            .await;
+        match r {
+            Ok(_) => {
+                warn!(policy = %policy.name, rotation_id = %journal.rotation_id, step = "rollback", new_token_id = %new, "the rollback is incomplete, but no destination holds the new token; revoked it")
+            }
+            Err(e) => {
+                warn!(policy = %policy.name, rotation_id = %journal.rotation_id, error = %e, "failed to revoke the new token after an incomplete rollback; the orphan sweep will")
+            }
+        }
+    }
+
     /// Finds tokens this daemon named for `policy` that no record
     /// references and that are older than the safety margin; revokes them
     /// unless `dry_run`. Runs under the policy's lock, so no rotation of
@@ -977,7 +1068,8 @@ impl Driver {
         policy: &Policy,
         dry_run: bool,
     ) -> Result<Option<Vec<TokenInfo>>, DriveError> {
-        let lease = policy.destinations[0]
+        let lease = policy
+            .lock
             .try_lock(&self.instance_id)
             .await
             .map_err(|source| DriveError::Store {
@@ -1008,6 +1100,23 @@ impl Driver {
             .filter(|t| !referenced.contains(t.id.as_str()))
             .filter(|t| t.created_ts + margin <= now)
             .collect();
+        if orphans.is_empty() {
+            self.alerts.resolve(AlertKind::OrphanFound, &policy.name);
+        } else {
+            self.alerts.fire(
+                AlertKind::OrphanFound,
+                &policy.name,
+                format!(
+                    "{} token(s) created by the rotator are referenced by no record{}",
+                    orphans.len(),
+                    if dry_run {
+                        " (dry run: not revoked)"
+                    } else {
+                        "; revoking them"
+                    }
+                ),
+            );
+        }
         for t in &orphans {
             self.metrics
                 .orphans_found_total
@@ -1032,6 +1141,15 @@ impl Driver {
         }
         Ok(Some(orphans))
     }
+}
+
+/// How [`Driver::begin`] ended.
+enum Began {
+    /// The token is created and staged everywhere: the rotation id, the
+    /// secret and the acknowledgement secret.
+    Created((String, SecretString, Option<SecretString>)),
+    /// The attempt failed and was rolled back; no rotation before this.
+    Failed { retry_at: DateTime<Utc> },
 }
 
 fn meta_of(info: &TokenInfo, service_account: &str, rotation_id: &str) -> TokenMeta {

@@ -128,8 +128,11 @@ async fn handle(
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
+    let fault = sim.lock().take_fault(endpoint);
+    if matches!(fault, Some(FaultOutcome::Scripted(Fault::Hang))) {
+        std::future::pending::<()>().await;
+    }
     let mut state = sim.lock();
-    let fault = state.take_fault(endpoint);
     let after_commit = match fault {
         Some(FaultOutcome::RateLimited { retry_after }) => {
             let mut r = SimError::new(429, "Too many requests").into_response(endpoint);
@@ -141,7 +144,7 @@ async fn handle(
             return SimError::new(s, "Simulated failure").into_response(endpoint);
         }
         Some(FaultOutcome::Scripted(Fault::StatusAfterCommit(s))) => Some(s),
-        None => None,
+        Some(FaultOutcome::Scripted(Fault::Hang)) | None => None,
     };
     let caller = match authenticate(&state, headers) {
         Ok(c) => c,

@@ -63,6 +63,8 @@ pub enum Fault {
     /// Do the work (create the token, revoke it, ...), then answer this
     /// status anyway: the reply was lost, the outcome is ambiguous.
     StatusAfterCommit(u16),
+    /// Never answer: the request hangs until the client gives up.
+    Hang,
 }
 
 /// Failure and latency knobs. All default to off.

@@ -304,6 +304,23 @@ impl FileDestination {
         Ok(())
     }
 
+    /// Writes the bare-token file unless it already holds `rec`'s token.
+    fn ensure_bare(&self, op: StoreOp, rec: &DiskRecord) -> Result<(), StoreError> {
+        let Some(bare) = self.bare_path() else {
+            return Ok(());
+        };
+        let held = match std::fs::read(&bare) {
+            Ok(b) => Zeroizing::new(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Zeroizing::new(Vec::new()),
+            Err(e) => return Err(self.io_err(op, &bare, &e)),
+        };
+        let want = rec.token.expose_secret().as_bytes();
+        if held.strip_suffix(b"\n") == Some(want) {
+            return Ok(());
+        }
+        self.write_bare(op, rec)
+    }
+
     pub async fn load(&self) -> Result<DestinationView, StoreError> {
         self.blocking(StoreOp::Load, |d| {
             let op = StoreOp::Load;
@@ -418,11 +435,17 @@ impl FileDestination {
                         }
                     }
                 },
-                Some(mut cur) if cur.rotation.as_ref() != Some(&journal) => {
-                    cur.rotation = Some(journal.clone());
-                    d.write_atomic(op, &d.path(), &cur.to_bytes())?;
+                Some(mut cur) => {
+                    if cur.rotation.as_ref() != Some(&journal) {
+                        cur.rotation = Some(journal.clone());
+                        d.write_atomic(op, &d.path(), &cur.to_bytes())?;
+                    }
+                    // A repeat after a restore that stopped between the
+                    // record and the bare file: the bare file may still hold
+                    // the new token, which is about to be revoked.
+                    d.ensure_bare(op, &cur)?;
                 }
-                Some(_) | None => {}
+                None => {}
             }
             let pending = d.read_record(op, &d.sibling("pending"))?;
             if pending.is_some_and(|p| &p.rotation_id == rid) {
@@ -658,6 +681,47 @@ mod tests {
         assert!(v.pending.is_none());
         assert_eq!(v.current.unwrap().meta.rotation_id, "r1");
         assert_eq!(read_token(&d), "eyJone");
+        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+    }
+
+    /// Regression: a rollback interrupted after restoring the record but
+    /// before rewriting the bare-token file was, when repeated, a no-op
+    /// (the record already matched), so the bare file kept the new token,
+    /// which the rollback then revokes.
+    #[tokio::test]
+    async fn regression_repeated_rollback_restores_the_bare_file() {
+        let dir = tmpdir();
+        let d = dest(&dir);
+        let r1 = record("r1", "eyJone", None);
+        d.stage(&r1).await.unwrap();
+        d.promote(&journal(&r1, JournalState::Promoted))
+            .await
+            .unwrap();
+        let r2 = record("r2", "eyJtwo", Some("id-r1"));
+        d.stage(&r2).await.unwrap();
+        d.promote(&journal(&r2, JournalState::Promoted))
+            .await
+            .unwrap();
+        // The first attempt restored the record, then stopped.
+        let rb = journal(&r2, JournalState::RolledBack);
+        let mut prev = d
+            .read_record(StoreOp::Rollback, &d.sibling("previous"))
+            .unwrap()
+            .unwrap();
+        prev.rotation = Some(rb.clone());
+        d.write_atomic(StoreOp::Rollback, &d.path(), &prev.to_bytes())
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("etl.token")).unwrap(),
+            "eyJtwo\n"
+        );
+
+        d.rollback(&rb).await.unwrap();
+        assert_eq!(read_token(&d), "eyJone");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("etl.token")).unwrap(),
+            "eyJone\n"
+        );
         std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }
 

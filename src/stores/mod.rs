@@ -206,30 +206,46 @@ impl StoreError {
     }
 }
 
-/// A destination of a policy: a store plus the place in it.
+/// A destination of a policy: a store plus the place in it. A closed set:
+/// adding a store kind means touching every match on purpose.
 #[derive(Debug, Clone)]
 pub enum Destination {
     File(file::FileDestination),
+    Vault(vault::VaultDestination),
+    Aws(aws::AwsDestination),
 }
 
 /// Proof of holding a policy's coordination lock; released on drop.
 #[derive(Debug)]
 pub enum Lease {
     File(file::FileLease),
+    Vault(vault::VaultLease),
+    Aws(aws::AwsLease),
+}
+
+/// Dispatches a method call to the destination's store.
+macro_rules! each {
+    ($self:ident, $d:ident => $e:expr) => {
+        match $self {
+            Destination::File($d) => $e,
+            Destination::Vault($d) => $e,
+            Destination::Aws($d) => $e,
+        }
+    };
 }
 
 impl Destination {
     /// A short description for logs and errors, e.g. `file:/var/lib/x/etl.json`.
     pub fn label(&self) -> String {
-        match self {
-            Destination::File(f) => f.label(),
-        }
+        each!(self, d => d.label())
     }
 
     /// The store kind, for metric labels.
     pub fn kind(&self) -> &'static str {
         match self {
             Destination::File(_) => "file",
+            Destination::Vault(_) => "vault",
+            Destination::Aws(_) => "aws",
         }
     }
 
@@ -238,9 +254,7 @@ impl Destination {
     /// # Errors
     /// Unreachable or corrupt store.
     pub async fn load(&self) -> Result<DestinationView, StoreError> {
-        match self {
-            Destination::File(f) => f.load().await,
-        }
+        each!(self, d => d.load().await)
     }
 
     /// Reads the secret of the current or pending record, if that record
@@ -253,9 +267,7 @@ impl Destination {
         slot: Slot,
         rotation_id: &str,
     ) -> Result<Option<(SecretString, Option<SecretString>)>, StoreError> {
-        match self {
-            Destination::File(f) => f.read_secret(slot, rotation_id).await,
-        }
+        each!(self, d => d.read_secret(slot, rotation_id).await)
     }
 
     /// Writes the new record where consumers do not read it yet.
@@ -263,9 +275,7 @@ impl Destination {
     /// # Errors
     /// Any write failure; nothing consumers read has changed.
     pub async fn stage(&self, record: &NewRecord) -> Result<(), StoreError> {
-        match self {
-            Destination::File(f) => f.stage(record).await,
-        }
+        each!(self, d => d.stage(record).await)
     }
 
     /// Makes the staged record of `journal.rotation_id` current, keeping the
@@ -274,9 +284,7 @@ impl Destination {
     /// # Errors
     /// Any write failure, or no staged record for this rotation.
     pub async fn promote(&self, journal: &Journal) -> Result<(), StoreError> {
-        match self {
-            Destination::File(f) => f.promote(journal).await,
-        }
+        each!(self, d => d.promote(journal).await)
     }
 
     /// Rewrites the journal of the current record of this rotation.
@@ -284,9 +292,7 @@ impl Destination {
     /// # Errors
     /// Any write failure.
     pub async fn set_journal(&self, journal: &Journal) -> Result<(), StoreError> {
-        match self {
-            Destination::File(f) => f.set_journal(journal).await,
-        }
+        each!(self, d => d.set_journal(journal).await)
     }
 
     /// Undoes `journal.rotation_id` here: restores the previous record if
@@ -295,9 +301,7 @@ impl Destination {
     /// # Errors
     /// Any write failure.
     pub async fn rollback(&self, journal: &Journal) -> Result<(), StoreError> {
-        match self {
-            Destination::File(f) => f.rollback(journal).await,
-        }
+        each!(self, d => d.rollback(journal).await)
     }
 
     /// Records completion and forgets the previous record (its token is
@@ -306,9 +310,7 @@ impl Destination {
     /// # Errors
     /// Any write failure.
     pub async fn finish(&self, journal: &Journal) -> Result<(), StoreError> {
-        match self {
-            Destination::File(f) => f.finish(journal).await,
-        }
+        each!(self, d => d.finish(journal).await)
     }
 
     /// Takes the policy's coordination lock if it is free.
@@ -317,7 +319,9 @@ impl Destination {
     /// The lock cannot be attempted (permissions, unreachable store).
     pub async fn try_lock(&self, holder: &str) -> Result<Option<Lease>, StoreError> {
         match self {
-            Destination::File(f) => Ok(f.try_lock(holder).await?.map(Lease::File)),
+            Destination::File(d) => Ok(d.try_lock(holder).await?.map(Lease::File)),
+            Destination::Vault(d) => Ok(d.try_lock(holder).await?.map(Lease::Vault)),
+            Destination::Aws(d) => Ok(d.try_lock(holder).await?.map(Lease::Aws)),
         }
     }
 
@@ -327,8 +331,6 @@ impl Destination {
     /// # Errors
     /// What is wrong.
     pub async fn check(&self) -> Result<(), StoreError> {
-        match self {
-            Destination::File(f) => f.check().await,
-        }
+        each!(self, d => d.check().await)
     }
 }
