@@ -226,6 +226,9 @@ impl Generation {
         let permits = Arc::new(Semaphore::new(config.daemon.rotation_concurrency.get()));
         let policies: Vec<Arc<Policy>> = config.policies.iter().cloned().map(Arc::new).collect();
         for p in &policies {
+            driver.metrics.init_policy(&p.name);
+        }
+        for p in &policies {
             tasks.spawn(policy_loop(
                 driver.clone(),
                 p.clone(),

@@ -191,6 +191,16 @@ impl Metrics {
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        for outcome in ["success", "failure"] {
+            m.config_reloads_total.with_label_values(&[outcome]);
+        }
+        // CPU, memory, open files and start time of this process, as
+        // process_* metrics (Linux only).
+        #[cfg(target_os = "linux")]
+        {
+            let pc = prometheus::process_collector::ProcessCollector::for_self();
+            let _ = m.registry.register(Box::new(pc));
+        }
         m
     }
 
@@ -202,6 +212,20 @@ impl Metrics {
             return String::new();
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Creates a policy's series at zero, so dashboards and `increase()`
+    /// see them before the first event.
+    pub fn init_policy(&self, policy: &str) {
+        for outcome in ["success", "failed", "rolled_back"] {
+            self.rotations_total.with_label_values(&[policy, outcome]);
+        }
+        self.rollbacks_total.with_label_values(&[policy]);
+        self.orphans_revoked_total.with_label_values(&[policy]);
+        self.orphans_found_total.with_label_values(&[policy]);
+        self.rotation_in_progress
+            .with_label_values(&[policy])
+            .set(0);
     }
 
     /// Counts one store operation.
