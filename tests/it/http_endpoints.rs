@@ -89,8 +89,11 @@ destinations = [{{ store = "local", path = "web.json" }}]
     for _ in 0..2000 {
         if let Ok(r) = http.get(format!("{base}/metrics")).send().await {
             body = r.text().await.unwrap_or_default();
+            // The success counter moves at verification, the token gauges
+            // when the pass ends: wait for both.
             if body
                 .contains(r#"motherduck_rotator_rotations_total{outcome="success",policy="web"} 1"#)
+                && body.contains("motherduck_rotator_token_expiry_timestamp_seconds{")
             {
                 break;
             }

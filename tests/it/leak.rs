@@ -26,7 +26,9 @@ fn jwt_candidates(text: &str) -> Vec<String> {
     out
 }
 
-#[tokio::test]
+// Multi-threaded: the blocking child-process calls below must not stall
+// the in-process simulator the children talk to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_secret_in_any_output() {
     let dir = std::env::temp_dir().join(format!("mdr-leak-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -131,7 +133,11 @@ retry = {{ max_attempts = 1, initial_backoff = "1s", max_backoff = "1s" }}
         .into_iter()
         .filter(|c| running.sim.is_issued_secret(c.trim_end_matches('.')))
         .collect();
-    assert!(leaked.is_empty(), "{} token secret(s) in the output", leaked.len());
+    assert!(
+        leaked.is_empty(),
+        "{} token secret(s) in the output",
+        leaked.len()
+    );
     // Stricter: nothing JWT-shaped at all.
     assert!(
         jwt_candidates(&transcript).is_empty(),
@@ -140,6 +146,10 @@ retry = {{ max_attempts = 1, initial_backoff = "1s", max_backoff = "1s" }}
     // The tokens really are in the store: the scan looked for real values.
     let stored: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("store/alpha.json")).unwrap()).unwrap();
-    assert!(running.sim.is_issued_secret(stored["token"].as_str().unwrap()));
+    assert!(
+        running
+            .sim
+            .is_issued_secret(stored["token"].as_str().unwrap())
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,10 +1,19 @@
 //! The integration-test binary: one binary, one module per concern.
 
+mod aws_store;
 mod cli_simulator;
 mod client_sim;
 mod client_wiremock;
+mod config_files;
+mod crash;
+mod deploy;
+mod engine;
 mod harness;
+mod http_endpoints;
+mod leak;
 mod prometheus_rules;
+mod signals;
 mod simulator_validation;
 mod smoke_services;
 mod support;
+mod vault_store;

@@ -1,0 +1,615 @@
+//! Crash safety of the real binary (invariant 3): `rotate` is killed with
+//! SIGKILL at each of the driver's crash points (`MDR_CRASH_AT`), then the
+//! daemon is started on the same store and must converge: no unfinished
+//! rotation, exactly the stored token live at MotherDuck, and that token
+//! authenticates. Also: two `rotate` processes on one store rotate once
+//! (invariant 4).
+//!
+//! The simulator runs in the test process on the system clock, which the
+//! child processes share. Children's logs go to files in the test's
+//! directory and are printed when an assertion fails.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use motherduck_rotator::motherduck::{Client, TokenCheck};
+use motherduck_rotator::secret::{ExposeSecret, SecretString};
+use motherduck_rotator::simulator::{RunningSimulator, Simulator, SimulatorOptions};
+
+use crate::harness::client_with_token;
+
+const SA: &str = "svc_etl";
+const BIN: &str = env!("CARGO_BIN_EXE_motherduck-rotator");
+/// Upper bound for a child process to finish or a state to be reached.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The built-in check: the stored token authenticates.
+const VERIFY_OK: &str = r#"[{ type = "motherduck", interval = "20ms", deadline = "5s" }]"#;
+/// A hook that always fails, quickly: the rotation rolls back.
+const VERIFY_FAILS: &str = r#"[{ type = "command", command = ["/bin/sh", "-c", "exit 1"], interval = "10ms", deadline = "100ms", timeout = "100ms" }]"#;
+
+/// A test directory with the admin token, a simulator, and config files.
+struct World {
+    root: PathBuf,
+    running: RunningSimulator,
+    admin: Client,
+}
+
+impl World {
+    async fn new() -> World {
+        let running = Simulator::spawn(SimulatorOptions::default())
+            .await
+            .expect("simulator starts");
+        running.sim.add_service_account(SA);
+        let admin = client_with_token(&running.base_url(), running.admin_token.clone());
+        let root =
+            std::env::temp_dir().join(format!("mdr-crash-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&root).unwrap();
+        let token = root.join("admin.token");
+        std::fs::write(&token, running.admin_token.expose_secret()).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        World {
+            root,
+            running,
+            admin,
+        }
+    }
+
+    /// Writes `<name>.toml`: one policy on a far schedule (the daemon never
+    /// rotates on its own during a test), no overlap, and a sweep at start
+    /// that revokes any unreferenced token at once.
+    fn config(&self, name: &str, verify: &str) -> PathBuf {
+        let path = self.root.join(format!("{name}.toml"));
+        let src = format!(
+            r#"
+[motherduck]
+api_url = "{url}"
+admin_token = {{ file = "admin.token" }}
+request_timeout = "5s"
+rate_limit_per_second = 1000
+
+[daemon]
+listen = "127.0.0.1:0"
+log_format = "json"
+sweep_interval = "1h"
+orphan_min_age = "0s"
+shutdown_timeout = "10s"
+lock_retry_interval = "1s"
+
+[stores.local]
+type = "file"
+directory = "store"
+
+[[policy]]
+name = "etl"
+service_account = "{SA}"
+schedule = {{ interval = "1d" }}
+overlap = "0s"
+verify = {verify}
+destinations = [{{ store = "local", path = "etl.json", bare_token_file = "etl.token" }}]
+retry = {{ max_attempts = 2, initial_backoff = "10ms", max_backoff = "20ms" }}
+"#,
+            url = self.running.base_url(),
+        );
+        std::fs::write(&path, src).unwrap();
+        path
+    }
+
+    fn store(&self) -> PathBuf {
+        self.root.join("store")
+    }
+
+    /// The current record, if any.
+    fn current(&self) -> Option<Value> {
+        let bytes = std::fs::read(self.store().join("etl.json")).ok()?;
+        Some(serde_json::from_slice(&bytes).unwrap())
+    }
+
+    fn live_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .running
+            .sim
+            .live_tokens(SA)
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    fn issued_count(&self) -> usize {
+        self.running
+            .sim
+            .issued_tokens()
+            .iter()
+            .filter(|t| t.username == SA)
+            .count()
+    }
+
+    /// Starts the binary with `args`; its output goes to `<log>.out` and
+    /// `<log>.err`.
+    fn spawn(&self, log: &str, args: &[&str], crash_at: Option<&str>) -> tokio::process::Child {
+        let out = std::fs::File::create(self.root.join(format!("{log}.out"))).unwrap();
+        let err = std::fs::File::create(self.root.join(format!("{log}.err"))).unwrap();
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.args(args)
+            .env_remove("MDR_CRASH_AT")
+            .env_remove("MOTHERDUCK_ROTATOR_CONFIG")
+            .env("MDR_LOG", "info,motherduck_rotator=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .kill_on_drop(true);
+        if let Some(p) = crash_at {
+            cmd.env("MDR_CRASH_AT", p);
+        }
+        cmd.spawn().expect("the binary starts")
+    }
+
+    /// Runs the binary to its end.
+    async fn run(&self, log: &str, args: &[&str], crash_at: Option<&str>) -> ExitStatus {
+        let mut child = self.spawn(log, args, crash_at);
+        match tokio::time::timeout(PATIENCE, child.wait()).await {
+            Ok(s) => s.unwrap(),
+            Err(_) => panic!("`{log}` did not finish\n{}", self.logs()),
+        }
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.root.join(name)).unwrap_or_default()
+    }
+
+    /// Every child's output, for failure messages.
+    fn logs(&self) -> String {
+        let mut names: Vec<String> = std::fs::read_dir(&self.root)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".out") || n.ends_with(".err"))
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .map(|n| format!("--- {n}\n{}", self.log(n)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Converged: no unfinished rotation, nothing pending, exactly the
+    /// stored token live, the bare file equal to it.
+    fn converged(&self) -> Result<Value, String> {
+        let cur = self.current().ok_or("no current record")?;
+        let state = cur["rotation"]["state"].as_str().unwrap_or("none");
+        if state != "done" && state != "rolled_back" {
+            return Err(format!("rotation unfinished: {state}"));
+        }
+        if self.store().join("etl.json.pending").exists() {
+            return Err("a pending record is left".into());
+        }
+        let id = cur["token_id"].as_str().unwrap().to_owned();
+        let live = self.live_ids();
+        if live != [id.clone()] {
+            return Err(format!("live tokens {live:?}, stored {id}"));
+        }
+        let bare = std::fs::read_to_string(self.store().join("etl.token")).unwrap_or_default();
+        if bare.trim_end() != cur["token"].as_str().unwrap() {
+            return Err("the bare token file differs from the record".into());
+        }
+        Ok(cur)
+    }
+
+    /// The stored secret authenticates: no secret was lost or mangled.
+    async fn assert_stored_token_works(&self) {
+        let cur = self.current().unwrap();
+        let secret = SecretString::from(cur["token"].as_str().unwrap().to_owned());
+        assert_eq!(
+            self.admin.check_token(&secret).await.unwrap(),
+            TokenCheck::ValidNonAdmin,
+            "the stored token must authenticate"
+        );
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn sigterm(child: &tokio::process::Child) {
+    let pid = child.id().expect("still running") as i32;
+    // SAFETY: kill(2) on a child we started; no memory is involved.
+    let r = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(r, 0, "kill failed");
+}
+
+/// How the rotation killed at a crash point must end after the restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// The killed run created nothing that survives: the first token is
+    /// current.
+    Unchanged,
+    /// Either completed or rolled back; both are safe.
+    Either,
+    /// The new token is current and the old one revoked.
+    Completed,
+    /// The old token is current again, the new one revoked.
+    RolledBack,
+}
+
+/// What the store and MotherDuck show right after the kill, proving the
+/// process died where the test means it to.
+struct AfterCrash {
+    /// The journal state of the current record.
+    state: &'static str,
+    /// Whether a staged record is waiting.
+    pending: bool,
+    /// Live tokens of the service account.
+    live: usize,
+}
+
+async fn crash_and_recover(point: &str, after: AfterCrash, outcome: Outcome) {
+    let w = World::new().await;
+    let good = w.config("good", VERIFY_OK);
+    let crash_cfg = if point == "after-restore" {
+        w.config("failing", VERIFY_FAILS)
+    } else {
+        good.clone()
+    };
+    let good = good.to_str().unwrap().to_owned();
+
+    // The first token, without crashing.
+    let status = w
+        .run("first", &["--config", &good, "rotate", "etl"], None)
+        .await;
+    assert!(status.success(), "first rotate: {status}\n{}", w.logs());
+    let first = w
+        .converged()
+        .unwrap_or_else(|e| panic!("{e}\n{}", w.logs()));
+    let first_id = first["token_id"].as_str().unwrap().to_owned();
+
+    // The rotation, killed at the crash point.
+    let status = w
+        .run(
+            "crashed",
+            &["--config", crash_cfg.to_str().unwrap(), "rotate", "etl"],
+            Some(point),
+        )
+        .await;
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "killed at `{point}`: {status}\n{}",
+        w.logs()
+    );
+    assert!(
+        w.log("crashed.err")
+            .contains(&format!("MDR_CRASH_AT={point}: killing the process")),
+        "{}",
+        w.logs()
+    );
+    let issued_by_crash = w.issued_count() - 1;
+    let cur = w.current().unwrap();
+    assert_eq!(
+        (
+            cur["rotation"]["state"].as_str().unwrap(),
+            w.store().join("etl.json.pending").exists(),
+            w.live_ids().len(),
+        ),
+        (after.state, after.pending, after.live),
+        "state after the kill at `{point}` (journal state, pending, live tokens)\n{}",
+        w.logs()
+    );
+
+    // The daemon restarts on the same store and recovers.
+    let mut daemon = w.spawn("daemon", &["--config", &good, "run"], None);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let cur = loop {
+        // The policy loop logs `waiting` when a pass is over.
+        let passed = w.log("daemon.err").contains(r#""message":"waiting""#);
+        match w.converged() {
+            Ok(cur) if passed => break cur,
+            Ok(_) => {}
+            Err(e) if tokio::time::Instant::now() > deadline => {
+                panic!("not converged after `{point}`: {e}\n{}", w.logs())
+            }
+            Err(_) => {}
+        }
+        if let Ok(Some(s)) = daemon.try_wait() {
+            panic!("the daemon exited: {s}\n{}", w.logs());
+        }
+        assert!(
+            tokio::time::Instant::now() <= deadline,
+            "the daemon made no pass\n{}",
+            w.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    w.assert_stored_token_works().await;
+
+    let id = cur["token_id"].as_str().unwrap();
+    let state = cur["rotation"]["state"].as_str().unwrap();
+    match outcome {
+        Outcome::Unchanged => {
+            assert_eq!(id, first_id, "{}", w.logs());
+        }
+        Outcome::Completed => {
+            assert_ne!(id, first_id, "{}", w.logs());
+            assert_eq!(state, "done");
+        }
+        Outcome::RolledBack => {
+            assert_eq!(id, first_id, "{}", w.logs());
+            assert_eq!(state, "rolled_back");
+        }
+        Outcome::Either => {}
+    }
+    // Whatever the killed run created is stored or revoked, and the daemon
+    // itself rotated nothing more (its schedule is a day away).
+    assert_eq!(
+        w.issued_count(),
+        1 + issued_by_crash,
+        "the restart created no token\n{}",
+        w.logs()
+    );
+
+    sigterm(&daemon);
+    let status = tokio::time::timeout(PATIENCE, daemon.wait())
+        .await
+        .unwrap_or_else(|_| panic!("the daemon did not stop on SIGTERM\n{}", w.logs()))
+        .unwrap();
+    assert!(status.success(), "daemon exit: {status}\n{}", w.logs());
+    // Still converged after shutdown.
+    w.converged()
+        .unwrap_or_else(|e| panic!("{e}\n{}", w.logs()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_before_create_then_restart_converges() {
+    crash_and_recover(
+        "before-create",
+        AfterCrash {
+            state: "done",
+            pending: false,
+            live: 1,
+        },
+        Outcome::Unchanged,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_create_then_restart_revokes_the_unstored_token() {
+    crash_and_recover(
+        "after-create",
+        AfterCrash {
+            state: "done",
+            pending: false,
+            live: 2,
+        },
+        Outcome::Unchanged,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_stage_then_restart_converges() {
+    crash_and_recover(
+        "after-stage",
+        AfterCrash {
+            state: "done",
+            pending: true,
+            live: 2,
+        },
+        Outcome::Either,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_before_promote_then_restart_converges() {
+    crash_and_recover(
+        "before-promote",
+        AfterCrash {
+            state: "done",
+            pending: true,
+            live: 2,
+        },
+        Outcome::Either,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_promote_then_restart_completes() {
+    crash_and_recover(
+        "after-promote",
+        AfterCrash {
+            state: "promoted",
+            pending: false,
+            live: 2,
+        },
+        Outcome::Completed,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_verify_then_restart_completes() {
+    crash_and_recover(
+        "after-verify",
+        AfterCrash {
+            state: "verified",
+            pending: false,
+            live: 2,
+        },
+        Outcome::Completed,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_revoke_old_then_restart_completes() {
+    crash_and_recover(
+        "after-revoke-old",
+        AfterCrash {
+            state: "verified",
+            pending: false,
+            live: 1,
+        },
+        Outcome::Completed,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_restore_then_restart_revokes_the_new_token() {
+    crash_and_recover(
+        "after-restore",
+        AfterCrash {
+            state: "rolled_back",
+            pending: false,
+            live: 2,
+        },
+        Outcome::RolledBack,
+    )
+    .await;
+}
+
+/// Two `rotate` processes on one store: the second finds the first inside
+/// its rotation (held in verification by a hook that waits for a file) and
+/// is refused the lock; exactly one rotation happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_rotate_processes_rotate_once() {
+    let w = World::new().await;
+    let gate = w.root.join("go");
+    let verify = format!(
+        r#"[{{ type = "command", command = ["/bin/sh", "-c", "test -e '{}'"], interval = "10ms", deadline = "30s", timeout = "5s" }}]"#,
+        gate.display()
+    );
+    let cfg = w.config("gated", &verify);
+    let cfg = cfg.to_str().unwrap();
+
+    std::fs::write(&gate, "").unwrap();
+    let status = w
+        .run("first", &["--config", cfg, "rotate", "etl"], None)
+        .await;
+    assert!(status.success(), "{}", w.logs());
+    let first = w.converged().unwrap()["token_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    std::fs::remove_file(&gate).unwrap();
+
+    // A rotates and waits in verification.
+    let mut a = w.spawn("a", &["--config", cfg, "rotate", "etl"], None);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let cur = w.current().unwrap();
+        if cur["token_id"] != first.as_str() && cur["rotation"]["state"] == "promoted" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "A never reached verification\n{}",
+            w.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // B is refused while A holds the lock.
+    let status = w.run("b", &["--config", cfg, "rotate", "etl"], None).await;
+    assert_eq!(status.code(), Some(1), "{}", w.logs());
+    assert!(
+        w.log("b.out")
+            .contains("etl: another replica holds the lock; not rotated"),
+        "{}",
+        w.logs()
+    );
+    assert_eq!(w.issued_count(), 2, "B created nothing\n{}", w.logs());
+
+    // A finishes.
+    std::fs::write(&gate, "").unwrap();
+    let status = tokio::time::timeout(PATIENCE, a.wait())
+        .await
+        .expect("A finishes")
+        .unwrap();
+    assert!(status.success(), "A: {status}\n{}", w.logs());
+    assert!(w.log("a.out").contains("etl: rotated"), "{}", w.logs());
+    let cur = w
+        .converged()
+        .unwrap_or_else(|e| panic!("{e}\n{}", w.logs()));
+    assert_ne!(cur["token_id"], first.as_str());
+    assert_eq!(w.issued_count(), 2, "exactly one rotation");
+    w.assert_stored_token_works().await;
+}
+
+/// SIGTERM while a rotation waits in verification: the daemon stops at a
+/// safe point (exit 0) and the next start completes the rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_verification_then_restart_completes() {
+    let w = World::new().await;
+    let gate = w.root.join("go");
+    let verify = format!(
+        r#"[{{ type = "command", command = ["/bin/sh", "-c", "test -e '{}'"], interval = "10ms", deadline = "30s", timeout = "5s" }}]"#,
+        gate.display()
+    );
+    let cfg = w.config("gated", &verify);
+    let cfg = cfg.to_str().unwrap();
+
+    // The daemon creates the first token and waits in its verification.
+    let mut daemon = w.spawn("daemon1", &["--config", cfg, "run"], None);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !w
+        .current()
+        .is_some_and(|c| c["rotation"]["state"] == "promoted")
+        || !w.log("daemon1.err").contains("verifying the new token")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never reached verification\n{}",
+            w.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sigterm(&daemon);
+    let status = tokio::time::timeout(PATIENCE, daemon.wait())
+        .await
+        .expect("the daemon stops")
+        .unwrap();
+    assert!(status.success(), "{status}\n{}", w.logs());
+    assert_eq!(
+        w.current().unwrap()["rotation"]["state"],
+        "promoted",
+        "left for the next start, not rolled back"
+    );
+
+    std::fs::write(&gate, "").unwrap();
+    let mut daemon = w.spawn("daemon2", &["--config", cfg, "run"], None);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if w.converged().is_ok() && w.log("daemon2.err").contains(r#""message":"waiting""#) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not converged\n{}",
+            w.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(w.issued_count(), 1, "the same token was completed");
+    w.assert_stored_token_works().await;
+    sigterm(&daemon);
+    let status = tokio::time::timeout(PATIENCE, daemon.wait())
+        .await
+        .expect("the daemon stops")
+        .unwrap();
+    assert!(status.success(), "{status}\n{}", w.logs());
+}
