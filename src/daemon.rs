@@ -289,11 +289,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let acks = AckRegistry::default();
-    let (alerts, alert_rx) = Alerter::new(
-        crate::alerts::AlertSettings::default(),
-        opts.clock.clone(),
-        metrics.clone(),
-    );
+    let (alerts, alert_rx) =
+        Alerter::new(config.alerts.clone(), opts.clock.clone(), metrics.clone());
     if let Some(rx) = alert_rx {
         tokio::spawn(crate::alerts::deliver(alerts.clone(), rx, shutdown.clone()));
     }
@@ -314,7 +311,7 @@ pub async fn run(
         HttpState {
             metrics: metrics.clone(),
             readiness: readiness.clone(),
-            metrics_token: None,
+            metrics_token: config.daemon.metrics_bearer_token.clone(),
         },
         acks.clone(),
     );

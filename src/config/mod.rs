@@ -6,6 +6,11 @@
 //! reference (a file, an environment variable, or a systemd credential) and
 //! are resolved here, so a missing token file is a configuration error, found
 //! before any network call.
+//!
+//! Store kinds: `file`, `vault` (HashiCorp Vault / OpenBao KV v1 or v2) and
+//! `aws` (AWS Secrets Manager). Each Vault or AWS store gets one connection,
+//! built here (a Vault connection reads its CA and client identity files);
+//! the destinations on that store share it.
 
 pub mod raw;
 mod span;
@@ -25,7 +30,11 @@ use crate::rotation::plan::RetryPolicy;
 use crate::schedule::{Cadence, ScheduleSpec};
 use crate::secret::{ExposeSecret, SecretString, read_secret_file};
 use crate::stores::Destination;
+use crate::stores::aws::{self, AwsConnection, AwsConnectionSettings, AwsDestination};
 use crate::stores::file::FileDestination;
+use crate::stores::vault::{
+    self, KvVersion, VaultAuth, VaultConnection, VaultDestination, VaultSettings, VaultSetupError,
+};
 use crate::verify::HookSpec;
 
 /// The validated configuration. Built completely before use, so a reload
@@ -37,6 +46,16 @@ pub struct Config {
     pub motherduck: MotherDuckSettings,
     pub daemon: DaemonSettings,
     pub policies: Vec<Policy>,
+    /// The connection of every Vault store a destination or lock uses, in
+    /// store-name order, so the daemon can keep their tokens alive
+    /// ([`VaultConnection::spawn_token_renewal`]). Destinations on the same
+    /// store share these connections.
+    ///
+    /// Loaded without `resolve_secrets`, these hold placeholder credentials
+    /// and no TLS material: such a configuration is for linting only.
+    pub vault_connections: Vec<VaultConnection>,
+    /// The daemon's own alerts: sinks, deduplication, rate limit.
+    pub alerts: crate::alerts::AlertSettings,
     /// Legal but risky choices, reported by `validate` and at start.
     pub warnings: Vec<String>,
 }
@@ -76,6 +95,8 @@ pub enum LogFormat {
 pub struct DaemonSettings {
     /// Address of the HTTP server (`/metrics`, `/healthz`, `/readyz`, acks).
     pub listen: SocketAddr,
+    /// When set, `/metrics` requires `Authorization: Bearer <token>`.
+    pub metrics_bearer_token: Option<SecretString>,
     pub log_format: LogFormat,
     /// Policies rotating at the same time, at most.
     pub rotation_concurrency: NonZeroUsize,
@@ -105,6 +126,11 @@ pub struct Policy {
     pub overlap: Duration,
     pub hooks: Vec<HookSpec>,
     pub destinations: Vec<Destination>,
+    /// Where the policy's coordination lock is taken (invariant 4): its
+    /// first destination, unless the policy's `lock` names another place
+    /// (then used only for locking). Never a Vault KV v1 destination, which
+    /// has no check-and-set to lock with.
+    pub lock: Destination,
     pub retry: RetryPolicy,
 }
 
@@ -204,7 +230,9 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 pub struct LoadOptions {
     /// Read every referenced secret. Off for linting a configuration on a
     /// machine that does not hold the secrets: references are checked for
-    /// form only and the config carries placeholders.
+    /// form only and the config carries placeholders. Neither are a Vault
+    /// store's TLS files (CA, client certificate and key) nor a Kubernetes
+    /// JWT read then; its connection is built without them.
     pub resolve_secrets: bool,
 }
 
@@ -255,34 +283,7 @@ pub fn parse_with(
     let map = SourceMap::new(src);
     let raw: RawConfig = match toml::from_str(src) {
         Ok(r) => r,
-        Err(e) => {
-            let reason = e.message().trim().to_owned();
-            let mut span = e.span().unwrap_or(0..0);
-            // An empty span is toml's way of pointing at the whole document
-            // (a missing top-level table).
-            let mut field = if span.is_empty() {
-                FieldPath::default()
-            } else {
-                map.path_at(&span)
-            };
-            // Serde places an unknown field at its table (or, for the
-            // tagged store and hook tables, at the enclosing array); point
-            // at the key itself, where the typo is.
-            if let Some((path, key_span)) =
-                unknown_field(&reason).and_then(|k| map.find_key(&field, k))
-            {
-                field = path;
-                span = key_span;
-            }
-            let (line, column) = map.line_col(span.start);
-            return Err(ConfigErrors(vec![ConfigError {
-                file: path.to_path_buf(),
-                line,
-                column,
-                field: field.to_string(),
-                reason,
-            }]));
-        }
+        Err(e) => return Err(ConfigErrors(vec![serde_error(path, &map, &e)])),
     };
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let mut v = Validator {
@@ -293,9 +294,15 @@ pub fn parse_with(
         opts,
         errors: Vec::new(),
         warnings: Vec::new(),
-        secret_envs: secret_env_names(&raw),
+        secret_envs: BTreeSet::new(),
     };
-    let config = v.config(raw);
+    let stores: BTreeMap<String, Result<RawStore, Option<&'static str>>> = raw
+        .stores
+        .keys()
+        .map(|name| (name.clone(), v.raw_store(name)))
+        .collect();
+    v.secret_envs = secret_env_names(&raw, &stores);
+    let config = v.config(raw, &stores);
     if v.errors.is_empty() {
         let mut config = config.expect("no errors means a config was built");
         config.warnings = v.warnings;
@@ -305,6 +312,34 @@ pub fn parse_with(
         let mut errors = v.errors;
         errors.sort_by_key(|e| (e.line, e.column));
         Err(ConfigErrors(errors))
+    }
+}
+
+/// A TOML or serde error as a [`ConfigError`] at its place.
+fn serde_error(file: &Path, map: &SourceMap<'_>, e: &toml::de::Error) -> ConfigError {
+    let reason = e.message().trim().to_owned();
+    let mut span = e.span().unwrap_or(0..0);
+    // An empty span is toml's way of pointing at the whole document (a
+    // missing top-level table).
+    let mut field = if span.is_empty() {
+        FieldPath::default()
+    } else {
+        map.path_at(&span)
+    };
+    // Serde places an unknown field at its table (or, for the tagged hook
+    // tables, at the enclosing array); point at the key itself, where the
+    // typo is.
+    if let Some((path, key_span)) = unknown_field(&reason).and_then(|k| map.find_key(&field, k)) {
+        field = path;
+        span = key_span;
+    }
+    let (line, column) = map.line_col(span.start);
+    ConfigError {
+        file: file.to_path_buf(),
+        line,
+        column,
+        field: field.to_string(),
+        reason,
     }
 }
 
@@ -526,13 +561,80 @@ impl Validator<'_> {
         }
     }
 
-    fn config(&mut self, raw: RawConfig) -> Option<Config> {
+    /// Reads the store `name` by its `type`. Serde's tagged enums would
+    /// buffer the table and lose every place inside it, so the variant's
+    /// table is deserialized from the document itself. `Err` holds the
+    /// store's kind when its `type` is valid (the error is reported).
+    fn raw_store(&mut self, name: &str) -> Result<RawStore, Option<&'static str>> {
+        use serde::Deserialize;
+        use toml::de::{DeValue, ValueDeserializer};
+
+        let path = root().key("stores").key(name);
+        let Some(value) = self.map.value(&path) else {
+            self.error(&path, "the store's table is missing");
+            return Err(None);
+        };
+        let DeValue::Table(table) = value.get_ref() else {
+            self.error(
+                &path,
+                "a store is a table with a `type`, such as { type = \"file\", directory = \"...\" }",
+            );
+            return Err(None);
+        };
+        let Some((_, tag)) = table.iter().find(|(k, _)| k.get_ref() == "type") else {
+            self.error(&path, "missing field `type`");
+            return Err(None);
+        };
+        let (kind_span, tag) = (tag.span(), tag.get_ref());
+        let kinds = RawStore::KINDS.map(|k| format!("`{k}`")).join(", ");
+        let Some(kind) = tag
+            .as_str()
+            .and_then(|t| RawStore::KINDS.into_iter().find(|k| *k == t))
+        else {
+            let reason = match tag.as_str() {
+                Some(t) => format!("unknown variant `{t}`, expected one of {kinds}"),
+                None => format!("invalid type: {}, expected one of {kinds}", tag.type_str()),
+            };
+            let (line, column) = self.map.line_col(kind_span.start);
+            self.errors.push(ConfigError {
+                file: self.file.clone(),
+                line,
+                column,
+                field: path.key("type").to_string(),
+                reason,
+            });
+            return Err(None);
+        };
+        let rest: toml::de::DeTable<'_> = table
+            .iter()
+            .filter(|(k, _)| k.get_ref() != "type")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let de = || ValueDeserializer::from(toml::Spanned::new(value.span(), DeValue::Table(rest)));
+        let parsed = match kind {
+            "file" => RawFileStore::deserialize(de()).map(RawStore::File),
+            "vault" => RawVaultStore::deserialize(de()).map(|v| RawStore::Vault(Box::new(v))),
+            _ => RawAwsStore::deserialize(de()).map(RawStore::Aws),
+        };
+        parsed.map_err(|e| {
+            let e = serde_error(&self.file, &self.map, &e);
+            self.errors.push(e);
+            Some(kind)
+        })
+    }
+
+    fn config(
+        &mut self,
+        raw: RawConfig,
+        raw_stores: &BTreeMap<String, Result<RawStore, Option<&'static str>>>,
+    ) -> Option<Config> {
         let md = self.motherduck(&raw.motherduck);
         let daemon = self.daemon(&raw.daemon);
-        let stores = self.stores(&raw.stores);
+        let alerts = self.alerts(raw.alerts.as_ref());
+        let stores = self.stores(raw_stores);
         let mut policies = Vec::new();
         let mut names = BTreeSet::new();
-        let mut files: BTreeMap<PathBuf, FileClaim> = BTreeMap::new();
+        let mut claims: BTreeMap<Place, Claim> = BTreeMap::new();
         if raw.policies.is_empty() {
             self.warn(
                 &root(),
@@ -547,85 +649,109 @@ impl Validator<'_> {
                     format!("duplicate policy name `{}`", p.name),
                 );
             }
-            if let Some(policy) = self.policy(p, &path, &stores) {
-                for (j, d) in policy.destinations.iter().enumerate() {
-                    self.claim_files(
-                        &mut files,
+            if let Some((policy, targets, lock)) = self.policy(p, &path, &stores) {
+                for (j, t) in targets.iter().enumerate() {
+                    self.claim(
+                        &mut claims,
                         &policy.name,
-                        d,
+                        t,
+                        false,
                         &path.key("destinations").index(j),
                     );
+                }
+                // A lock on one of the policy's own destinations is covered
+                // by that destination's claims.
+                if !targets.iter().any(|t| t.record == lock.record) {
+                    self.claim(&mut claims, &policy.name, &lock, true, &path.key("lock"));
                 }
                 policies.push(policy);
             }
         }
+        // Only the stores something uses: an unused Vault store needs no
+        // token kept alive.
+        let used: BTreeSet<&str> = raw
+            .policies
+            .iter()
+            .flat_map(|p| {
+                p.destinations
+                    .iter()
+                    .map(|d| d.store.as_str())
+                    .chain(p.lock.iter().map(|l| l.store.as_str()))
+            })
+            .collect();
+        let vault_connections = stores
+            .iter()
+            .filter(|(name, _)| used.contains(name.as_str()))
+            .filter_map(|(_, s)| match s {
+                StoreDef::Vault(v) => Some(v.conn.clone()),
+                _ => None,
+            })
+            .collect();
         Some(Config {
             source: self.file.clone(),
             motherduck: md?,
             daemon: daemon?,
             policies,
+            vault_connections,
+            alerts: alerts?,
             warnings: Vec::new(),
         })
     }
 
-    /// Records the files destination `d` of `policy` writes, reporting any
-    /// that another destination (of any policy, this one included) already
-    /// writes. Besides the record `P` and the bare-token file, the file
-    /// store keeps `P.pending`, `P.previous` and `P.lock` next to the record,
-    /// so a record named like another record's working file would be
-    /// overwritten by that rotation.
-    fn claim_files(
+    /// Records what a destination of `policy` writes (its record, the
+    /// siblings its store keeps next to it, a bare token file), reporting
+    /// anything another destination (of any policy, this one included)
+    /// already writes. Two records at one place would overwrite each other,
+    /// and so would a record named like another record's sibling: the file
+    /// store keeps `P.pending`, `P.previous` and `P.lock` next to a record
+    /// `P`, the Vault store `P.pending` and `P.lock` (KV v2) or
+    /// `P.previous` (KV v1), the AWS store `N.journal` and `N.lock`. With
+    /// `lock_only`, `t` is a policy's separate lock place, where only the
+    /// lock is written.
+    fn claim(
         &mut self,
-        files: &mut BTreeMap<PathBuf, FileClaim>,
+        claims: &mut BTreeMap<Place, Claim>,
         policy: &str,
-        d: &Destination,
+        t: &Target,
+        lock_only: bool,
         dpath: &FieldPath,
     ) {
-        let Destination::File(f) = d;
-        let record = f.path();
-        let mut wanted = vec![("path", record.clone(), None)];
-        for suffix in ["pending", "previous", "lock"] {
-            let mut name = record.clone().into_os_string();
-            name.push(format!(".{suffix}"));
-            wanted.push(("path", PathBuf::from(name), Some(record.clone())));
-        }
-        if let Some(b) = &f.bare_token_file {
-            wanted.push(("bare_token_file", f.directory.join(b), None));
-        }
+        let kind = t.kind;
+        let wanted = if lock_only {
+            vec![("path", t.lock.clone(), Some(t.record.clone()))]
+        } else {
+            t.writes.clone()
+        };
         let mut reported = BTreeSet::new();
-        for (field, file, working_file_of) in wanted {
-            let reason = match (files.get(&file), &working_file_of) {
-                (None, _) => {
-                    files.insert(
-                        file,
-                        FileClaim {
-                            policy: policy.to_owned(),
-                            working_file_of,
-                        },
-                    );
-                    continue;
+        for (field, place, sibling_of) in wanted {
+            let new = Claim {
+                policy: policy.to_owned(),
+                kind,
+                sibling_of,
+                lock_only,
+            };
+            let Some(c) = claims.get(&place) else {
+                claims.insert(place, new);
+                continue;
+            };
+            let theirs = c.role();
+            let reason = match (&new.sibling_of, lock_only) {
+                (None, _) => format!("`{place}` is already {theirs}"),
+                (Some(_), true) => {
+                    format!("the lock would be kept at `{place}`, which is already {theirs}")
                 }
-                (Some(c), None) => match &c.working_file_of {
-                    None => format!(
-                        "`{}` is already written by policy `{}`",
-                        file.display(),
-                        c.policy
-                    ),
-                    Some(r) => format!(
-                        "`{}` is already used by policy `{}` as a working file of its record `{}`",
-                        file.display(),
+                (Some(_), false) => match (&c.sibling_of, c.lock_only) {
+                    (None, _) => format!(
+                        "the {kind} store keeps `{place}` next to this record, but policy `{}` already writes that {}",
                         c.policy,
-                        r.display()
+                        c.noun()
                     ),
-                },
-                (Some(c), Some(_)) => match &c.working_file_of {
-                    None => format!(
-                        "the file store keeps `{}` next to this record, but policy `{}` already writes that file",
-                        file.display(),
+                    (Some(_), true) => format!(
+                        "the {kind} store keeps `{place}` next to this record, but policy `{}` already keeps its lock there",
                         c.policy
                     ),
                     // Equal records, reported for the record itself.
-                    Some(_) => continue,
+                    (Some(_), false) => continue,
                 },
             };
             if reported.insert(field) {
@@ -646,13 +772,8 @@ impl Validator<'_> {
         let token = self
             .secret(&raw.admin_token, &path.key("admin_token"))
             .filter(|(t, _)| {
-                // The client sends it as `Authorization: Bearer …`; a token
-                // that cannot be a header value (a stray line break inside
-                // the file) would otherwise fail only at the first request.
-                let ok = t
-                    .expose_secret()
-                    .bytes()
-                    .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f));
+                // The client sends it as `Authorization: Bearer …`.
+                let ok = header_safe(t.expose_secret());
                 if !ok {
                     self.error(
                         &path.key("admin_token"),
@@ -762,6 +883,10 @@ impl Validator<'_> {
             );
         }
         let instance_id = raw.instance_id.clone().unwrap_or_else(default_instance_id);
+        let metrics_bearer_token = match &raw.metrics_bearer_token {
+            Some(r) => Some(self.secret(r, &path.key("metrics_bearer_token"))?.0),
+            None => None,
+        };
         Some(DaemonSettings {
             listen: listen.ok()?,
             log_format,
@@ -771,10 +896,126 @@ impl Validator<'_> {
             shutdown_timeout,
             lock_retry_interval,
             instance_id,
+            metrics_bearer_token,
         })
     }
 
-    fn stores(&mut self, raw: &BTreeMap<String, RawStore>) -> BTreeMap<String, StoreDef> {
+    fn alerts(&mut self, raw: Option<&RawAlerts>) -> Option<crate::alerts::AlertSettings> {
+        use crate::alerts::{AlertSettings, Sink};
+        let mut settings = AlertSettings::default();
+        let Some(raw) = raw else {
+            return Some(settings);
+        };
+        let path = root().key("alerts");
+        settings.repeat_interval = self.duration(
+            &raw.repeat_interval,
+            &path.key("repeat_interval"),
+            settings.repeat_interval,
+        );
+        settings.expiry_warning = self.duration(
+            &raw.expiry_warning,
+            &path.key("expiry_warning"),
+            settings.expiry_warning,
+        );
+        if let Some(n) = raw.max_per_minute {
+            match std::num::NonZeroU32::new(n) {
+                Some(n) => settings.max_per_minute = n,
+                None => self.error(&path.key("max_per_minute"), "must be at least 1"),
+            }
+        }
+        if let Some(n) = raw.max_attempts {
+            if n == 0 || n > 20 {
+                self.error(
+                    &path.key("max_attempts"),
+                    format!("`{n}` is not between 1 and 20"),
+                );
+            }
+            settings.max_attempts = n.clamp(1, 20);
+        }
+        settings.runbook_url = raw.runbook_url.clone();
+        let before = self.errors.len();
+        for (i, sink) in raw.sinks.iter().enumerate() {
+            let sp = path.key("sink").index(i);
+            let url = |v: &mut Self, field: &str| -> Option<reqwest::Url> {
+                let Some(u) = sink.url.as_deref() else {
+                    v.error(
+                        &sp.key(field),
+                        format!("a `{}` sink needs `url`", sink.kind),
+                    );
+                    return None;
+                };
+                // Alerts carry no secrets (webhook bodies are signed), so
+                // plain http is allowed, as in-cluster Alertmanagers use it.
+                match reqwest::Url::parse(u) {
+                    Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => Some(parsed),
+                    Ok(_) => {
+                        v.error(&sp.key(field), format!("`{u}` must be an http(s) URL"));
+                        None
+                    }
+                    Err(e) => {
+                        v.error(&sp.key(field), format!("invalid URL `{u}`: {e}"));
+                        None
+                    }
+                }
+            };
+            let unexpected = |v: &mut Self, present: bool, field: &str| {
+                if present {
+                    v.error(
+                        &sp.key(field),
+                        format!("not used by a `{}` sink", sink.kind),
+                    );
+                }
+            };
+            match sink.kind.as_str() {
+                "alertmanager" => {
+                    unexpected(self, sink.hmac_secret.is_some(), "hmac_secret");
+                    unexpected(self, sink.webhook_url.is_some(), "webhook_url");
+                    if let Some(url) = url(self, "url") {
+                        settings.sinks.push(Sink::Alertmanager { url });
+                    }
+                }
+                "webhook" => {
+                    unexpected(self, sink.webhook_url.is_some(), "webhook_url");
+                    let u = url(self, "url");
+                    let secret = match &sink.hmac_secret {
+                        Some(r) => self.secret(r, &sp.key("hmac_secret")).map(|(s, _)| s),
+                        None => {
+                            self.error(&sp.key("type"), "a `webhook` sink needs `hmac_secret`, the key its bodies are signed with");
+                            None
+                        }
+                    };
+                    if let (Some(url), Some(hmac_secret)) = (u, secret) {
+                        settings.sinks.push(Sink::Webhook { url, hmac_secret });
+                    }
+                }
+                "slack" => {
+                    unexpected(self, sink.url.is_some(), "url");
+                    unexpected(self, sink.hmac_secret.is_some(), "hmac_secret");
+                    match &sink.webhook_url {
+                        Some(r) => {
+                            if let Some((s, _)) = self.secret(r, &sp.key("webhook_url")) {
+                                settings.sinks.push(Sink::Slack { webhook_url: s });
+                            }
+                        }
+                        None => self.error(
+                            &sp.key("type"),
+                            "a `slack` sink needs `webhook_url` (a secret reference: the URL is a credential)",
+                        ),
+                    }
+                }
+                other => self.error(
+                    &sp.key("type"),
+                    format!("`{other}` is not one of alertmanager, webhook, slack"),
+                ),
+            }
+        }
+        (self.errors.len() == before).then_some(settings)
+    }
+
+    fn stores(
+        &mut self,
+        raw: &BTreeMap<String, Result<RawStore, Option<&'static str>>>,
+    ) -> BTreeMap<String, StoreDef> {
         let mut out = BTreeMap::new();
         for (name, s) in raw {
             let path = root().key("stores").key(name);
@@ -784,18 +1025,376 @@ impl Validator<'_> {
                     format!("store name `{name}` may contain only a-z, 0-9, `_` and `-`"),
                 );
             }
-            match s {
-                RawStore::File(f) => {
-                    out.insert(
-                        name.clone(),
-                        StoreDef::File {
-                            directory: self.path(&f.directory),
-                        },
-                    );
-                }
-            }
+            let def = match s {
+                Err(kind) => StoreDef::Invalid { kind: *kind },
+                Ok(RawStore::File(f)) => StoreDef::File {
+                    directory: self.path(&f.directory),
+                },
+                Ok(RawStore::Vault(v)) => self.vault_store(v, &path).map_or(
+                    StoreDef::Invalid {
+                        kind: Some("vault"),
+                    },
+                    StoreDef::Vault,
+                ),
+                Ok(RawStore::Aws(a)) => self
+                    .aws_store(a, &path)
+                    .map_or(StoreDef::Invalid { kind: Some("aws") }, StoreDef::Aws),
+            };
+            out.insert(name.clone(), def);
         }
         out
+    }
+
+    /// A Vault store and its connection. Without `resolve_secrets` the
+    /// credentials are placeholders and the TLS files are not read (the
+    /// client key is a secret, and the CA and certificate live beside it on
+    /// the host that runs the daemon).
+    fn vault_store(&mut self, v: &RawVaultStore, path: &FieldPath) -> Option<VaultStoreDef> {
+        let before = self.errors.len();
+        if let Some(ns) = &v.namespace
+            && (ns.trim_matches('/').is_empty()
+                || ns.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            self.error(
+                &path.key("namespace"),
+                format!(
+                    "`{}` is not a namespace: give a path such as \"admin/team-a\", without whitespace",
+                    ns.escape_debug()
+                ),
+            );
+        }
+        let kv = match v.kv_version.unwrap_or(2) {
+            1 => KvVersion::V1,
+            2 => KvVersion::V2,
+            other => {
+                self.error(
+                    &path.key("kv_version"),
+                    format!("`{other}` is not a KV secrets engine version: use 1 or 2"),
+                );
+                KvVersion::V2
+            }
+        };
+        let mount = self.vault_mount(v.mount.as_deref().unwrap_or("secret"), &path.key("mount"));
+        let auth = self.vault_auth(&v.auth, &path.key("auth"));
+        match (&v.client_cert, &v.client_key) {
+            (Some(_), None) => self.error(
+                &path.key("client_cert"),
+                "a client certificate needs its key: set `client_key` too (both or neither)",
+            ),
+            (None, Some(_)) => self.error(
+                &path.key("client_key"),
+                "a client key needs its certificate: set `client_cert` too (both or neither)",
+            ),
+            _ => {}
+        }
+        let lease_ttl = self.duration(
+            &v.lease_ttl,
+            &path.key("lease_ttl"),
+            vault::DEFAULT_LEASE_TTL,
+        );
+        if lease_ttl < vault::MIN_LEASE_TTL {
+            self.error(
+                &path.key("lease_ttl"),
+                format!(
+                    "must be at least {}",
+                    humantime::format_duration(vault::MIN_LEASE_TTL)
+                ),
+            );
+        } else if v.lease_ttl.is_some() && kv == KvVersion::V1 {
+            self.warn(
+                &path.key("lease_ttl"),
+                "has no effect: a KV v1 store cannot hold a lock",
+            );
+        }
+        let request_timeout = self.duration(
+            &v.request_timeout,
+            &path.key("request_timeout"),
+            DEFAULT_VAULT_REQUEST_TIMEOUT,
+        );
+        if request_timeout.is_zero() {
+            self.error(&path.key("request_timeout"), "must be greater than zero");
+        }
+        let namespace = v
+            .namespace
+            .as_ref()
+            .map(|ns| ns.trim_matches('/').to_owned());
+        // Built even when a setting above was bad (with a stand-in for bad
+        // credentials), so the address and the TLS files are checked too.
+        let auth_ok = auth.is_some();
+        let mut settings = VaultSettings::new(
+            v.address.clone(),
+            auth.unwrap_or_else(|| VaultAuth::Token(unresolved())),
+        );
+        settings.namespace = namespace.clone();
+        settings.request_timeout = request_timeout;
+        if self.opts.resolve_secrets {
+            settings.ca_file = v.ca_file.as_deref().map(|p| self.path(p));
+            // Half an identity is reported above.
+            if let (Some(cert), Some(key)) = (&v.client_cert, &v.client_key) {
+                settings.client_cert = Some(self.path(cert));
+                settings.client_key = Some(self.path(key));
+            }
+        }
+        let conn = match VaultConnection::new(settings.clone()) {
+            Ok(conn) => conn,
+            Err(e) => {
+                let address_bad = vault_setup_field(&e) == Some("address");
+                self.vault_setup_error(&e, path);
+                if address_bad {
+                    // The address is checked first; check the TLS files
+                    // too, with a stand-in address, so every problem shows.
+                    settings.address = "https://127.0.0.1".to_owned();
+                    if let Err(e) = VaultConnection::new(settings) {
+                        self.vault_setup_error(&e, path);
+                    }
+                }
+                return None;
+            }
+        };
+        if self.errors.len() > before || !auth_ok {
+            return None;
+        }
+        let server = match &namespace {
+            Some(ns) => format!("{} (namespace {ns})", conn.address()),
+            None => conn.address().to_owned(),
+        };
+        Some(VaultStoreDef {
+            conn,
+            server,
+            mount: mount?,
+            kv,
+            lease_ttl,
+        })
+    }
+
+    fn vault_setup_error(&mut self, e: &VaultSetupError, path: &FieldPath) {
+        let field = vault_setup_field(e).map_or(path.clone(), |f| path.key(f));
+        self.error(&field, e.to_string());
+    }
+
+    /// A Vault mount (of a secrets engine or an auth method), surrounding
+    /// slashes dropped (`vault secrets list` shows `secret/`).
+    fn vault_mount(&mut self, raw: &str, path: &FieldPath) -> Option<String> {
+        let mount = raw.trim_matches('/');
+        match vault_path_problem(mount) {
+            None => Some(mount.to_owned()),
+            Some(why) => {
+                self.error(path, format!("mount `{}` {why}", raw.escape_debug()));
+                None
+            }
+        }
+    }
+
+    fn vault_auth(&mut self, raw: &RawVaultAuth, path: &FieldPath) -> Option<VaultAuth> {
+        use RawVaultAuthMethod as M;
+        let method = raw.method;
+        let takes: &[&str] = match method {
+            M::Token => &["token"],
+            M::Approle => &["mount", "role_id", "secret_id"],
+            M::Kubernetes => &["mount", "role", "jwt_file"],
+        };
+        let given = [
+            ("mount", raw.mount.is_some()),
+            ("token", raw.token.is_some()),
+            ("role_id", raw.role_id.is_some()),
+            ("secret_id", raw.secret_id.is_some()),
+            ("role", raw.role.is_some()),
+            ("jwt_file", raw.jwt_file.is_some()),
+        ];
+        let mut ok = true;
+        for (key, present) in given {
+            if present && !takes.contains(&key) {
+                ok = false;
+                self.error(
+                    &path.key(key),
+                    format!(
+                        "does not apply to method `{}`, which takes {}",
+                        method.as_str(),
+                        takes
+                            .iter()
+                            .map(|k| format!("`{k}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+            }
+        }
+        let needs = |me: &mut Self, key: &str, present: bool| {
+            if !present {
+                me.error(
+                    &path.key(key),
+                    format!("method `{}` needs `{key}`", method.as_str()),
+                );
+            }
+            present
+        };
+        match method {
+            M::Token => {
+                let token = raw.token.as_ref();
+                if !needs(self, "token", token.is_some()) {
+                    return None;
+                }
+                let (token, _) = self.secret(token?, &path.key("token"))?;
+                if !header_safe(token.expose_secret()) {
+                    self.error(
+                        &path.key("token"),
+                        "the Vault token contains characters not allowed in an HTTP header, such as a line break inside it",
+                    );
+                    return None;
+                }
+                ok.then_some(VaultAuth::Token(token))
+            }
+            M::Approle => {
+                let has_role_id = needs(self, "role_id", raw.role_id.is_some());
+                let has_secret_id = needs(self, "secret_id", raw.secret_id.is_some());
+                let mount = self.vault_mount(
+                    raw.mount.as_deref().unwrap_or("approle"),
+                    &path.key("mount"),
+                );
+                let role_id = raw
+                    .role_id
+                    .as_ref()
+                    .and_then(|r| self.secret(r, &path.key("role_id")));
+                let secret_id = raw
+                    .secret_id
+                    .as_ref()
+                    .and_then(|r| self.secret(r, &path.key("secret_id")));
+                if !(ok && has_role_id && has_secret_id) {
+                    return None;
+                }
+                Some(VaultAuth::AppRole {
+                    mount: mount?,
+                    role_id: role_id?.0,
+                    secret_id: secret_id?.0,
+                })
+            }
+            M::Kubernetes => {
+                let mount = self.vault_mount(
+                    raw.mount.as_deref().unwrap_or("kubernetes"),
+                    &path.key("mount"),
+                );
+                let role = raw.role.as_deref();
+                let mut role_ok = needs(self, "role", role.is_some());
+                if let Some(role) = role
+                    && (role.is_empty()
+                        || role
+                            .chars()
+                            .any(|c| c.is_whitespace() || c.is_control() || c == '/'))
+                {
+                    role_ok = false;
+                    self.error(
+                        &path.key("role"),
+                        format!(
+                            "`{}` is not a role name: it must be non-empty, without whitespace or `/`",
+                            role.escape_debug()
+                        ),
+                    );
+                }
+                let jwt_path = self.path(
+                    raw.jwt_file
+                        .as_deref()
+                        .unwrap_or(Path::new(DEFAULT_KUBERNETES_JWT)),
+                );
+                // Read at every login (projected tokens rotate); checked
+                // here so a missing one is found before any network call.
+                let jwt_ok = if raw
+                    .jwt_file
+                    .as_ref()
+                    .is_some_and(|f| f.as_os_str().is_empty())
+                {
+                    self.error(&path.key("jwt_file"), "the JWT file path is empty");
+                    false
+                } else if self.opts.resolve_secrets {
+                    match read_secret_file(&jwt_path) {
+                        Ok(_) => true,
+                        Err(e) => {
+                            self.error(
+                                &path.key("jwt_file"),
+                                format!(
+                                    "{e} (the service-account token Kubernetes auth logs in with)"
+                                ),
+                            );
+                            false
+                        }
+                    }
+                } else {
+                    true
+                };
+                if !(ok && role_ok && jwt_ok) {
+                    return None;
+                }
+                Some(VaultAuth::Kubernetes {
+                    mount: mount?,
+                    role: role?.to_owned(),
+                    jwt_path,
+                })
+            }
+        }
+    }
+
+    /// An AWS Secrets Manager store and its connection (which does no IO
+    /// until first use).
+    fn aws_store(&mut self, a: &RawAwsStore, path: &FieldPath) -> Option<AwsStoreDef> {
+        let before = self.errors.len();
+        let mut settings = AwsConnectionSettings::new(a.region.clone());
+        settings.endpoint_url = a.endpoint_url.clone();
+        let conn = match AwsConnection::new(settings.clone()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                let region_bad = matches!(e, aws::AwsSetupError::Region(_));
+                self.aws_setup_error(&e, path);
+                if region_bad && a.endpoint_url.is_some() {
+                    // The region is checked first; check the endpoint
+                    // too, with a stand-in region, so every problem shows.
+                    settings.region = "us-east-1".to_owned();
+                    if let Err(e) = AwsConnection::new(settings) {
+                        self.aws_setup_error(&e, path);
+                    }
+                }
+                None
+            }
+        };
+        if let Some(k) = &a.kms_key_id
+            && (k.is_empty()
+                || k.len() > 2048
+                || k.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            self.error(
+                &path.key("kms_key_id"),
+                format!(
+                    "`{}` is not a KMS key id: give a key id, key ARN, alias name (`alias/...`) or alias ARN, without whitespace",
+                    k.escape_debug()
+                ),
+            );
+        }
+        let lock_ttl = self.duration(&a.lock_ttl, &path.key("lock_ttl"), aws::DEFAULT_LOCK_TTL);
+        if lock_ttl < Duration::from_secs(3) {
+            self.error(
+                &path.key("lock_ttl"),
+                "must be at least 3s (the holder renews its lease every third of it)",
+            );
+        }
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(AwsStoreDef {
+            conn: conn?,
+            create_if_missing: a.create_if_missing,
+            kms_key_id: a.kms_key_id.clone(),
+            lock_ttl,
+        })
+    }
+
+    fn aws_setup_error(&mut self, e: &aws::AwsSetupError, path: &FieldPath) {
+        let field = match e {
+            aws::AwsSetupError::Region(_) => path.key("region"),
+            aws::AwsSetupError::Endpoint { .. } | aws::AwsSetupError::InsecureEndpoint(_) => {
+                path.key("endpoint_url")
+            }
+            aws::AwsSetupError::LockTtl(_) => path.key("lock_ttl"),
+            _ => path.clone(),
+        };
+        self.error(&field, e.to_string());
     }
 
     fn policy(
@@ -803,7 +1402,7 @@ impl Validator<'_> {
         p: &RawPolicy,
         path: &FieldPath,
         stores: &BTreeMap<String, StoreDef>,
-    ) -> Option<Policy> {
+    ) -> Option<(Policy, Vec<Target>, Target)> {
         let before = self.errors.len();
         if !valid_name(&p.name) || p.name.len() > 64 {
             self.error(
@@ -899,6 +1498,8 @@ impl Validator<'_> {
         }
 
         let mut destinations = Vec::new();
+        let mut targets = Vec::new();
+        let mut all_built = true;
         if p.destinations.is_empty() {
             self.error(
                 &path.key("name"),
@@ -907,55 +1508,60 @@ impl Validator<'_> {
         }
         for (i, d) in p.destinations.iter().enumerate() {
             let dpath = path.key("destinations").index(i);
-            match stores.get(&d.store) {
-                None => {
-                    let known: Vec<&str> = stores.keys().map(String::as_str).collect();
+            match self.destination(
+                &d.store,
+                &d.path,
+                d.bare_token_file.as_deref(),
+                &dpath,
+                stores,
+            ) {
+                Some((dest, target)) => {
+                    destinations.push(dest);
+                    targets.push(target);
+                }
+                None => all_built = false,
+            }
+        }
+        let lock = match &p.lock {
+            Some(l) => {
+                let lpath = path.key("lock");
+                let lock = self.destination(&l.store, &l.path, None, &lpath, stores);
+                if let Some((Destination::Vault(v), _)) = &lock
+                    && v.kv_version() == KvVersion::V1
+                {
                     self.error(
-                        &dpath.key("store"),
+                        &lpath.key("store"),
                         format!(
-                            "no store named `{}` (defined: {})",
-                            d.store,
-                            if known.is_empty() {
-                                "none".to_owned()
-                            } else {
-                                known.join(", ")
-                            }
+                            "store `{}` is a Vault KV v1 mount, which has no check-and-set and cannot hold a lock; put the lock on a file, KV v2 or AWS store",
+                            l.store
                         ),
                     );
                 }
-                Some(StoreDef::File { directory }) => {
-                    if !plain_file_name(&d.path) {
-                        self.error(
-                            &dpath.key("path"),
-                            format!(
-                                "`{}` must be a plain file name inside the store's directory",
-                                d.path
-                            ),
-                        );
-                    }
-                    if let Some(b) = &d.bare_token_file
-                        && (!plain_file_name(b) || b == &d.path)
-                    {
-                        self.error(
-                            &dpath.key("bare_token_file"),
-                            format!("`{b}` must be a plain file name, different from `path`"),
-                        );
-                    }
-                    destinations.push(Destination::File(FileDestination {
-                        store: d.store.clone(),
-                        directory: directory.clone(),
-                        file: d.path.clone(),
-                        bare_token_file: d.bare_token_file.clone(),
-                    }));
-                }
+                lock
             }
-        }
+            None => {
+                let first = destinations.first().zip(targets.first());
+                if let Some((Destination::Vault(v), _)) = first
+                    && v.kv_version() == KvVersion::V1
+                {
+                    self.error(
+                        &path.key("destinations").index(0).key("store"),
+                        format!(
+                            "the policy's lock would be on its first destination, but store `{}` is a Vault KV v1 mount, which has no check-and-set and cannot hold a lock; set `lock = {{ store = \"...\", path = \"...\" }}` on the policy to put it on a file, KV v2 or AWS store",
+                            p.destinations[0].store
+                        ),
+                    );
+                }
+                first.map(|(d, t)| (d.clone(), t.clone()))
+            }
+        };
 
         let retry = self.retry(p.retry.as_ref(), &path.key("retry"));
-        if self.errors.len() > before {
+        if self.errors.len() > before || !all_built {
             return None;
         }
-        Some(Policy {
+        let (lock, lock_target) = lock?;
+        let policy = Policy {
             name: p.name.clone(),
             service_account: p.service_account.clone(),
             token_type,
@@ -965,8 +1571,164 @@ impl Validator<'_> {
             overlap,
             hooks,
             destinations,
+            lock,
             retry,
-        })
+        };
+        Some((policy, targets, lock_target))
+    }
+
+    /// A destination (or, without `bare_token_file`, a lock place) on the
+    /// store named `store`, and what it writes. On a store whose settings
+    /// have errors, `path` is checked for form only and `None` returned.
+    fn destination(
+        &mut self,
+        store: &str,
+        place: &str,
+        bare_token_file: Option<&str>,
+        dpath: &FieldPath,
+        stores: &BTreeMap<String, StoreDef>,
+    ) -> Option<(Destination, Target)> {
+        let Some(def) = stores.get(store) else {
+            let known: Vec<&str> = stores.keys().map(String::as_str).collect();
+            self.error(
+                &dpath.key("store"),
+                format!(
+                    "no store named `{store}` (defined: {})",
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            );
+            return None;
+        };
+        let before = self.errors.len();
+        let kind = def.kind()?;
+        let ppath = dpath.key("path");
+        match kind {
+            "file" => {
+                if !plain_file_name(place) {
+                    self.error(
+                        &ppath,
+                        format!("`{place}` must be a plain file name inside the store's directory"),
+                    );
+                }
+                if let Some(b) = bare_token_file
+                    && (!plain_file_name(b) || b == place)
+                {
+                    self.error(
+                        &dpath.key("bare_token_file"),
+                        format!("`{b}` must be a plain file name, different from `path`"),
+                    );
+                }
+            }
+            "vault" => {
+                let problem = vault_path_problem(place).or_else(|| {
+                    VAULT_SUFFIXES.iter().find(|s| place.ends_with(*s)).map(|s| {
+                        format!(
+                            "must not end with `{s}`: the Vault store keeps `<path>.pending`, `<path>.lock` (KV v2) and `<path>.previous` (KV v1) next to each destination"
+                        )
+                    })
+                });
+                if let Some(why) = problem {
+                    self.error(
+                        &ppath,
+                        format!("Vault KV path `{}` {why}", place.escape_debug()),
+                    );
+                }
+            }
+            _ => {
+                let problem = aws_name_problem(place).or_else(|| {
+                    AWS_SUFFIXES.iter().find(|s| place.ends_with(*s)).map(|s| {
+                        format!(
+                            "must not end with `{s}`: the AWS store keeps `<name>.journal` and `<name>.lock` next to each destination"
+                        )
+                    })
+                });
+                if let Some(why) = problem {
+                    self.error(
+                        &ppath,
+                        format!("secret name `{}` {why}", place.escape_debug()),
+                    );
+                }
+            }
+        }
+        if kind != "file" && bare_token_file.is_some() {
+            self.error(
+                &dpath.key("bare_token_file"),
+                format!("applies to file stores only, and store `{store}` is of type `{kind}`"),
+            );
+        }
+        if self.errors.len() > before {
+            return None;
+        }
+        match def {
+            StoreDef::File { directory } => {
+                let dest = FileDestination {
+                    store: store.to_owned(),
+                    directory: directory.clone(),
+                    file: place.to_owned(),
+                    bare_token_file: bare_token_file.map(str::to_owned),
+                };
+                let mut target = Target::new(
+                    "file",
+                    Place::File(dest.path()),
+                    &[".pending", ".previous", ".lock"],
+                );
+                if let Some(b) = bare_token_file {
+                    target
+                        .writes
+                        .push(("bare_token_file", Place::File(directory.join(b)), None));
+                }
+                Some((Destination::File(dest), target))
+            }
+            StoreDef::Vault(v) => {
+                let dest = match VaultDestination::new(v.conn.clone(), store, &v.mount, place, v.kv)
+                {
+                    Ok(d) => d.with_lease_ttl(v.lease_ttl),
+                    Err(e) => {
+                        self.error(&ppath, e.to_string());
+                        return None;
+                    }
+                };
+                let suffixes: &[&str] = match v.kv {
+                    KvVersion::V2 => &[".pending", ".lock"],
+                    KvVersion::V1 => &[".pending", ".previous"],
+                };
+                let record = Place::Vault {
+                    server: v.server.clone(),
+                    mount: v.mount.clone(),
+                    path: place.to_owned(),
+                };
+                Some((
+                    Destination::Vault(dest),
+                    Target::new("vault", record, suffixes),
+                ))
+            }
+            StoreDef::Aws(a) => {
+                let dest = AwsDestination::new(store, a.conn.clone(), place).and_then(|d| {
+                    d.create_if_missing(a.create_if_missing, a.kms_key_id.clone())
+                        .with_lock_ttl(a.lock_ttl)
+                });
+                let dest = match dest {
+                    Ok(d) => d,
+                    Err(e) => {
+                        self.error(&ppath, e.to_string());
+                        return None;
+                    }
+                };
+                let record = Place::Aws {
+                    region: a.conn.region().to_owned(),
+                    name: place.to_owned(),
+                };
+                Some((
+                    Destination::Aws(dest),
+                    Target::new("aws", record, &AWS_SUFFIXES),
+                ))
+            }
+            StoreDef::Invalid { .. } => None,
+        }
     }
 
     fn schedule(
@@ -1218,18 +1980,269 @@ impl Validator<'_> {
     }
 }
 
-/// Who writes a file, for reporting two destinations that would write the
+/// A place a destination writes: a file, a Vault secret or an AWS secret.
+/// Equal places are the same object in the same system.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Place {
+    File(PathBuf),
+    /// A secret in a KV mount; `server` is the address and namespace.
+    Vault {
+        server: String,
+        mount: String,
+        path: String,
+    },
+    /// A secret of the account in `region` (one credential chain per
+    /// daemon, so one account).
+    Aws {
+        region: String,
+        name: String,
+    },
+}
+
+impl Place {
+    /// The place `suffix` appended to this one names.
+    fn with_suffix(&self, suffix: &str) -> Place {
+        match self {
+            Place::File(p) => {
+                let mut name = p.clone().into_os_string();
+                name.push(suffix);
+                Place::File(PathBuf::from(name))
+            }
+            Place::Vault {
+                server,
+                mount,
+                path,
+            } => Place::Vault {
+                server: server.clone(),
+                mount: mount.clone(),
+                path: format!("{path}{suffix}"),
+            },
+            Place::Aws { region, name } => Place::Aws {
+                region: region.clone(),
+                name: format!("{name}{suffix}"),
+            },
+        }
+    }
+}
+
+impl fmt::Display for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Place::File(p) => write!(f, "{}", p.display()),
+            Place::Vault { mount, path, .. } => write!(f, "vault:{mount}/{path}"),
+            Place::Aws { region, name } => write!(f, "aws:{region}/{name}"),
+        }
+    }
+}
+
+/// Everything one destination writes, for finding two destinations that
+/// would write the same place.
+#[derive(Debug, Clone)]
+struct Target {
+    /// The store kind, for messages.
+    kind: &'static str,
+    /// The record consumers read.
+    record: Place,
+    /// The record, the siblings its store keeps next to it and a bare token
+    /// file: each with the field a conflict is reported at and, for a
+    /// sibling, the record it belongs to.
+    writes: Vec<(&'static str, Place, Option<Place>)>,
+    /// The sibling a lock on this destination is kept in.
+    lock: Place,
+}
+
+impl Target {
+    /// A record at `record` with the siblings `suffixes` next to it and the
+    /// lock at `<record>.lock`.
+    fn new(kind: &'static str, record: Place, suffixes: &[&str]) -> Target {
+        let mut writes = vec![("path", record.clone(), None)];
+        for suffix in suffixes {
+            writes.push(("path", record.with_suffix(suffix), Some(record.clone())));
+        }
+        Target {
+            kind,
+            lock: record.with_suffix(".lock"),
+            record,
+            writes,
+        }
+    }
+}
+
+/// Who writes a place, for reporting two destinations that would write the
 /// same one.
-struct FileClaim {
+struct Claim {
     policy: String,
-    /// The record this is the `.pending`/`.previous`/`.lock` file of, or
-    /// `None` for a record or bare-token file itself.
-    working_file_of: Option<PathBuf>,
+    kind: &'static str,
+    /// The record this is a sibling of (`.pending`, `.lock`, …), or `None`
+    /// for a record or bare-token file itself.
+    sibling_of: Option<Place>,
+    /// Claimed by a policy's separate lock place.
+    lock_only: bool,
+}
+
+impl Claim {
+    /// What the place is to its claimant, for messages: "written by policy
+    /// `a`", "used by policy `a` as a working file of its record `x`", ….
+    fn role(&self) -> String {
+        let policy = &self.policy;
+        match (&self.sibling_of, self.lock_only) {
+            (None, _) => format!("written by policy `{policy}`"),
+            (Some(_), true) => format!("used by policy `{policy}` for its lock"),
+            (Some(record), false) => format!(
+                "used by policy `{policy}` as a {} of its record `{record}`",
+                match self.kind {
+                    "file" => "working file",
+                    "vault" => "sibling secret",
+                    _ => "companion secret",
+                }
+            ),
+        }
+    }
+
+    /// What the store writes: a file or a secret.
+    fn noun(&self) -> &'static str {
+        if self.kind == "file" {
+            "file"
+        } else {
+            "secret"
+        }
+    }
 }
 
 /// A named store's settings, before destinations point into it.
 enum StoreDef {
-    File { directory: PathBuf },
+    File {
+        directory: PathBuf,
+    },
+    Vault(VaultStoreDef),
+    Aws(AwsStoreDef),
+    /// A store whose settings have errors (reported): destinations on it
+    /// are checked for form only, if its kind is known.
+    Invalid {
+        kind: Option<&'static str>,
+    },
+}
+
+impl StoreDef {
+    fn kind(&self) -> Option<&'static str> {
+        match self {
+            StoreDef::File { .. } => Some("file"),
+            StoreDef::Vault(_) => Some("vault"),
+            StoreDef::Aws(_) => Some("aws"),
+            StoreDef::Invalid { kind } => *kind,
+        }
+    }
+}
+
+struct VaultStoreDef {
+    conn: VaultConnection,
+    /// The address and namespace, telling servers apart in [`Place`].
+    server: String,
+    mount: String,
+    kv: KvVersion,
+    lease_ttl: Duration,
+}
+
+struct AwsStoreDef {
+    conn: AwsConnection,
+    create_if_missing: bool,
+    kms_key_id: Option<String>,
+    lock_ttl: Duration,
+}
+
+/// The service-account token a pod gets, the default `jwt_file` of
+/// Kubernetes auth.
+const DEFAULT_KUBERNETES_JWT: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+/// The default per-request timeout of a Vault store.
+const DEFAULT_VAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Suffixes the Vault store uses for the sibling secrets of a destination
+/// path (`.previous` on KV v1 only, `.lock` on KV v2 only).
+const VAULT_SUFFIXES: [&str; 3] = [".pending", ".previous", ".lock"];
+
+/// Suffixes the AWS store uses for the companion secrets of a destination.
+const AWS_SUFFIXES: [&str; 2] = [".journal", ".lock"];
+
+/// Secrets Manager's limit on a secret name.
+const AWS_MAX_NAME: usize = 512;
+
+/// Why `s` cannot be a Vault KV path or mount (without the sibling
+/// suffixes, which only paths must avoid).
+fn vault_path_problem(s: &str) -> Option<String> {
+    if s.is_empty() {
+        return Some("must not be empty".to_owned());
+    }
+    if s.starts_with('/') || s.ends_with('/') {
+        return Some("must not start or end with `/`".to_owned());
+    }
+    if s.chars()
+        .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '?' | '#' | '*' | '+'))
+    {
+        return Some("must not contain whitespace or any of `? # * +`".to_owned());
+    }
+    if s.split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
+        return Some("must not have an empty, `.` or `..` segment".to_owned());
+    }
+    None
+}
+
+/// Why `s` cannot be a Secrets Manager secret name of a destination.
+fn aws_name_problem(s: &str) -> Option<String> {
+    let room = AWS_MAX_NAME - ".journal".len();
+    if s.is_empty() {
+        return Some("must not be empty".to_owned());
+    }
+    if s.starts_with("arn:") {
+        return Some(
+            "is an ARN: give the secret's name, after which the store names its companion secrets"
+                .to_owned(),
+        );
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "/_+=.@-".contains(*c)))
+    {
+        return Some(format!(
+            "contains `{}`, which Secrets Manager does not allow (letters, digits and `/_+=.@-` only)",
+            c.escape_debug()
+        ));
+    }
+    if s.len() > room {
+        return Some(format!(
+            "is {} characters long; at most {room} fit, since Secrets Manager allows {AWS_MAX_NAME} and the store keeps `<name>.journal` next to it",
+            s.len()
+        ));
+    }
+    None
+}
+
+/// The field of a Vault store a [`VaultSetupError`] is about; `None`: the
+/// store as a whole.
+fn vault_setup_field(e: &VaultSetupError) -> Option<&'static str> {
+    match e {
+        VaultSetupError::InvalidAddress { .. } | VaultSetupError::Insecure { .. } => {
+            Some("address")
+        }
+        VaultSetupError::ReadFile { what, .. } | VaultSetupError::BadPem { what, .. } => {
+            Some(match *what {
+                "CA file" => "ca_file",
+                "client key" => "client_key",
+                _ => "client_cert",
+            })
+        }
+        VaultSetupError::IncompleteIdentity => Some("client_cert"),
+        VaultSetupError::Client(_) | VaultSetupError::Destination(_) => None,
+    }
+}
+
+/// Whether a secret can be sent in an HTTP header: no line break or other
+/// control character inside it (a stray one in a file would otherwise fail
+/// only at the first request).
+fn header_safe(s: &str) -> bool {
+    s.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 /// The key named by serde's "unknown field `key`, expected …" message.
@@ -1240,12 +2253,28 @@ fn unknown_field(message: &str) -> Option<&str> {
         .map(|(key, _)| key)
 }
 
-/// Every environment variable named by a secret reference.
-fn secret_env_names(raw: &RawConfig) -> BTreeSet<String> {
-    let admin = match &raw.motherduck.admin_token {
+/// The environment variable a secret reference names, if any.
+fn env_of(s: &RawSecret) -> Option<String> {
+    match s {
         RawSecret::Ref(r) => r.env.clone(),
         RawSecret::Inline => None,
-    };
+    }
+}
+
+/// Every environment variable named by a secret reference.
+fn secret_env_names(
+    raw: &RawConfig,
+    stores: &BTreeMap<String, Result<RawStore, Option<&'static str>>>,
+) -> BTreeSet<String> {
+    let admin = env_of(&raw.motherduck.admin_token);
+    let vault = stores.values().flat_map(|s| match s {
+        Ok(RawStore::Vault(v)) => [&v.auth.token, &v.auth.role_id, &v.auth.secret_id]
+            .into_iter()
+            .flatten()
+            .filter_map(env_of)
+            .collect(),
+        _ => Vec::new(),
+    });
     let headers = raw
         .policies
         .iter()
@@ -1259,7 +2288,7 @@ fn secret_env_names(raw: &RawConfig) -> BTreeSet<String> {
             RawHeaderValue::Secret(r) => r.env.clone(),
             RawHeaderValue::Literal(_) => None,
         });
-    admin.into_iter().chain(headers).collect()
+    admin.into_iter().chain(vault).chain(headers).collect()
 }
 
 /// Which window setting a [`crate::schedule::parse_window`] error is about,
@@ -1353,9 +2382,23 @@ fn plain_file_name(s: &str) -> bool {
 }
 
 fn default_instance_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "unknown-host".to_owned());
+    // gethostname(2) rather than /proc/sys/kernel/hostname: systemd's
+    // ProcSubset=pid hides the latter.
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at
+    // most that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let host = if rc == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).trim().to_owned()
+    } else {
+        String::new()
+    };
+    let host = if host.is_empty() {
+        "unknown-host".to_owned()
+    } else {
+        host
+    };
     format!("{host}:{}", std::process::id())
 }
 

@@ -14,10 +14,40 @@ pub struct RawConfig {
     pub motherduck: RawMotherDuck,
     #[serde(default)]
     pub daemon: RawDaemon,
+    /// Only the names: each store is read separately, as a [`RawStore`]
+    /// picked by its `type`, so that errors inside it keep their exact
+    /// place (serde's own tagged enums lose it).
     #[serde(default)]
-    pub stores: BTreeMap<String, RawStore>,
+    pub stores: BTreeMap<String, serde::de::IgnoredAny>,
     #[serde(default, rename = "policy")]
     pub policies: Vec<RawPolicy>,
+    #[serde(default)]
+    pub alerts: Option<RawAlerts>,
+}
+
+/// `[alerts]`: the daemon's own notifications.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlerts {
+    pub repeat_interval: Option<String>,
+    pub expiry_warning: Option<String>,
+    pub max_per_minute: Option<u32>,
+    pub max_attempts: Option<u32>,
+    pub runbook_url: Option<String>,
+    #[serde(default, rename = "sink")]
+    pub sinks: Vec<RawSink>,
+}
+
+/// `[[alerts.sink]]`, by `type`: `alertmanager` (`url`), `webhook` (`url`,
+/// `hmac_secret`), `slack` (`webhook_url`, a secret).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSink {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub url: Option<String>,
+    pub hmac_secret: Option<RawSecret>,
+    pub webhook_url: Option<RawSecret>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,18 +130,96 @@ pub struct RawDaemon {
     pub shutdown_timeout: Option<String>,
     pub lock_retry_interval: Option<String>,
     pub instance_id: Option<String>,
+    pub metrics_bearer_token: Option<RawSecret>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+/// A store, by its `type` (the `type` key itself is not part of the
+/// variant's table).
+#[derive(Debug)]
 pub enum RawStore {
     File(RawFileStore),
+    Vault(Box<RawVaultStore>),
+    Aws(RawAwsStore),
+}
+
+impl RawStore {
+    /// The `type` values.
+    pub const KINDS: [&str; 3] = ["file", "vault", "aws"];
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawFileStore {
     pub directory: PathBuf,
+}
+
+/// A HashiCorp Vault / OpenBao KV mount.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVaultStore {
+    pub address: String,
+    pub namespace: Option<String>,
+    /// 1 or 2; default 2.
+    pub kv_version: Option<i64>,
+    /// Default "secret".
+    pub mount: Option<String>,
+    pub auth: RawVaultAuth,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub lease_ttl: Option<String>,
+    pub request_timeout: Option<String>,
+}
+
+/// How the daemon logs in to Vault. One table for every method, so that
+/// errors keep their place; which keys a method takes is checked when
+/// validating.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVaultAuth {
+    pub method: RawVaultAuthMethod,
+    /// approle, kubernetes: where the method is mounted.
+    pub mount: Option<String>,
+    /// token
+    pub token: Option<RawSecret>,
+    /// approle
+    pub role_id: Option<RawSecret>,
+    /// approle
+    pub secret_id: Option<RawSecret>,
+    /// kubernetes
+    pub role: Option<String>,
+    /// kubernetes; default: the pod's service-account token.
+    pub jwt_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawVaultAuthMethod {
+    Token,
+    Approle,
+    Kubernetes,
+}
+
+impl RawVaultAuthMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RawVaultAuthMethod::Token => "token",
+            RawVaultAuthMethod::Approle => "approle",
+            RawVaultAuthMethod::Kubernetes => "kubernetes",
+        }
+    }
+}
+
+/// AWS Secrets Manager in one region.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAwsStore {
+    pub region: String,
+    pub endpoint_url: Option<String>,
+    #[serde(default)]
+    pub create_if_missing: bool,
+    pub kms_key_id: Option<String>,
+    pub lock_ttl: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,6 +240,9 @@ pub struct RawPolicy {
     pub verify: Vec<RawHook>,
     #[serde(default)]
     pub destinations: Vec<RawDestination>,
+    /// Where the policy's coordination lock lives, when not on its first
+    /// destination.
+    pub lock: Option<RawLock>,
     pub retry: Option<RawRetry>,
 }
 
@@ -159,6 +270,14 @@ pub struct RawDestination {
     pub store: String,
     pub path: String,
     pub bare_token_file: Option<String>,
+}
+
+/// A place used only for a policy's lock: a store and a path in it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLock {
+    pub store: String,
+    pub path: String,
 }
 
 #[derive(Debug, Deserialize)]

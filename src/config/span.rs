@@ -114,6 +114,29 @@ impl<'a> SourceMap<'a> {
         Some(best)
     }
 
+    /// The value at `path`, if there is one.
+    pub fn value(&self, path: &FieldPath) -> Option<&Spanned<DeValue<'a>>> {
+        let root = self.root.as_ref()?;
+        let mut table: Option<&DeTable<'a>> = Some(root.get_ref());
+        let mut value: Option<&Spanned<DeValue<'a>>> = None;
+        for seg in &path.0 {
+            let next = match (seg, table, value.map(Spanned::get_ref)) {
+                (Seg::Key(k), Some(t), _) => t
+                    .iter()
+                    .find(|(key, _)| key.get_ref().as_ref() == k)
+                    .map(|(_, v)| v),
+                (Seg::Index(i), _, Some(DeValue::Array(a))) => a.get(*i),
+                _ => None,
+            }?;
+            value = Some(next);
+            table = match next.get_ref() {
+                DeValue::Table(t) => Some(t),
+                _ => None,
+            };
+        }
+        value
+    }
+
     /// The deepest field whose text contains `span`, for errors that come
     /// with a place but no field name (serde's).
     ///

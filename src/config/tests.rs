@@ -21,6 +21,25 @@ const FILE_TOKEN: &str = "md-admin-token-from-file";
 const ENV_TOKEN: &str = "md-admin-token-from-env";
 /// The admin token the `md_admin` systemd credential holds.
 const CREDENTIAL_TOKEN: &str = "md-admin-token-from-credential";
+/// The Vault token the scratch directory's `vault.token` file holds.
+const VAULT_TOKEN: &str = "hvs.vault-token-from-file";
+/// The AppRole role id and secret id of the scratch directory and of
+/// `VAULT_SECRET_ID`.
+const ROLE_ID: &str = "role-id-from-file-0001";
+const SECRET_ID: &str = "secret-id-from-env-0002";
+/// A self-signed CA certificate (public, no key), for `ca_file`.
+const CA_PEM: &str = "-----BEGIN CERTIFICATE-----
+MIIBkTCCATegAwIBAgIUQWJ3kjUwcnyQgRhxwagEWWsW7fAwCgYIKoZIzj0EAwIw
+HTEbMBkGA1UEAwwSbWRyLWNvbmZpZy10ZXN0LWNhMCAXDTI2MTEyNDA3NTkyNFoY
+DzIxMjYxMDMxMDc1OTI0WjAdMRswGQYDVQQDDBJtZHItY29uZmlnLXRlc3QtY2Ew
+WTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAASfo+Nw0d7GFM1xEiG2m5H5h7g3QCdy
+d2skbMFgpT3Mtd5wmQs76aGdXiwEtYcf4z2qQl6yEwjPI2/etAQyG+DSo1MwUTAd
+BgNVHQ4EFgQUv2OR+pp4NZvGsnfnj6m2TQ5iorswHwYDVR0jBBgwFoAUv2OR+pp4
+NZvGsnfnj6m2TQ5iorswDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNIADBF
+AiEA5j2j7oLFbY/3k7ZG/zXHl9ixdtxFY7DaSSyebQcXa8ICIC56oCdVlHSzWvjZ
+ixP7KURtFm2ZnUSX7VmJfPth86ZW
+-----END CERTIFICATE-----
+";
 /// A value shaped like a MotherDuck token (a JWT), for the cases that must
 /// not echo it.
 const JWT: &str = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJzdmNfYXBwIn0.c2lnbmF0dXJlLXNlY3JldA";
@@ -35,6 +54,7 @@ impl FakeEnv {
             ("MD_TOKEN".to_owned(), ENV_TOKEN.to_owned()),
             ("PROBE_KEY".to_owned(), "probe-api-key".to_owned()),
             ("EMPTY_VAR".to_owned(), "  ".to_owned()),
+            ("VAULT_SECRET_ID".to_owned(), SECRET_ID.to_owned()),
         ]))
     }
 
@@ -66,6 +86,13 @@ impl Scratch {
         std::fs::write(dir.join("broken.token"), "first-half\nsecond-half\n").unwrap();
         std::fs::write(dir.join("probe.key"), "probe-key-from-file\n").unwrap();
         std::fs::write(dir.join("credentials/md_admin"), CREDENTIAL_TOKEN).unwrap();
+        std::fs::write(dir.join("vault.token"), format!("{VAULT_TOKEN}\n")).unwrap();
+        std::fs::write(dir.join("vault-role-id"), ROLE_ID).unwrap();
+        std::fs::write(dir.join("sa.jwt"), "kubernetes-service-account-jwt\n").unwrap();
+        std::fs::write(dir.join("ca.pem"), CA_PEM).unwrap();
+        std::fs::write(dir.join("not-a-cert.pem"), "not a certificate\n").unwrap();
+        std::fs::write(dir.join("client.crt"), "not a certificate\n").unwrap();
+        std::fs::write(dir.join("client.key"), "not a key\n").unwrap();
         Scratch { dir }
     }
 
@@ -322,7 +349,9 @@ fn full_configuration_becomes_validated_types() {
         .destinations
         .iter()
         .map(|d| {
-            let Destination::File(f) = d;
+            let Destination::File(f) = d else {
+                panic!("expected a file destination, got {d:?}");
+            };
             assert_eq!(f.store, "local");
             (f.path(), f.bare_token_file.as_deref())
         })
@@ -442,7 +471,9 @@ verify = [
     assert_eq!(p.retry.max_attempts, 3);
     assert_eq!(p.retry.initial_backoff, Duration::from_secs(30));
     assert_eq!(p.retry.max_backoff, Duration::from_secs(3600));
-    let Destination::File(f) = &p.destinations[0];
+    let Destination::File(f) = &p.destinations[0] else {
+        panic!("expected a file destination");
+    };
     assert_eq!(f.path(), Path::new("/var/lib/mdr/app.json"));
     assert_eq!(f.bare_token_file, None);
 
@@ -815,9 +846,9 @@ stores.local = { type = "file", dir = "store" }
         toml: r#"
 motherduck = { admin_token = { env = "MD_TOKEN" } }
 [stores.vault]
-type = "vault"
+type = "hashicorp"
 "#,
-        errors: &[("3:8", "stores.vault.type", "unknown variant `vault`, expected `file`")],
+        errors: &[("3:8", "stores.vault.type", "unknown variant `hashicorp`, expected one of `file`, `vault`, `aws`")],
     },
     Case {
         name: "store without a type",
@@ -1973,5 +2004,1086 @@ fn an_unreadable_file_is_one_error_without_a_position() {
             path.display()
         )),
         "{shown}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Vault and AWS stores, locks, and what destinations may share
+// ---------------------------------------------------------------------------
+
+use crate::stores::aws::AwsDestination;
+use crate::stores::vault::VaultDestination;
+
+fn vault_of(d: &Destination) -> &VaultDestination {
+    match d {
+        Destination::Vault(v) => v,
+        other => panic!("expected a Vault destination, got {other:?}"),
+    }
+}
+
+fn aws_of(d: &Destination) -> &AwsDestination {
+    match d {
+        Destination::Aws(a) => a,
+        other => panic!("expected an AWS destination, got {other:?}"),
+    }
+}
+
+const STORES: &str = r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+
+[stores.vault]
+type = "vault"
+address = "https://vault.example.com:8200/"
+namespace = "admin/team-a"
+kv_version = 2
+mount = "kv/"
+auth = { method = "approle", mount = "approle-prod", role_id = { file = "vault-role-id" }, secret_id = { env = "VAULT_SECRET_ID" } }
+ca_file = "ca.pem"
+lease_ttl = "2m"
+request_timeout = "5s"
+
+[stores.legacy]
+type = "vault"
+address = "http://127.0.0.1:8200"
+kv_version = 1
+mount = "kv1"
+auth = { method = "token", token = { file = "vault.token" } }
+
+[stores.k8s]
+type = "vault"
+address = "https://vault.internal"
+[stores.k8s.auth]
+method = "kubernetes"
+role = "rotator"
+jwt_file = "sa.jwt"
+
+[stores.unused]
+type = "vault"
+address = "https://vault.unused.example.com"
+auth = { method = "token", token = { file = "vault.token" } }
+
+[stores.aws]
+type = "aws"
+region = "eu-central-1"
+create_if_missing = true
+kms_key_id = "alias/motherduck"
+lock_ttl = "90s"
+
+[stores.moto]
+type = "aws"
+region = "us-east-1"
+endpoint_url = "http://127.0.0.1:5000"
+
+[stores.local]
+type = "file"
+directory = "store"
+
+[[policy]]
+name = "orders"
+service_account = "svc_orders"
+schedule = { interval = "1d" }
+verify = [{ type = "motherduck" }]
+destinations = [
+  { store = "vault", path = "motherduck/orders" },
+  { store = "legacy", path = "motherduck/orders" },
+  { store = "aws", path = "prod/motherduck/orders" },
+]
+
+[[policy]]
+name = "reports"
+service_account = "svc_reports"
+schedule = { interval = "1d" }
+verify = [{ type = "motherduck" }]
+destinations = [{ store = "legacy", path = "reports" }, { store = "k8s", path = "reports" }]
+lock = { store = "local", path = "reports.json" }
+
+[[policy]]
+name = "etl"
+service_account = "svc_etl"
+schedule = { interval = "1d" }
+verify = [{ type = "motherduck" }]
+destinations = [{ store = "moto", path = "etl" }]
+lock = { store = "moto", path = "etl" }
+"#;
+
+#[test]
+fn vault_and_aws_stores_become_validated_types() {
+    let scratch = Scratch::new();
+    let config = parse_in(&scratch, STORES, &FakeEnv::new(), true)
+        .unwrap_or_else(|e| panic!("expected a valid configuration, got:\n{e}"));
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+
+    let orders = &config.policies[0];
+    let v = vault_of(&orders.destinations[0]);
+    assert_eq!(
+        v.mount(),
+        "kv",
+        "surrounding slashes of a mount are dropped"
+    );
+    assert_eq!(v.path(), "motherduck/orders");
+    assert_eq!(v.kv_version(), KvVersion::V2);
+    assert_eq!(v.lease_ttl(), Duration::from_secs(120));
+    assert_eq!(v.label(), "vault:kv/motherduck/orders");
+    assert_eq!(v.connection().address(), "https://vault.example.com:8200");
+    assert_eq!(v.connection().token_status().method, "approle");
+    let debug = format!("{:?}", v.connection());
+    assert!(
+        debug.contains("\"admin/team-a\"") && debug.contains("\"approle-prod\""),
+        "namespace and auth mount: {debug}"
+    );
+    let legacy = vault_of(&orders.destinations[1]);
+    assert_eq!(legacy.kv_version(), KvVersion::V1);
+    assert_eq!(legacy.label(), "vault:kv1/motherduck/orders (kv v1)");
+    assert_eq!(legacy.connection().token_status().method, "token");
+    let a = aws_of(&orders.destinations[2]);
+    assert_eq!(a.label(), "aws:eu-central-1/prod/motherduck/orders");
+    assert_eq!(a.store(), "aws");
+    assert_eq!(a.secret_name(), "prod/motherduck/orders");
+    let debug = format!("{a:?}");
+    for part in [
+        "create_if_missing: true",
+        "kms_key_id: Some(\"alias/motherduck\")",
+        "lock_ttl: 90s",
+        "endpoint_url: None",
+    ] {
+        assert!(debug.contains(part), "{part} in {debug}");
+    }
+    assert_eq!(
+        orders.lock.label(),
+        orders.destinations[0].label(),
+        "by default the lock is on the first destination"
+    );
+
+    let reports = &config.policies[1];
+    let k8s = vault_of(&reports.destinations[1]);
+    assert_eq!(k8s.mount(), "secret", "the default mount");
+    assert_eq!(k8s.lease_ttl(), crate::stores::vault::DEFAULT_LEASE_TTL);
+    let debug = format!("{:?}", k8s.connection());
+    assert!(
+        debug.contains("mount: \"kubernetes\"") && debug.contains("role: \"rotator\""),
+        "{debug}"
+    );
+    assert!(
+        debug.contains(&scratch.dir.join("sa.jwt").display().to_string()),
+        "a relative jwt_file resolves against the configuration's folder: {debug}"
+    );
+    let Destination::File(lock) = &reports.lock else {
+        panic!(
+            "expected the lock on the file store, got {:?}",
+            reports.lock
+        );
+    };
+    assert_eq!(lock.path(), scratch.dir.join("store/reports.json"));
+
+    let etl = &config.policies[2];
+    let moto = aws_of(&etl.destinations[0]);
+    let debug = format!("{moto:?}");
+    for part in [
+        "region: \"us-east-1\"",
+        "endpoint_url: Some(\"http://127.0.0.1:5000\")",
+        "create_if_missing: false",
+        "kms_key_id: None",
+        "lock_ttl: 600s",
+    ] {
+        assert!(debug.contains(part), "{part} in {debug}");
+    }
+    assert_eq!(
+        etl.lock.label(),
+        moto.label(),
+        "a lock on the policy's own destination"
+    );
+
+    // One connection per used Vault store, in store-name order; `unused`
+    // has no destination, so no token to keep alive.
+    let addresses: Vec<&str> = config
+        .vault_connections
+        .iter()
+        .map(VaultConnection::address)
+        .collect();
+    assert_eq!(
+        addresses,
+        [
+            "https://vault.internal",
+            "http://127.0.0.1:8200",
+            "https://vault.example.com:8200"
+        ]
+    );
+
+    let shown = format!("{config:?}");
+    for secret in [
+        VAULT_TOKEN,
+        ROLE_ID,
+        SECRET_ID,
+        "kubernetes-service-account-jwt",
+    ] {
+        assert!(!shown.contains(secret), "Debug shows `{secret}`");
+    }
+}
+
+#[test]
+fn destinations_on_one_store_share_its_connection() {
+    let config = valid(STORES);
+    let orders = vault_of(&config.policies[0].destinations[1]);
+    let reports = vault_of(&config.policies[1].destinations[0]);
+    // Equal addresses alone would not prove it: the token state is shared.
+    assert_eq!(
+        orders.connection().address(),
+        reports.connection().address()
+    );
+    assert!(
+        config
+            .vault_connections
+            .iter()
+            .any(|c| format!("{c:?}") == format!("{:?}", orders.connection())),
+        "the store's connection is exposed"
+    );
+}
+
+#[test]
+fn vault_and_aws_secrets_are_not_read_without_resolving() {
+    // Every file and variable named here is missing, and the JWT is the
+    // default path of a pod: a linting machine has none of them.
+    let src = r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+[stores.vault]
+type = "vault"
+address = "https://vault.example.com"
+auth = { method = "approle", role_id = { file = "/nonexistent/role-id" }, secret_id = { env = "UNSET_SECRET_ID" } }
+ca_file = "/nonexistent/ca.pem"
+client_cert = "/nonexistent/client.crt"
+client_key = "/nonexistent/client.key"
+[stores.token]
+type = "vault"
+address = "https://vault.example.com"
+kv_version = 1
+auth = { method = "token", token = { credential = "vault_token" } }
+[stores.k8s]
+type = "vault"
+address = "https://vault.example.com"
+auth = { method = "kubernetes", role = "rotator" }
+[stores.aws]
+type = "aws"
+region = "us-east-1"
+[[policy]]
+name = "app"
+service_account = "svc_app"
+schedule = { interval = "1d" }
+verify = [{ type = "motherduck" }]
+destinations = [{ store = "vault", path = "a" }, { store = "token", path = "b" }, { store = "k8s", path = "c" }]
+lock = { store = "aws", path = "app" }
+"#;
+    let scratch = Scratch::new();
+    let config = parse_in(&scratch, src, &FakeEnv::new(), false)
+        .unwrap_or_else(|e| panic!("expected a valid configuration, got:\n{e}"));
+    assert_eq!(config.vault_connections.len(), 3);
+    assert_eq!(config.policies[0].destinations.len(), 3);
+
+    let errors = parse_in(&scratch, src, &FakeEnv::new(), true)
+        .expect_err("the same text fails when the secrets are read");
+    let fields: Vec<&str> = errors.0.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "stores.vault.auth.role_id.file",
+            "stores.vault.auth.secret_id.env",
+            "stores.vault.ca_file",
+            "stores.token.auth.token.credential",
+            "stores.k8s.auth.jwt_file",
+        ],
+        "{errors}"
+    );
+    assert!(
+        errors.0[4]
+            .reason
+            .contains("/var/run/secrets/kubernetes.io/serviceaccount/token"),
+        "{errors}"
+    );
+}
+
+#[test]
+fn vault_credentials_never_appear_in_errors() {
+    let scratch = Scratch::new();
+    for auth in [
+        format!("{{ method = \"token\", token = \"{JWT}\" }}"),
+        format!("{{ method = \"token\", token = {{ env = \"{JWT}\" }} }}"),
+        format!(
+            "{{ method = \"approle\", role_id = \"{JWT}\", secret_id = {{ env = \"VAULT_SECRET_ID\" }} }}"
+        ),
+        format!(
+            "{{ method = \"approle\", role_id = {{ file = \"vault-role-id\" }}, secret_id = \"{JWT}\" }}"
+        ),
+    ] {
+        let src = format!(
+            "motherduck = {{ admin_token = {{ env = \"MD_TOKEN\" }} }}\n\
+             [stores.v]\n\
+             type = \"vault\"\n\
+             address = \"https://vault.example.com\"\n\
+             auth = {auth}\n"
+        );
+        for resolve in [true, false] {
+            let errors = parse_in(&scratch, &src, &FakeEnv::new(), resolve)
+                .expect_err("a pasted secret is refused");
+            let shown = format!("{errors} {errors:?}");
+            assert!(!shown.contains("eyJ"), "the secret is echoed: {shown}");
+            assert_eq!(errors.0.len(), 1, "{errors}");
+            assert!(errors.0[0].field.starts_with("stores.v.auth."), "{errors}");
+        }
+    }
+    // Credentials in the address are not repeated either.
+    let errors = parse_in(
+        &scratch,
+        "motherduck = { admin_token = { env = \"MD_TOKEN\" } }\n\
+         stores.v = { type = \"vault\", address = \"https://admin:hunter2@vault.example.com\", auth = { method = \"token\", token = { env = \"MD_TOKEN\" } } }\n",
+        &FakeEnv::new(),
+        true,
+    )
+    .expect_err("credentials in the address are refused");
+    let shown = format!("{errors} {errors:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert_eq!(errors.0[0].field, "stores.v.address");
+}
+
+#[test]
+fn vault_credential_variables_are_kept_from_commands() {
+    let src = r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+stores.v = { type = "vault", address = "https://vault.example.com", auth = { method = "approle", role_id = { file = "vault-role-id" }, secret_id = { env = "VAULT_SECRET_ID" } } }
+[[policy]]
+name = "app"
+service_account = "svc_app"
+schedule = { interval = "1d" }
+destinations = [{ store = "v", path = "app" }]
+verify = [{ type = "command", command = ["true"], inherit_env = ["HOME", "VAULT_SECRET_ID"] }]
+"#;
+    let expected = &[(
+        "8:74",
+        "policy[0].verify[0].inherit_env[1]",
+        "`VAULT_SECRET_ID` holds a secret this configuration references",
+    )];
+    if let Some(report) = check(src, &FakeEnv::new(), true, expected) {
+        panic!("{report}");
+    }
+}
+
+#[test]
+fn a_lease_ttl_on_a_kv_v1_store_is_warned_about() {
+    let config = valid(
+        r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+stores.local = { type = "file", directory = "store" }
+[stores.v1]
+type = "vault"
+address = "https://vault.example.com"
+kv_version = 1
+lease_ttl = "5m"
+auth = { method = "token", token = { file = "vault.token" } }
+[[policy]]
+name = "app"
+service_account = "svc_app"
+schedule = { interval = "1d" }
+verify = [{ type = "motherduck" }]
+destinations = [{ store = "local", path = "app.json" }, { store = "v1", path = "app" }]
+"#,
+    );
+    assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+    assert!(
+        config.warnings[0].ends_with(
+            ":7: `stores.v1.lease_ttl`: has no effect: a KV v1 store cannot hold a lock"
+        ),
+        "{}",
+        config.warnings[0]
+    );
+    assert!(
+        matches!(config.policies[0].lock, Destination::File(_)),
+        "a KV v1 destination after the first is fine"
+    );
+}
+
+/// Errors of Vault stores. Each case's store starts on line 2.
+#[rustfmt::skip]
+const VAULT_ERRORS: &[Case] = &[
+    Case {
+        name: "vault store without address and auth",
+        toml: r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+[stores.v]
+type = "vault"
+"#,
+        errors: &[("2:1", "stores.v", "missing field `address`")],
+    },
+    Case {
+        name: "unknown field in a vault store",
+        toml: r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+[stores.v]
+type = "vault"
+adress = "https://vault.example.com"
+"#,
+        errors: &[("4:1", "stores.v.adress", "unknown field `adress`, expected one of `address`, `namespace`, `kv_version`, `mount`, `auth`, `ca_file`, `client_cert`, `client_key`, `lease_ttl`, `request_timeout`")],
+    },
+    Case {
+        name: "a file store setting in a vault store",
+        toml: r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+stores.v = { type = "vault", directory = "store" }
+"#,
+        errors: &[("2:30", "stores.v.directory", "unknown field `directory`, expected one of `address`")],
+    },
+    Case {
+        name: "kv version as a string",
+        toml: r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+[stores.v]
+type = "vault"
+address = "https://vault.example.com"
+kv_version = "2"
+auth = { method = "token", token = { env = "MD_TOKEN" } }
+"#,
+        errors: &[("5:14", "stores.v.kv_version", "invalid type: string \"2\", expected i64")],
+    },
+    Case {
+        name: "unknown auth method",
+        toml: r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+[stores.v]
+type = "vault"
+address = "https://vault.example.com"
+auth = { method = "ldap", username = "rotator" }
+"#,
+        errors: &[("5:19", "stores.v.auth.method", "unknown variant `ldap`, expected one of `token`, `approle`, `kubernetes`")],
+    },
+    Case {
+        name: "unknown field in auth",
+        toml: r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+[stores.v]
+type = "vault"
+address = "https://vault.example.com"
+[stores.v.auth]
+method = "kubernetes"
+role = "rotator"
+jwt_path = "/var/run/token"
+"#,
+        errors: &[("8:1", "stores.v.auth.jwt_path", "unknown field `jwt_path`, expected one of `method`, `mount`, `token`, `role_id`, `secret_id`, `role`, `jwt_file`")],
+    },
+    Case {
+        name: "unknown field in a vault secret reference",
+        toml: r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+[stores.v]
+type = "vault"
+address = "https://vault.example.com"
+auth = { method = "token", token = { path = "vault.token" } }
+"#,
+        errors: &[("5:38", "stores.v.auth.token.path", "unknown field `path`, expected one of `file`, `env`, `credential`")],
+    },
+    Case {
+        name: "bad vault settings",
+        toml: r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+[stores.v]
+type = "vault"
+address = "http://vault.example.com:8200"
+namespace = "team a"
+kv_version = 3
+mount = "kv//x"
+auth = { method = "token", token = { file = "vault.token" } }
+lease_ttl = "500ms"
+request_timeout = "0s"
+"#,
+        errors: &[
+            ("4:1", "stores.v.address", "Vault address `http://vault.example.com:8200` uses plain http; use https (http is allowed only for a loopback address)"),
+            ("5:1", "stores.v.namespace", "`team a` is not a namespace"),
+            ("6:1", "stores.v.kv_version", "`3` is not a KV secrets engine version: use 1 or 2"),
+            ("7:1", "stores.v.mount", "mount `kv//x` must not have an empty, `.` or `..` segment"),
+            ("9:1", "stores.v.lease_ttl", "must be at least 1s"),
+            ("10:1", "stores.v.request_timeout", "must be greater than zero"),
+        ],
+    },
+    Case {
+        name: "address not a url, and a missing CA file",
+        toml: r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+[stores.v]
+type = "vault"
+address = "vault.example.com:8200"
+auth = { method = "token", token = { file = "vault.token" } }
+ca_file = "missing-ca.pem"
+"#,
+        errors: &[
+            ("4:1", "stores.v.address", "invalid Vault address `vault.example.com:8200`"),
+            ("6:1", "stores.v.ca_file", "failed to read CA file `"),
+        ],
+    },
+    Case {
+        name: "vault address with an unsupported scheme",
+        toml: r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+stores.v = { type = "vault", address = "ftp://vault.example.com", auth = { method = "token", token = { file = "vault.token" } } }
+"#,
+        errors: &[("2:30", "stores.v.address", "unsupported scheme `ftp`")],
+    },
+    Case {
+        name: "CA file without a certificate",
+        toml: r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+[stores.v]
+type = "vault"
+address = "https://vault.example.com"
+auth = { method = "token", token = { file = "vault.token" } }
+ca_file = "not-a-cert.pem"
+"#,
+        errors: &[("6:1", "stores.v.ca_file", "not-a-cert.pem` is not usable")],
+    },
+    Case {
+        name: "client certificate without key, and key without certificate",
+        toml: r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+[stores.a]
+type = "vault"
+address = "https://vault.example.com"
+auth = { method = "token", token = { file = "vault.token" } }
+client_cert = "client.crt"
+[stores.b]
+type = "vault"
+address = "https://vault.example.com"
+auth = { method = "token", token = { file = "vault.token" } }
+client_key = "client.key"
+"#,
+        errors: &[
+            ("6:1", "stores.a.client_cert", "a client certificate needs its key: set `client_key` too (both or neither)"),
+            ("11:1", "stores.b.client_key", "a client key needs its certificate: set `client_cert` too (both or neither)"),
+        ],
+    },
+    Case {
+        name: "client certificate and key missing or unusable",
+        toml: r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+[stores.a]
+type = "vault"
+address = "https://vault.example.com"
+auth = { method = "token", token = { file = "vault.token" } }
+client_cert = "missing.crt"
+client_key = "client.key"
+[stores.b]
+type = "vault"
+address = "https://vault.example.com"
+auth = { method = "token", token = { file = "vault.token" } }
+client_cert = "client.crt"
+client_key = "missing.key"
+[stores.c]
+type = "vault"
+address = "https://vault.example.com"
+auth = { method = "token", token = { file = "vault.token" } }
+client_cert = "client.crt"
+client_key = "client.key"
+"#,
+        errors: &[
+            ("6:1", "stores.a.client_cert", "failed to read client certificate `"),
+            ("13:1", "stores.b.client_key", "failed to read client key `"),
+            ("18:1", "stores.c.client_cert", "client certificate and key `"),
+        ],
+    },
+    Case {
+        name: "token auth: missing token, inline token, foreign keys",
+        toml: r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+stores.a = { type = "vault", address = "https://vault.example.com", auth = { method = "token" } }
+stores.b = { type = "vault", address = "https://vault.example.com", auth = { method = "token", token = "hvs.inline" } }
+stores.c = { type = "vault", address = "https://vault.example.com", auth = { method = "token", token = { file = "vault.token" }, role = "x" } }
+"#,
+        errors: &[
+            ("2:76", "stores.a.auth.token", "method `token` needs `token`"),
+            ("3:96", "stores.b.auth.token", "inline secrets are not allowed"),
+            ("4:130", "stores.c.auth.role", "does not apply to method `token`, which takes `token`"),
+        ],
+    },
+    Case {
+        name: "token auth: unreadable and broken token files",
+        toml: r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+stores.a = { type = "vault", address = "https://vault.example.com", auth = { method = "token", token = { file = "missing.token" } } }
+stores.b = { type = "vault", address = "https://vault.example.com", auth = { method = "token", token = { file = "broken.token" } } }
+"#,
+        errors: &[
+            ("2:106", "stores.a.auth.token.file", "missing.token`: No such file or directory"),
+            ("3:104", "stores.b.auth.token", "the Vault token contains characters not allowed in an HTTP header"),
+        ],
+    },
+    Case {
+        name: "approle auth: missing ids, bad mount, unset variable, foreign keys",
+        toml: r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+[stores.a]
+type = "vault"
+address = "https://vault.example.com"
+auth = { method = "approle", mount = "", role_id = { file = "vault-role-id" } }
+[stores.b]
+type = "vault"
+address = "https://vault.example.com"
+auth = { method = "approle", role_id = { env = "UNSET_ROLE_ID" }, secret_id = { env = "VAULT_SECRET_ID" }, jwt_file = "sa.jwt" }
+"#,
+        errors: &[
+            ("5:8", "stores.a.auth.secret_id", "method `approle` needs `secret_id`"),
+            ("5:30", "stores.a.auth.mount", "mount `` must not be empty"),
+            ("9:42", "stores.b.auth.role_id.env", "environment variable `UNSET_ROLE_ID` is not set or empty"),
+            ("9:108", "stores.b.auth.jwt_file", "does not apply to method `approle`, which takes `mount`, `role_id`, `secret_id`"),
+        ],
+    },
+    Case {
+        name: "kubernetes auth: missing role, bad role, missing and empty jwt files, foreign keys",
+        toml: r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+stores.a = { type = "vault", address = "https://vault.example.com", auth = { method = "kubernetes", jwt_file = "sa.jwt" } }
+stores.b = { type = "vault", address = "https://vault.example.com", auth = { method = "kubernetes", role = "my role", jwt_file = "missing.jwt" } }
+stores.c = { type = "vault", address = "https://vault.example.com", auth = { method = "kubernetes", role = "r", jwt_file = "", token = { env = "MD_TOKEN" } } }
+"#,
+        errors: &[
+            ("2:76", "stores.a.auth.role", "method `kubernetes` needs `role`"),
+            ("3:101", "stores.b.auth.role", "`my role` is not a role name: it must be non-empty, without whitespace or `/`"),
+            ("3:119", "stores.b.auth.jwt_file", "missing.jwt`: No such file or directory (os error 2) (the service-account token Kubernetes auth logs in with)"),
+            ("4:113", "stores.c.auth.jwt_file", "the JWT file path is empty"),
+            ("4:136", "stores.c.auth.token", "does not apply to method `kubernetes`, which takes `mount`, `role`, `jwt_file`"),
+        ],
+    },
+];
+
+#[test]
+fn vault_store_errors_name_the_place_and_field() {
+    run_cases(VAULT_ERRORS, &FakeEnv::new(), true);
+}
+
+/// Errors of AWS stores.
+#[rustfmt::skip]
+const AWS_ERRORS: &[Case] = &[
+    Case {
+        name: "aws store without region",
+        toml: r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+stores.a = { type = "aws", create_if_missing = true }
+"#,
+        errors: &[("2:12", "stores.a", "missing field `region`")],
+    },
+    Case {
+        name: "unknown field in an aws store",
+        toml: r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+[stores.a]
+type = "aws"
+region = "us-east-1"
+endpoint = "https://vpce.example.com"
+"#,
+        errors: &[("5:1", "stores.a.endpoint", "unknown field `endpoint`, expected one of `region`, `endpoint_url`, `create_if_missing`, `kms_key_id`, `lock_ttl`")],
+    },
+    Case {
+        name: "create_if_missing as a string",
+        toml: r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+[stores.a]
+type = "aws"
+region = "us-east-1"
+create_if_missing = "yes"
+"#,
+        errors: &[("5:21", "stores.a.create_if_missing", "invalid type: string \"yes\", expected a boolean")],
+    },
+    Case {
+        name: "bad region and endpoint together",
+        toml: r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+[stores.a]
+type = "aws"
+region = "EU Central"
+endpoint_url = "http://secretsmanager.example.com"
+"#,
+        errors: &[
+            ("4:1", "stores.a.region", "invalid AWS region `EU Central`: expected lowercase letters, digits and dashes, e.g. `us-east-1`"),
+            ("5:1", "stores.a.endpoint_url", "AWS endpoint URL `http://secretsmanager.example.com` uses plain http; https is required unless the host is loopback"),
+        ],
+    },
+    Case {
+        name: "bad endpoints, kms key and lock ttl",
+        toml: r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+[stores.a]
+type = "aws"
+region = "us-east-1"
+endpoint_url = "secretsmanager.example.com"
+kms_key_id = "alias/my key"
+lock_ttl = "2s"
+[stores.b]
+type = "aws"
+region = ""
+endpoint_url = "ftp://127.0.0.1:5000"
+kms_key_id = ""
+lock_ttl = "ten minutes"
+"#,
+        errors: &[
+            ("5:1", "stores.a.endpoint_url", "invalid AWS endpoint URL `secretsmanager.example.com`"),
+            ("6:1", "stores.a.kms_key_id", "`alias/my key` is not a KMS key id"),
+            ("7:1", "stores.a.lock_ttl", "must be at least 3s (the holder renews its lease every third of it)"),
+            ("10:1", "stores.b.region", "invalid AWS region ``"),
+            ("11:1", "stores.b.endpoint_url", "unsupported scheme `ftp`"),
+            ("12:1", "stores.b.kms_key_id", "`` is not a KMS key id"),
+            ("13:1", "stores.b.lock_ttl", "invalid duration `ten minutes`"),
+        ],
+    },
+];
+
+#[test]
+fn aws_store_errors_name_the_place_and_field() {
+    run_cases(AWS_ERRORS, &FakeEnv::new(), true);
+}
+
+/// The stores the destination and lock cases below use, lines 1-5; their
+/// first policy starts on line 6.
+macro_rules! with_stores {
+    ($rest:literal) => {
+        concat!(
+            r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+stores.local = { type = "file", directory = "store" }
+stores.kv = { type = "vault", address = "https://vault.example.com", auth = { method = "token", token = { file = "vault.token" } } }
+stores.kv1 = { type = "vault", address = "https://vault.example.com", kv_version = 1, mount = "kv1", auth = { method = "token", token = { file = "vault.token" } } }
+stores.aws = { type = "aws", region = "us-east-1" }"#,
+            $rest
+        )
+    };
+}
+
+/// Errors of Vault and AWS destinations, of locks and of places two
+/// destinations would share.
+#[rustfmt::skip]
+const DESTINATION_ERRORS: &[Case] = &[
+    Case {
+        name: "vault paths",
+        toml: with_stores!(r#"
+[[policy]]
+name = "app"
+service_account = "svc_app"
+schedule = { interval = "1d" }
+destinations = [
+  { store = "kv", path = "/app" },
+  { store = "kv", path = "app/" },
+  { store = "kv", path = "a//b" },
+  { store = "kv", path = "a/../b" },
+  { store = "kv", path = "my app" },
+  { store = "kv", path = "" },
+  { store = "kv", path = "app.pending" },
+  { store = "kv", path = "app.lock" },
+  { store = "kv1", path = "app.previous" },
+  { store = "kv", path = "app", bare_token_file = "app.token" },
+]
+"#),
+        errors: &[
+            ("11:19", "policy[0].destinations[0].path", "Vault KV path `/app` must not start or end with `/`"),
+            ("12:19", "policy[0].destinations[1].path", "Vault KV path `app/` must not start or end with `/`"),
+            ("13:19", "policy[0].destinations[2].path", "Vault KV path `a//b` must not have an empty, `.` or `..` segment"),
+            ("14:19", "policy[0].destinations[3].path", "Vault KV path `a/../b` must not have an empty, `.` or `..` segment"),
+            ("15:19", "policy[0].destinations[4].path", "Vault KV path `my app` must not contain whitespace or any of `? # * +`"),
+            ("16:19", "policy[0].destinations[5].path", "Vault KV path `` must not be empty"),
+            ("17:19", "policy[0].destinations[6].path", "Vault KV path `app.pending` must not end with `.pending`: the Vault store keeps `<path>.pending`, `<path>.lock` (KV v2) and `<path>.previous` (KV v1) next to each destination"),
+            ("18:19", "policy[0].destinations[7].path", "must not end with `.lock`"),
+            ("19:20", "policy[0].destinations[8].path", "must not end with `.previous`"),
+            ("20:33", "policy[0].destinations[9].bare_token_file", "applies to file stores only, and store `kv` is of type `vault`"),
+        ],
+    },
+    Case {
+        name: "aws secret names",
+        toml: with_stores!(r#"
+[[policy]]
+name = "app"
+service_account = "svc_app"
+schedule = { interval = "1d" }
+destinations = [
+  { store = "aws", path = "" },
+  { store = "aws", path = "arn:aws:secretsmanager:us-east-1:123456789012:secret:app-AbCdEf" },
+  { store = "aws", path = "my app" },
+  { store = "aws", path = "app#1" },
+  { store = "aws", path = "app.journal" },
+  { store = "aws", path = "app.lock" },
+  { store = "aws", path = "app", bare_token_file = "app.token" },
+]
+"#),
+        errors: &[
+            ("11:20", "policy[0].destinations[0].path", "secret name `` must not be empty"),
+            ("12:20", "policy[0].destinations[1].path", "secret name `arn:aws:secretsmanager:us-east-1:123456789012:secret:app-AbCdEf` is an ARN: give the secret's name, after which the store names its companion secrets"),
+            ("13:20", "policy[0].destinations[2].path", "secret name `my app` contains ` `, which Secrets Manager does not allow (letters, digits and `/_+=.@-` only)"),
+            ("14:20", "policy[0].destinations[3].path", "secret name `app#1` contains `#`"),
+            ("15:20", "policy[0].destinations[4].path", "secret name `app.journal` must not end with `.journal`: the AWS store keeps `<name>.journal` and `<name>.lock` next to each destination"),
+            ("16:20", "policy[0].destinations[5].path", "must not end with `.lock`"),
+            ("17:34", "policy[0].destinations[6].bare_token_file", "applies to file stores only, and store `aws` is of type `aws`"),
+        ],
+    },
+    Case {
+        name: "a destination on a store with errors is not checked further",
+        toml: r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+stores.v = { type = "vault", address = "http://vault.example.com", auth = { method = "token", token = { file = "vault.token" } } }
+stores.x = { type = "consul" }
+stores.a = { type = "aws", region = "us-east-1", lock_ttl = "1s" }
+[[policy]]
+name = "app"
+service_account = "svc_app"
+schedule = { interval = "1d" }
+destinations = [{ store = "v", path = "app" }, { store = "x", path = "app" }, { store = "a", path = "app" }, { store = "v", path = "/bad" }]
+"#,
+        errors: &[
+            ("2:30", "stores.v.address", "uses plain http"),
+            ("3:21", "stores.x.type", "unknown variant `consul`"),
+            ("4:50", "stores.a.lock_ttl", "must be at least 3s"),
+            ("9:125", "policy[0].destinations[3].path", "Vault KV path `/bad` must not start or end with `/`"),
+        ],
+    },
+    Case {
+        name: "the default lock on a KV v1 destination",
+        toml: with_stores!(r#"
+[[policy]]
+name = "app"
+service_account = "svc_app"
+schedule = { interval = "1d" }
+destinations = [{ store = "kv1", path = "app" }, { store = "local", path = "app.json" }]
+"#),
+        errors: &[("10:19", "policy[0].destinations[0].store", "the policy's lock would be on its first destination, but store `kv1` is a Vault KV v1 mount, which has no check-and-set and cannot hold a lock; set `lock = { store = \"...\", path = \"...\" }` on the policy to put it on a file, KV v2 or AWS store")],
+    },
+    Case {
+        name: "an explicit lock on a KV v1 destination, an unknown store, a bad path",
+        toml: with_stores!(r#"
+[[policy]]
+name = "a"
+service_account = "svc_a"
+schedule = { interval = "1d" }
+destinations = [{ store = "kv1", path = "a" }]
+lock = { store = "kv1", path = "a" }
+[[policy]]
+name = "b"
+service_account = "svc_b"
+schedule = { interval = "1d" }
+destinations = [{ store = "kv", path = "b" }]
+lock = { store = "nowhere", path = "b" }
+[[policy]]
+name = "c"
+service_account = "svc_c"
+schedule = { interval = "1d" }
+destinations = [{ store = "kv", path = "c" }]
+lock = { store = "local", path = "../c.json" }
+"#),
+        errors: &[
+            ("11:10", "policy[0].lock.store", "store `kv1` is a Vault KV v1 mount, which has no check-and-set and cannot hold a lock; put the lock on a file, KV v2 or AWS store"),
+            ("17:10", "policy[1].lock.store", "no store named `nowhere` (defined: aws, kv, kv1, local)"),
+            ("23:27", "policy[2].lock.path", "`../c.json` must be a plain file name inside the store's directory"),
+        ],
+    },
+    Case {
+        name: "a lock with a bare token file",
+        toml: with_stores!(r#"
+[[policy]]
+name = "a"
+service_account = "svc_a"
+schedule = { interval = "1d" }
+destinations = [{ store = "kv", path = "a" }]
+lock = { store = "local", path = "a.json", bare_token_file = "a.token" }
+"#),
+        errors: &[("11:44", "policy[0].lock.bare_token_file", "unknown field `bare_token_file`, expected `store` or `path`")],
+    },
+    Case {
+        name: "two destinations on one vault secret or one aws secret",
+        toml: with_stores!(r#"
+stores.kv-again = { type = "vault", address = "https://vault.example.com/", mount = "/secret/", auth = { method = "token", token = { file = "vault.token" } } }
+stores.kv1-on-secret = { type = "vault", address = "https://vault.example.com", kv_version = 1, auth = { method = "token", token = { file = "vault.token" } } }
+stores.aws-vpce = { type = "aws", region = "us-east-1", endpoint_url = "https://vpce-1.secretsmanager.us-east-1.vpce.amazonaws.com" }
+[[policy]]
+name = "a"
+service_account = "svc_a"
+schedule = { interval = "1d" }
+destinations = [{ store = "kv", path = "app" }, { store = "aws", path = "app" }]
+[[policy]]
+name = "b"
+service_account = "svc_b"
+schedule = { interval = "1d" }
+destinations = [{ store = "local", path = "b.json" }, { store = "kv-again", path = "app" }, { store = "aws-vpce", path = "app" }]
+lock = { store = "local", path = "b.json" }
+[[policy]]
+name = "c"
+service_account = "svc_c"
+schedule = { interval = "1d" }
+destinations = [{ store = "local", path = "c.json" }, { store = "kv1-on-secret", path = "app" }]
+"#),
+        errors: &[
+            ("18:77", "policy[1].destinations[1].path", "`vault:secret/app` is already written by policy `a`"),
+            ("18:115", "policy[1].destinations[2].path", "`aws:us-east-1/app` is already written by policy `a`"),
+            ("24:82", "policy[2].destinations[1].path", "`vault:secret/app` is already written by policy `a`"),
+        ],
+    },
+    Case {
+        name: "a lock on another policy's destination, and the other way round",
+        toml: with_stores!(r#"
+[[policy]]
+name = "a"
+service_account = "svc_a"
+schedule = { interval = "1d" }
+destinations = [{ store = "kv", path = "a" }]
+[[policy]]
+name = "b"
+service_account = "svc_b"
+schedule = { interval = "1d" }
+destinations = [{ store = "kv1", path = "b" }]
+lock = { store = "kv", path = "a" }
+[[policy]]
+name = "c"
+service_account = "svc_c"
+schedule = { interval = "1d" }
+destinations = [{ store = "kv1", path = "c" }]
+lock = { store = "aws", path = "shared-lock" }
+[[policy]]
+name = "d"
+service_account = "svc_d"
+schedule = { interval = "1d" }
+destinations = [{ store = "aws", path = "shared-lock" }]
+[[policy]]
+name = "e"
+service_account = "svc_e"
+schedule = { interval = "1d" }
+destinations = [{ store = "kv1", path = "e" }]
+lock = { store = "aws", path = "shared-lock" }
+"#),
+        errors: &[
+            ("16:24", "policy[1].lock.path", "the lock would be kept at `vault:secret/a.lock`, which is already used by policy `a` as a sibling secret of its record `vault:secret/a`"),
+            ("27:34", "policy[3].destinations[0].path", "the aws store keeps `aws:us-east-1/shared-lock.lock` next to this record, but policy `c` already keeps its lock there"),
+            ("33:25", "policy[4].lock.path", "the lock would be kept at `aws:us-east-1/shared-lock.lock`, which is already used by policy `c` for its lock"),
+        ],
+    },
+];
+
+#[test]
+fn destination_and_lock_errors_name_the_place_and_field() {
+    run_cases(DESTINATION_ERRORS, &FakeEnv::new(), true);
+}
+
+#[test]
+fn the_same_path_on_different_servers_namespaces_or_regions_is_fine() {
+    let config = valid(
+        r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+stores.primary = { type = "vault", address = "https://vault-1.example.com", auth = { method = "token", token = { file = "vault.token" } } }
+stores.dr = { type = "vault", address = "https://vault-2.example.com", auth = { method = "token", token = { file = "vault.token" } } }
+stores.team-b = { type = "vault", address = "https://vault-1.example.com", namespace = "team-b", auth = { method = "token", token = { file = "vault.token" } } }
+stores.us = { type = "aws", region = "us-east-1" }
+stores.eu = { type = "aws", region = "eu-west-1" }
+[[policy]]
+name = "app"
+service_account = "svc_app"
+schedule = { interval = "1d" }
+verify = [{ type = "motherduck" }]
+destinations = [
+  { store = "primary", path = "app" },
+  { store = "dr", path = "app" },
+  { store = "team-b", path = "app" },
+  { store = "us", path = "app" },
+  { store = "eu", path = "app" },
+]
+"#,
+    );
+    assert_eq!(config.policies[0].destinations.len(), 5);
+    assert_eq!(config.vault_connections.len(), 3);
+}
+
+#[rustfmt::skip]
+const STORE_TABLE_ERRORS: &[Case] = &[
+    Case {
+        name: "store type not a string",
+        toml: r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+stores.a = { type = 1 }
+"#,
+        errors: &[("2:21", "stores.a.type", "invalid type: integer, expected one of `file`, `vault`, `aws`")],
+    },
+    Case {
+        name: "store not a table",
+        toml: r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+stores.a = "vault"
+"#,
+        errors: &[("2:8", "stores.a", "a store is a table with a `type`")],
+    },
+    Case {
+        name: "errors in several stores are all reported",
+        toml: r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+stores.a = { type = "aws" }
+stores.b = { type = "file", dir = "x" }
+stores.c = { type = "vault", address = "https://v", auth = { method = "token" } }
+"#,
+        errors: &[
+            ("2:12", "stores.a", "missing field `region`"),
+            ("3:29", "stores.b.dir", "unknown field `dir`"),
+            ("4:60", "stores.c.auth.token", "method `token` needs `token`"),
+        ],
+    },
+];
+
+#[test]
+fn store_table_errors_name_the_place_and_field() {
+    run_cases(STORE_TABLE_ERRORS, &FakeEnv::new(), true);
+}
+
+/// Every shipped configuration in `config/` is valid without its secrets
+/// (the integration tests check the same through the binary).
+#[test]
+fn shipped_configurations_validate_without_secrets() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let config = load_with(
+            &path,
+            LoadOptions {
+                resolve_secrets: false,
+            },
+        )
+        .unwrap_or_else(|e| panic!("{}:\n{e}", path.display()));
+        seen.push((
+            path.file_name().unwrap().to_string_lossy().into_owned(),
+            config,
+        ));
+    }
+    let get = |name: &str| {
+        &seen
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("config/{name} is missing"))
+            .1
+    };
+
+    let vault = get("vault.toml");
+    let kv: Vec<KvVersion> = vault
+        .policies
+        .iter()
+        .flat_map(|p| &p.destinations)
+        .filter_map(|d| match d {
+            Destination::Vault(v) => Some(v.kv_version()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        kv.contains(&KvVersion::V2) && kv.contains(&KvVersion::V1),
+        "config/vault.toml shows KV v2 and KV v1: {kv:?}"
+    );
+    assert!(
+        vault
+            .policies
+            .iter()
+            .any(|p| p.destinations.iter().all(|d| d.label() != p.lock.label())),
+        "config/vault.toml shows a lock kept elsewhere"
+    );
+    assert!(!vault.vault_connections.is_empty());
+
+    let aws = get("aws.toml");
+    let debug = format!("{:?}", aws.policies);
+    assert!(
+        debug.contains("create_if_missing: true") && debug.contains("kms_key_id: Some("),
+        "config/aws.toml shows create_if_missing with a KMS key"
     );
 }
