@@ -336,7 +336,17 @@ impl Driver {
             .rotation_in_progress
             .with_label_values(&[policy.name.as_str()]);
         gauge.set(1);
-        let result = self.locked(policy, force, cancel).await;
+        // One span per rotation pass, carrying the policy and (once known)
+        // the rotation id, so every event of the pass can be found by either.
+        let span = tracing::info_span!(
+            "rotation",
+            policy = %policy.name,
+            rotation_id = tracing::field::Empty
+        );
+        let result = self
+            .locked(policy, force, cancel, &span)
+            .instrument(span.clone())
+            .await;
         gauge.set(0);
         result
     }
@@ -347,6 +357,7 @@ impl Driver {
         policy: &Policy,
         mut force: bool,
         cancel: &CancellationToken,
+        span: &tracing::Span,
     ) -> Result<Tick, DriveError> {
         // The secret of the rotation this pass created, so it is not read
         // back from a store needlessly.
@@ -371,6 +382,9 @@ impl Driver {
                 due = (now, "requested by `rotate`".to_owned());
             }
             let step = plan::decide(&views, now, due);
+            if let Some(rid) = step_rotation_id(&step) {
+                span.record("rotation_id", rid);
+            }
             // `force` starts one rotation now; when the first step resumes
             // an unfinished rotation instead, that one is the rotation.
             force = false;
@@ -406,7 +420,10 @@ impl Driver {
                         .begin(policy, &views, previous_token_id, failures, &why, cancel)
                         .await?
                     {
-                        Began::Created(f) => fresh = Some(f),
+                        Began::Created(f) => {
+                            span.record("rotation_id", f.0.as_str());
+                            fresh = Some(f);
+                        }
                         Began::Failed { retry_at } => backoff_until = Some(retry_at),
                     }
                 }
@@ -1150,6 +1167,19 @@ enum Began {
     Created((String, SecretString, Option<SecretString>)),
     /// The attempt failed and was rolled back; no rotation before this.
     Failed { retry_at: DateTime<Utc> },
+}
+
+/// The rotation a step works on, if it is one of an unfinished rotation.
+fn step_rotation_id(step: &Step) -> Option<&str> {
+    match step {
+        Step::Stage { journal, .. }
+        | Step::Promote { journal, .. }
+        | Step::Verify { journal }
+        | Step::MarkVerified { journal, .. }
+        | Step::RevokeOld { journal }
+        | Step::ContinueRollback { journal, .. } => Some(&journal.rotation_id),
+        Step::Wait { .. } | Step::Begin { .. } | Step::Inconsistent { .. } => None,
+    }
 }
 
 fn meta_of(info: &TokenInfo, service_account: &str, rotation_id: &str) -> TokenMeta {
