@@ -11,6 +11,7 @@ mod engine;
 mod harness;
 mod http_endpoints;
 mod leak;
+mod mixed_stores;
 mod prometheus_rules;
 mod signals;
 mod simulator_validation;

@@ -16,7 +16,7 @@ fn client() -> reqwest::Client {
 /// Calls a Secrets Manager action through moto's JSON protocol. moto routes
 /// on the service named in the SigV4 credential scope, so the request carries
 /// a SigV4-shaped (unverified) `Authorization` header.
-async fn secrets_manager(moto: &Moto, action: &str, body: Value) -> Value {
+pub(crate) async fn secrets_manager(moto: &Moto, action: &str, body: Value) -> Value {
     let resp = client()
         .post(format!("{}/", moto.endpoint))
         .header("X-Amz-Target", format!("secretsmanager.{action}"))
