@@ -147,7 +147,7 @@ struct State {
 pub struct Alerter {
     settings: Arc<AlertSettings>,
     state: Arc<Mutex<State>>,
-    queue: Option<mpsc::Sender<Alert>>,
+    queue: Option<mpsc::Sender<Queued>>,
     clock: Clock,
     metrics: Arc<Metrics>,
 }
@@ -159,6 +159,19 @@ impl std::fmt::Debug for Alerter {
             .finish_non_exhaustive()
     }
 }
+
+/// An alert on its way, and whether it goes to Alertmanager only (a
+/// refresh of a still-firing alert).
+#[derive(Debug)]
+pub struct Queued {
+    alert: Alert,
+    alertmanager_only: bool,
+}
+
+/// How often still-firing alerts are posted to Alertmanager again, which
+/// otherwise resolves an alert it has not heard of for `resolve_timeout`
+/// (5 minutes by default).
+pub const ALERTMANAGER_REFRESH: Duration = Duration::from_secs(60);
 
 /// Capacity of the delivery queue; when full, new notifications are
 /// dropped and counted rather than waited for.
@@ -176,7 +189,7 @@ impl Alerter {
         settings: AlertSettings,
         clock: Clock,
         metrics: Arc<Metrics>,
-    ) -> (Alerter, Option<mpsc::Receiver<Alert>>) {
+    ) -> (Alerter, Option<mpsc::Receiver<Queued>>) {
         let now = clock.now();
         let (queue, rx) = if settings.sinks.is_empty() {
             (None, None)
@@ -271,6 +284,40 @@ impl Alerter {
         }
     }
 
+    /// Posts every firing alert to the Alertmanager sinks again (the
+    /// daemon calls this every [`ALERTMANAGER_REFRESH`]); other sinks are
+    /// not notified again before `repeat_interval`.
+    pub fn refresh_alertmanager(&self) {
+        let Some(q) = &self.queue else { return };
+        if !self
+            .settings
+            .sinks
+            .iter()
+            .any(|s| matches!(s, Sink::Alertmanager { .. }))
+        {
+            return;
+        }
+        let firing: Vec<Alert> = self
+            .lock()
+            .firing
+            .values()
+            .map(|f| f.alert.clone())
+            .collect();
+        for alert in firing {
+            if q.try_send(Queued {
+                alert,
+                alertmanager_only: true,
+            })
+            .is_err()
+            {
+                self.metrics
+                    .alerts_total
+                    .with_label_values(&["alertmanager", "queue_full"])
+                    .inc();
+            }
+        }
+    }
+
     fn enqueue(&self, alert: Alert) {
         let Some(q) = &self.queue else { return };
         let now = self.clock.now();
@@ -291,7 +338,12 @@ impl Alerter {
             }
             st.sent_in_window += 1;
         }
-        if q.try_send(alert).is_err() {
+        if q.try_send(Queued {
+            alert,
+            alertmanager_only: false,
+        })
+        .is_err()
+        {
             self.metrics
                 .alerts_total
                 .with_label_values(&["all", "queue_full"])
@@ -422,7 +474,7 @@ fn request_for(
 /// Drains the queue until `cancel`, sending each alert to every sink with
 /// retries. Failures are counted and logged (without the URL of a Slack
 /// webhook, which is a secret), never propagated.
-pub async fn deliver(alerter: Alerter, mut rx: mpsc::Receiver<Alert>, cancel: CancellationToken) {
+pub async fn deliver(alerter: Alerter, mut rx: mpsc::Receiver<Queued>, cancel: CancellationToken) {
     let http = match reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .redirect(reqwest::redirect::Policy::none())
@@ -435,11 +487,17 @@ pub async fn deliver(alerter: Alerter, mut rx: mpsc::Receiver<Alert>, cancel: Ca
         }
     };
     loop {
-        let alert = tokio::select! {
+        let Queued {
+            alert,
+            alertmanager_only,
+        } = tokio::select! {
             a = rx.recv() => match a { Some(a) => a, None => return },
             () = cancel.cancelled() => return,
         };
         for sink in &alerter.settings.sinks {
+            if alertmanager_only && !matches!(sink, Sink::Alertmanager { .. }) {
+                continue;
+            }
             let (url, body, headers) = request_for(sink, &alert, &alerter.settings);
             let mut attempt = 0;
             let outcome = loop {
@@ -479,7 +537,7 @@ pub async fn deliver(alerter: Alerter, mut rx: mpsc::Receiver<Alert>, cancel: Ca
 mod tests {
     use super::*;
 
-    fn alerter(sinks: Vec<Sink>, clock: Clock) -> (Alerter, Option<mpsc::Receiver<Alert>>) {
+    fn alerter(sinks: Vec<Sink>, clock: Clock) -> (Alerter, Option<mpsc::Receiver<Queued>>) {
         Alerter::new(
             AlertSettings {
                 sinks,
@@ -513,7 +571,7 @@ mod tests {
         a.resolve(AlertKind::RotationFailed, "p");
         let mut got = Vec::new();
         while let Ok(x) = rx.try_recv() {
-            got.push((x.summary, x.ends_at.is_some()));
+            got.push((x.alert.summary, x.alert.ends_at.is_some()));
         }
         assert_eq!(
             got,
@@ -538,7 +596,7 @@ mod tests {
         let mut resolved = 0;
         while let Ok(x) = rx.try_recv() {
             n += 1;
-            resolved += usize::from(x.ends_at.is_some());
+            resolved += usize::from(x.alert.ends_at.is_some());
         }
         assert_eq!(
             (n, resolved),
@@ -548,6 +606,26 @@ mod tests {
         clock.advance(chrono::Duration::minutes(1));
         a.fire(AlertKind::OrphanFound, "f", "x");
         assert!(rx.try_recv().is_ok(), "a new minute, a new budget");
+    }
+
+    #[test]
+    fn firing_alerts_are_refreshed_to_alertmanager_only() {
+        let clock = Clock::manual("2026-01-01T00:00:00Z".parse().unwrap());
+        let am = Sink::Alertmanager {
+            url: "http://127.0.0.1:1".parse().unwrap(),
+        };
+        let (a, rx) = alerter(vec![am, webhook()], clock);
+        let mut rx = rx.unwrap();
+        a.fire(AlertKind::RotationFailed, "p", "boom");
+        assert!(!rx.try_recv().unwrap().alertmanager_only);
+        a.refresh_alertmanager();
+        let refreshed = rx.try_recv().unwrap();
+        assert!(refreshed.alertmanager_only);
+        assert_eq!(refreshed.alert.summary, "boom");
+        a.resolve(AlertKind::RotationFailed, "p");
+        let _ = rx.try_recv();
+        a.refresh_alertmanager();
+        assert!(rx.try_recv().is_err(), "nothing firing, nothing refreshed");
     }
 
     #[test]

@@ -293,6 +293,17 @@ pub async fn run(
         Alerter::new(config.alerts.clone(), opts.clock.clone(), metrics.clone());
     if let Some(rx) = alert_rx {
         tokio::spawn(crate::alerts::deliver(alerts.clone(), rx, shutdown.clone()));
+        let (a, c) = (alerts.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(crate::alerts::ALERTMANAGER_REFRESH);
+            every.tick().await;
+            loop {
+                tokio::select! {
+                    _ = every.tick() => a.refresh_alertmanager(),
+                    () = c.cancelled() => return,
+                }
+            }
+        });
     }
     let driver = driver_with_alerts(
         &config,
@@ -444,6 +455,7 @@ fn reload(
     alerts: &Alerter,
 ) -> anyhow::Result<(Arc<Config>, Driver)> {
     let config = crate::config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    info!("`[alerts]` and `daemon.metrics_bearer_token` changes take effect at the next restart");
     if config.daemon.listen != old.daemon.listen {
         warn!(old = %old.daemon.listen, new = %config.daemon.listen, "a new listen address takes effect only after a restart");
     }

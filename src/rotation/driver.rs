@@ -872,6 +872,12 @@ impl Driver {
             .verification_duration_seconds
             .with_label_values(&[policy.name.as_str(), outcome])
             .observe(started.elapsed().as_secs_f64());
+        if let Err(e) = &r {
+            self.metrics
+                .rotation_step_failures_total
+                .with_label_values(&[policy.name.as_str(), "verify", e.reason()])
+                .inc();
+        }
         r.map_err(|e| StepError {
             step: "verify",
             reason: e.reason(),

@@ -7,6 +7,7 @@ mod client_wiremock;
 mod config_files;
 mod crash;
 mod deploy;
+mod e2e_observability;
 mod engine;
 mod harness;
 mod http_endpoints;
