@@ -169,30 +169,68 @@ async fn policy_loop(
     }
 }
 
-/// Sweeps orphans of every policy at start and then periodically.
+/// Sweeps one policy; `false` when it has to be tried again soon (its
+/// lock is held, e.g. by a crashed holder's unexpired lease, or the sweep
+/// failed).
+async fn sweep_one(driver: &Driver, p: &Policy) -> bool {
+    match driver.sweep(p, false).await {
+        Ok(Some(found)) => {
+            if !found.is_empty() {
+                warn!(policy = %p.name, revoked = found.len(), "orphan sweep revoked tokens");
+            }
+            true
+        }
+        Ok(None) => {
+            info!(policy = %p.name, "orphan sweep postponed: the policy's lock is held");
+            false
+        }
+        Err(e) => {
+            warn!(policy = %p.name, error = %e, "orphan sweep failed; retrying soon");
+            false
+        }
+    }
+}
+
+/// Sweeps orphans of every policy every `every`, and retries the policies
+/// in `pending` (whose last sweep could not run) every `retry_every`, so a
+/// crash's orphans do not wait a whole sweep interval just because the
+/// crashed holder's lease had not expired yet at start.
 async fn sweep_loop(
     driver: Driver,
     policies: Vec<Arc<Policy>>,
     every: Duration,
+    retry_every: Duration,
+    mut pending: Vec<Arc<Policy>>,
     cancel: CancellationToken,
 ) {
+    let clock = driver.clock.clone();
+    let every = chrono::Duration::from_std(every).unwrap_or_default();
+    let retry_every = chrono::Duration::from_std(retry_every).unwrap_or_default();
+    let mut next_full = clock.now() + every;
     loop {
-        for p in &policies {
+        let wake = if pending.is_empty() {
+            next_full
+        } else {
+            next_full.min(clock.now() + retry_every)
+        };
+        let c = clock.clone();
+        if !sleep_until_wall(wake, move || c.now(), WALL_CHECK, &cancel).await {
+            return;
+        }
+        let batch = if clock.now() >= next_full {
+            next_full = clock.now() + every;
+            pending.clear();
+            policies.clone()
+        } else {
+            std::mem::take(&mut pending)
+        };
+        for p in batch {
             if cancel.is_cancelled() {
                 return;
             }
-            match driver.sweep(p, false).await {
-                Ok(Some(found)) if !found.is_empty() => {
-                    warn!(policy = %p.name, revoked = found.len(), "orphan sweep revoked tokens");
-                }
-                Ok(_) => {}
-                Err(e) => warn!(policy = %p.name, error = %e, "orphan sweep failed"),
+            if !sweep_one(&driver, &p).await {
+                pending.push(p);
             }
-        }
-        let clock = driver.clock.clone();
-        let next = clock.now() + chrono::Duration::from_std(every).unwrap_or_default();
-        if !sleep_until_wall(next, move || clock.now(), WALL_CHECK, &cancel).await {
-            return;
         }
     }
 }
@@ -220,6 +258,7 @@ impl Generation {
         driver: Driver,
         shutdown: &CancellationToken,
         readiness: Arc<RwLock<Readiness>>,
+        unswept: &[String],
     ) -> Generation {
         let retire = shutdown.child_token();
         let mut tasks = JoinSet::new();
@@ -240,14 +279,14 @@ impl Generation {
         {
             let (d, r) = (driver.clone(), retire.clone());
             let every = config.daemon.sweep_interval;
+            let retry_every = config.daemon.lock_retry_interval;
             let ps = policies.clone();
-            tasks.spawn(async move {
-                let clock = d.clock.clone();
-                let first = clock.now() + chrono::Duration::from_std(every).unwrap_or_default();
-                if sleep_until_wall(first, move || clock.now(), WALL_CHECK, &r).await {
-                    sweep_loop(d, ps, every, r).await;
-                }
-            });
+            let pending: Vec<Arc<Policy>> = policies
+                .iter()
+                .filter(|p| unswept.contains(&p.name))
+                .cloned()
+                .collect();
+            tasks.spawn(sweep_loop(d, ps, every, retry_every, pending, r));
         }
         {
             let (d, r, cfg) = (driver, retire.clone(), config.clone());
@@ -349,12 +388,19 @@ pub async fn run(
     let config = Arc::new(config);
     // The first sweep runs before rotations start, so a crash's orphans are
     // revoked before anything new is created.
+    let mut unswept = Vec::new();
     for p in &config.policies {
-        if let Err(e) = driver.sweep(p, false).await {
-            warn!(policy = %p.name, error = %e, "orphan sweep at start failed");
+        if !sweep_one(&driver, p).await {
+            unswept.push(p.name.clone());
         }
     }
-    let mut current = Generation::start(config.clone(), driver, &shutdown, readiness.clone());
+    let mut current = Generation::start(
+        config.clone(),
+        driver,
+        &shutdown,
+        readiness.clone(),
+        &unswept,
+    );
     let mut retired: Vec<Generation> = Vec::new();
     crate::notify::ready(&format!(
         "running {} polic{}",
@@ -396,7 +442,7 @@ pub async fn run(
                     Ok((config, driver)) => {
                         let old = std::mem::replace(
                             &mut current,
-                            Generation::start(config, driver, &shutdown, readiness.clone()),
+                            Generation::start(config, driver, &shutdown, readiness.clone(), &[]),
                         );
                         old.retire.cancel();
                         retired.push(old);

@@ -40,6 +40,9 @@ pub struct FileDestination {
     pub bare_token_file: Option<String>,
 }
 
+/// Attempts at taking a busy lock, 10 ms apart.
+const LOCK_ATTEMPTS: u32 = 5;
+
 /// Holds the destination's `flock` until dropped.
 #[derive(Debug)]
 pub struct FileLease {
@@ -483,16 +486,28 @@ impl FileDestination {
             #[cfg(unix)]
             std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
             let mut file = opts.open(&path).map_err(|e| d.io_err(op, &path, &e))?;
-            match file.try_lock() {
-                Ok(()) => {
-                    // Who holds it, for an operator looking at the file.
-                    let _ = file.set_len(0);
-                    let _ = writeln!(file, "{holder} pid={}", std::process::id());
-                    Ok(Some(FileLease { _file: file }))
+            // A flock is shared with any child forked while the lock file
+            // was open, until that child execs (the descriptor is
+            // close-on-exec). A hook started at the moment another policy
+            // released its lock can therefore hold it for a few
+            // milliseconds; a short retry rides that out, while a real
+            // holder (a rotation in progress) keeps it far longer.
+            for attempt in 0..LOCK_ATTEMPTS {
+                match file.try_lock() {
+                    Ok(()) => {
+                        // Who holds it, for an operator looking at the file.
+                        let _ = file.set_len(0);
+                        let _ = writeln!(file, "{holder} pid={}", std::process::id());
+                        return Ok(Some(FileLease { _file: file }));
+                    }
+                    Err(std::fs::TryLockError::WouldBlock) if attempt + 1 < LOCK_ATTEMPTS => {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+                    Err(std::fs::TryLockError::Error(e)) => return Err(d.io_err(op, &path, &e)),
                 }
-                Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-                Err(std::fs::TryLockError::Error(e)) => Err(d.io_err(op, &path, &e)),
             }
+            Ok(None)
         })
         .await
     }
