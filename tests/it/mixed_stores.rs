@@ -142,6 +142,27 @@ async fn one_policy_rotates_into_vault_and_aws_and_status_reports_both() {
     assert_eq!(aws["token_id"], live[0]);
     assert!(s.sim.sim.is_issued_secret(aws["token"].as_str().unwrap()));
 
+    // The README's consumer command, as written, against OpenBao.
+    let cli = tokio::process::Command::new(crate::support::services::tool_path("bao"))
+        .args(["kv", "get", "-field=token", "secret/motherduck/mixed"])
+        .env("BAO_ADDR", &s.bao.addr)
+        .env("BAO_TOKEN", &s.bao.root_token)
+        .env("HOME", &s.dir)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let read = String::from_utf8(cli.stdout).unwrap();
+    // Compared without printing: the values are token secrets.
+    assert!(
+        read.trim() == aws["token"].as_str().unwrap(),
+        "vault kv get does not return the token stored in AWS"
+    );
+
     let out = command(&s, &["status", "--json"]).output().await.unwrap();
     assert!(
         out.status.success(),
