@@ -417,7 +417,7 @@ impl Driver {
                 } => {
                     started = Some(tokio::time::Instant::now());
                     match self
-                        .begin(policy, &views, previous_token_id, failures, &why, cancel)
+                        .begin(policy, previous_token_id, failures, &why, cancel)
                         .await?
                     {
                         Began::Created(f) => {
@@ -430,7 +430,7 @@ impl Driver {
                 Step::Stage { journal, dests } => {
                     let secret = self.secret_for(policy, &views, &journal, &fresh).await?;
                     if let Err(e) = self.stage(policy, &journal, &dests, &secret, cancel).await {
-                        backoff_until = Some(self.fail(policy, &views, journal, e, cancel).await?);
+                        backoff_until = Some(self.fail(policy, journal, e, cancel).await?);
                     }
                 }
                 Step::Promote { journal, dests } => {
@@ -440,7 +440,7 @@ impl Driver {
                     }
                     crash_point("before-promote");
                     if let Err(e) = self.promote(policy, &journal, &dests, cancel).await {
-                        backoff_until = Some(self.fail(policy, &views, journal, e, cancel).await?);
+                        backoff_until = Some(self.fail(policy, journal, e, cancel).await?);
                     }
                     crash_point("after-promote");
                 }
@@ -468,8 +468,7 @@ impl Driver {
                             if let Err(e) =
                                 self.write_journal(policy, &verified, &all, cancel).await
                             {
-                                backoff_until =
-                                    Some(self.fail(policy, &views, verified, e, cancel).await?);
+                                backoff_until = Some(self.fail(policy, verified, e, cancel).await?);
                                 continue;
                             }
                             crash_point("after-verify");
@@ -480,8 +479,7 @@ impl Driver {
                             return Ok(Tick::Stopped);
                         }
                         Err(e) => {
-                            backoff_until =
-                                Some(self.fail(policy, &views, journal, e, cancel).await?);
+                            backoff_until = Some(self.fail(policy, journal, e, cancel).await?);
                         }
                     }
                 }
@@ -565,7 +563,6 @@ impl Driver {
     async fn begin(
         &self,
         policy: &Policy,
-        views: &[DestinationView],
         previous_token_id: Option<String>,
         failures: u32,
         why: &str,
@@ -617,7 +614,7 @@ impl Driver {
                 Err(e) => {
                     // No token was made (or the client revoked the one whose
                     // answer was lost); record the failure and back off.
-                    let retry_at = self.fail(policy, views, journal, e, cancel).await?;
+                    let retry_at = self.fail(policy, journal, e, cancel).await?;
                     return Ok(Began::Failed { retry_at });
                 }
             };
@@ -646,7 +643,7 @@ impl Driver {
             {
                 // The secret exists only in memory now: the token cannot be
                 // kept, so it is revoked and the old one stays current.
-                let retry_at = self.fail(policy, views, journal, e, cancel).await?;
+                let retry_at = self.fail(policy, journal, e, cancel).await?;
                 return Ok(Began::Failed { retry_at });
             }
             crash_point("after-stage");
@@ -945,7 +942,6 @@ impl Driver {
     async fn fail(
         &self,
         policy: &Policy,
-        views: &[DestinationView],
         journal: Journal,
         error: StepError,
         cancel: &CancellationToken,
@@ -962,7 +958,6 @@ impl Driver {
             ..journal
         };
         warn!(policy = %policy.name, rotation_id = %rolled.rotation_id, step = error.step, error = %error, failures, "rotation failed; rolling back");
-        let _ = views;
         let all: Vec<usize> = (0..policy.destinations.len()).collect();
         self.roll_back(policy, &rolled, &all, cancel).await?;
         let outcome = if error.step == "verify" {
