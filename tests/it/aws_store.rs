@@ -712,6 +712,46 @@ async fn access_denied_and_throttling_are_classified() {
     }
 }
 
+/// An error body the SDK cannot parse (XML from a proxy, or moto's IAM
+/// check) has no error code; its HTTP status still names the problem.
+#[tokio::test]
+async fn unparseable_error_bodies_are_reported_by_status() {
+    let server = MockServer::start().await;
+    let xml = |status: u16| {
+        ResponseTemplate::new(status)
+            .insert_header("content-type", "text/xml")
+            .set_body_string(
+                "<ErrorResponse><Error><Code>AccessDenied</Code></Error></ErrorResponse>",
+            )
+    };
+    Mock::given(method("POST"))
+        .and(header("x-amz-target", "secretsmanager.DescribeSecret"))
+        .respond_with(xml(403))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(header("x-amz-target", "secretsmanager.CreateSecret"))
+        .respond_with(xml(502))
+        .mount(&server)
+        .await;
+    let d = destination(&connection(&server.uri()), "prod/md/etl");
+
+    let denied = d.load().await.unwrap_err();
+    assert_eq!(denied.kind, StoreErrorKind::Permanent, "{denied}");
+    let text = denied.to_string();
+    assert!(
+        text.contains("access denied: `secretsmanager:DescribeSecret` on secret `prod/md/etl`")
+            && text.contains("HTTP 403"),
+        "{text}"
+    );
+    let bad_gateway = d.try_lock("replica-a").await.unwrap_err();
+    assert_eq!(bad_gateway.kind, StoreErrorKind::Transient, "{bad_gateway}");
+    assert!(
+        bad_gateway.to_string().contains("HTTP 502"),
+        "{bad_gateway}"
+    );
+}
+
 #[tokio::test]
 async fn server_errors_are_transient() {
     let server = MockServer::start().await;
