@@ -180,11 +180,19 @@ pub(crate) fn load_config(path: &std::path::Path, opts: LoadOptions) -> Result<C
     }
 }
 
+/// `info`, without the Vault client's own events: vaultrs and rustify log
+/// every non-2xx answer at ERROR, including the 404s of a first rotation,
+/// while the Vault store reports the failures that matter itself, naming
+/// path and capability.
+pub const DEFAULT_LOG_FILTER: &str = "info,vaultrs=off,rustify=off";
+
 /// Logs go to stderr: human-readable on a terminal, JSON otherwise (or as
-/// configured). `MDR_LOG` overrides the level filter (default `info`).
+/// configured). `MDR_LOG` overrides the level filter (default
+/// [`DEFAULT_LOG_FILTER`]).
 pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("MDR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_env("MDR_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Text => false,

@@ -579,15 +579,6 @@ impl Driver {
                 "rotation started"
             );
             crash_point("before-create");
-            let req = CreateTokenRequest {
-                name: policy.token_name(&rotation_id),
-                ttl: policy.token_ttl.map(|d| d.as_secs()),
-                token_type: policy.token_type,
-                description: Some(format!(
-                    "rotated by motherduck-rotator, policy {}",
-                    policy.name
-                )),
-            };
             let now = self.clock.now();
             let mut journal = Journal {
                 rotation_id: rotation_id.clone(),
@@ -600,6 +591,26 @@ impl Driver {
                 last_error: None,
                 failures,
                 retry_at: None,
+            };
+            // A store that will refuse the new token is found before the
+            // token exists, not by creating and revoking it.
+            for d in &policy.destinations {
+                if let Err(e) = d.preflight().await {
+                    self.metrics
+                        .store_op(d.kind(), crate::stores::StoreOp::Check, false);
+                    let e = store_err("preflight", &e);
+                    let retry_at = self.fail(policy, journal, e, cancel).await?;
+                    return Ok(Began::Failed { retry_at });
+                }
+            }
+            let req = CreateTokenRequest {
+                name: policy.token_name(&rotation_id),
+                ttl: policy.token_ttl.map(|d| d.as_secs()),
+                token_type: policy.token_type,
+                description: Some(format!(
+                    "rotated by motherduck-rotator, policy {}",
+                    policy.name
+                )),
             };
             let created = self
                 .retrying(policy, cancel, || async {

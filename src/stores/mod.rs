@@ -333,4 +333,18 @@ impl Destination {
     pub async fn check(&self) -> Result<(), StoreError> {
         each!(self, d => d.check().await)
     }
+
+    /// What can be known before a token is created that would make staging
+    /// or promoting it fail: on Vault, the token's capabilities on every
+    /// path of the layout (one request). Other stores have no cheap
+    /// equivalent and always pass.
+    ///
+    /// # Errors
+    /// The missing capabilities, naming each path.
+    pub async fn preflight(&self) -> Result<(), StoreError> {
+        match self {
+            Destination::Vault(d) => d.preflight().await,
+            Destination::File(_) | Destination::Aws(_) => Ok(()),
+        }
+    }
 }

@@ -2542,6 +2542,20 @@ impl VaultDestination {
         Ok(())
     }
 
+    /// The capability part of [`Self::check`], run before each rotation
+    /// creates a token.
+    ///
+    /// # Errors
+    /// The missing capabilities, naming each path; or Vault unreachable.
+    pub async fn preflight(&self) -> Result<(), StoreError> {
+        let op = StoreOp::Check;
+        self.conn
+            .ensure_token(Instant::now())
+            .await
+            .map_err(|e| self.err(op, e.kind, e.message))?;
+        self.check_capabilities(op).await
+    }
+
     async fn check_capabilities(&self, op: StoreOp) -> Result<(), StoreError> {
         let need = self.required_capabilities();
         let paths: Vec<&str> = need.iter().map(|(p, _)| p.as_str()).collect();

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
+use motherduck_rotator::motherduck::Endpoint;
 use motherduck_rotator::secret::ExposeSecret;
 use motherduck_rotator::simulator::{RunningSimulator, Simulator, SimulatorOptions};
 use serde_json::{Value, json};
@@ -711,4 +712,74 @@ async fn every_readme_iam_action_is_needed() {
     let out = w.run(&config, &["rotate", "orders-api"], &env).await;
     assert_ok("rotation with the README's actions", &out);
     assert_eq!(w.live_ids().len(), 1);
+}
+
+/// Each line of the README's Vault policy is one the daemon needs: with any
+/// one removed, a rotation fails before creating a token (the first read, or
+/// the capability preflight), naming that path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_readme_vault_policy_line_is_needed() {
+    let w = World::new().await;
+    let bao = OpenBao::start().await;
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let stores = format!(
+        r#"
+[stores.vault]
+type = "vault"
+address = "{}"
+auth = {{ method = "token", token = {{ file = "vault.token" }} }}
+"#,
+        bao.addr
+    );
+    let verify = r#"{ type = "motherduck", interval = "10ms", deadline = "10s" }"#;
+    let dest = format!(r#"{{ store = "vault", path = "{VAULT_PATH}" }}"#);
+    let config = w.config("vault", &stores, &dest, verify);
+    let policy = readme_vault_policy();
+    let lines: Vec<&str> = policy.lines().filter(|l| l.starts_with("path ")).collect();
+    assert_eq!(lines.len(), 8, "{policy}");
+    for (i, line) in lines.iter().enumerate() {
+        let path = line.split('"').nth(1).unwrap();
+        let reduced: String = lines
+            .iter()
+            .filter(|l| *l != line)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let name = format!("reduced-{i}");
+        let resp = client
+            .put(format!("{}/v1/sys/policies/acl/{name}", bao.addr))
+            .header("X-Vault-Token", &bao.root_token)
+            .json(&json!({ "policy": reduced }))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success());
+        let v: Value = client
+            .post(format!("{}/v1/auth/token/create", bao.addr))
+            .header("X-Vault-Token", &bao.root_token)
+            .json(&json!({ "policies": [name], "ttl": "1h" }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        std::fs::write(
+            w.dir.join("vault.token"),
+            v["auth"]["client_token"].as_str().unwrap(),
+        )
+        .unwrap();
+        let out = w.run(&config, &["rotate", "orders-api"], &[]).await;
+        let text = printed(&out);
+        assert_eq!(out.status.code(), Some(1), "without `{path}`: {text}");
+        assert!(
+            (text.contains("lacks capabilities") && text.contains(&format!("`{path}` needs")))
+                || text.contains(&format!("`{path}`: permission denied")),
+            "without `{path}` the rotation is not refused naming it: {text}"
+        );
+        assert_eq!(
+            w.sim.sim.request_count(Endpoint::CreateToken),
+            0,
+            "without `{path}` a token was created"
+        );
+    }
 }
