@@ -20,4 +20,5 @@ mod signals;
 mod simulator_validation;
 mod smoke_services;
 mod support;
+mod vault_kubernetes;
 mod vault_store;
