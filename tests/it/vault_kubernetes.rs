@@ -5,6 +5,9 @@
 //! Vault token is revoked and the projected JWT has rotated, logs in again
 //! with the new JWT. A role that does not bind the service account is a
 //! clear, permanent error that never shows the JWT.
+//!
+//! Also here, because it shares the set-up: a store in an OpenBao
+//! namespace.
 
 use std::process::{Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -371,4 +374,90 @@ async fn a_revoked_token_is_replaced_by_a_new_kubernetes_login() {
         [first, second].as_slice(),
         "one more login, with the new JWT"
     );
+}
+
+/// A store with `namespace` set writes into that OpenBao namespace (every
+/// request, including the capability preflight and the lock, carries
+/// `X-Vault-Namespace`), and nothing lands in the root namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespaced_store_rotates_inside_its_namespace() {
+    let w = World::new().await;
+    w.root("POST", "sys/namespaces/platform", json!({})).await;
+    let in_ns = |verb: &str, api: &str| {
+        w.http
+            .request(verb.parse().unwrap(), format!("{}/v1/{api}", w.bao.addr))
+            .header("X-Vault-Token", &w.bao.root_token)
+            .header("X-Vault-Namespace", "platform")
+    };
+    let r = in_ns("POST", "sys/mounts/kv")
+        .json(&json!({ "type": "kv", "options": { "version": "2" } }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let r = in_ns("PUT", "sys/policies/acl/rotator")
+        .json(&json!({ "policy": "path \"kv/*\" { capabilities = [\"create\", \"read\", \"update\", \"delete\", \"list\"] }" }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let created: Value = in_ns("POST", "auth/token/create")
+        .json(&json!({ "policies": ["rotator"], "ttl": "1h" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    std::fs::write(
+        w.dir.join("ns.token"),
+        created["auth"]["client_token"].as_str().unwrap(),
+    )
+    .unwrap();
+    let config = w.config().with_file_name("ns.toml");
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(w.config())
+            .unwrap()
+            .replace(
+                r#"auth = { method = "kubernetes", role = "motherduck-rotator", jwt_file = "sa.token" }"#,
+                "namespace = \"platform\"\nmount = \"kv\"\nauth = { method = \"token\", token = { file = \"ns.token\" } }",
+            ),
+    )
+    .unwrap();
+    for round in 0..2 {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_motherduck-rotator"))
+            .arg("--config")
+            .arg(&config)
+            .args(["rotate", "k8s"])
+            .current_dir(&w.dir)
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "round {round}: {}", printed(&out));
+    }
+    let live = w.live();
+    assert_eq!(live.len(), 1);
+    let v: Value = in_ns("GET", "kv/data/motherduck/k8s")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v["data"]["data"]["token_id"],
+        json!(live[0]),
+        "{}",
+        v["data"]["metadata"]
+    );
+    // The root namespace has no such mount or secret.
+    let root = w
+        .http
+        .get(format!("{}/v1/kv/data/motherduck/k8s", w.bao.addr))
+        .header("X-Vault-Token", &w.bao.root_token)
+        .send()
+        .await
+        .unwrap();
+    assert!(!root.status().is_success(), "{}", root.status());
 }
