@@ -334,13 +334,18 @@ impl AwsConnection {
                             .operation_timeout(s.operation_timeout)
                             .build(),
                     );
-                if let Some(url) = &s.endpoint_url {
-                    loader = loader.endpoint_url(url.clone());
-                }
                 if let Some(c) = &self.inner.credentials {
                     loader = loader.credentials_provider(c.clone());
                 }
-                Client::new(&loader.load().await)
+                // The endpoint override is for Secrets Manager only (a VPC
+                // endpoint, say): set on the loader it would also send the
+                // credential chain's STS calls (web identity) there.
+                let shared = loader.load().await;
+                let mut config = aws_sdk_secretsmanager::config::Builder::from(&shared);
+                if let Some(url) = &s.endpoint_url {
+                    config = config.endpoint_url(url.clone());
+                }
+                Client::from_conf(config.build())
             })
             .await
     }

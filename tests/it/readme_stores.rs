@@ -166,6 +166,12 @@ destinations = [{destinations}]
             .args(args)
             .current_dir(&self.dir)
             .env_remove("AWS_PROFILE")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_ROLE_ARN")
+            .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("AWS_CONFIG_FILE", self.dir.join("no-aws-config"))
             .env(
                 "AWS_SHARED_CREDENTIALS_FILE",
@@ -782,4 +788,104 @@ auth = {{ method = "token", token = {{ file = "vault.token" }} }}
             "without `{path}` a token was created"
         );
     }
+}
+
+/// The default credential chain, beyond environment variables: a named
+/// profile in the shared files (with moto enforcing IAM, so only the
+/// profile's keys can work), and web identity (IRSA: a projected token
+/// exchanged with STS for a role's credentials, STS being moto too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_credential_chain_reads_profiles_and_web_identity() {
+    let w = World::new().await;
+    let moto = Moto::start().await;
+    let verify = r#"{ type = "motherduck", interval = "10ms", deadline = "10s" }"#;
+    let config = w.config("aws", &aws_store(&moto), AWS_DEST, verify);
+    secrets_manager(&moto, "CreateSecret", json!({ "Name": SECRET })).await;
+
+    // A profile.
+    let keys = iam_user(&moto, "rotator", &moto_iam_policy(&[])).await;
+    let aws_dir = w.dir.join("aws");
+    std::fs::create_dir_all(&aws_dir).unwrap();
+    std::fs::write(
+        aws_dir.join("config"),
+        format!("[profile rotator]\nregion = {REGION}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        aws_dir.join("credentials"),
+        format!(
+            "[rotator]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            keys.0, keys.1
+        ),
+    )
+    .unwrap();
+    enforce_iam(&moto, true).await;
+    let config_file = aws_dir.join("config").display().to_string();
+    let credentials_file = aws_dir.join("credentials").display().to_string();
+    let profile_env = [
+        ("AWS_PROFILE", "rotator"),
+        ("AWS_CONFIG_FILE", config_file.as_str()),
+        ("AWS_SHARED_CREDENTIALS_FILE", credentials_file.as_str()),
+    ];
+    let out = w
+        .run(&config, &["rotate", "orders-api"], &profile_env)
+        .await;
+    assert_ok("rotation with a profile", &out);
+    // The same profile with keys moto does not know is refused: the keys
+    // above really were the ones used.
+    std::fs::write(
+        aws_dir.join("credentials"),
+        "[rotator]\naws_access_key_id = AKIAUNKNOWN000000000\naws_secret_access_key = x\n",
+    )
+    .unwrap();
+    let out = w
+        .run(&config, &["rotate", "orders-api"], &profile_env)
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", printed(&out));
+    assert_eq!(w.live_ids().len(), 1, "the refused run left no token");
+
+    // Web identity. moto answers STS's unsigned AssumeRoleWithWebIdentity
+    // only while it does not enforce IAM.
+    enforce_iam(&moto, false).await;
+    iam(
+        &moto,
+        &[
+            ("Action", "CreateRole"),
+            ("RoleName", "motherduck-rotator"),
+            (
+                "AssumeRolePolicyDocument",
+                &json!({"Version": "2012-10-17", "Statement": [{
+                    "Effect": "Allow",
+                    "Principal": {"Federated": format!("arn:aws:iam::{ACCOUNT}:oidc-provider/oidc.eks.example")},
+                    "Action": "sts:AssumeRoleWithWebIdentity"}]})
+                .to_string(),
+            ),
+        ],
+    )
+    .await;
+    std::fs::write(
+        w.dir.join("web-identity.jwt"),
+        "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJyb3RhdG9yIn0.c2ln",
+    )
+    .unwrap();
+    let token_file = w.dir.join("web-identity.jwt").display().to_string();
+    let role_arn = format!("arn:aws:iam::{ACCOUNT}:role/motherduck-rotator");
+    let web_env = [
+        ("AWS_ROLE_ARN", role_arn.as_str()),
+        ("AWS_WEB_IDENTITY_TOKEN_FILE", token_file.as_str()),
+        ("AWS_ROLE_SESSION_NAME", "motherduck-rotator"),
+        ("AWS_ENDPOINT_URL_STS", moto.endpoint.as_str()),
+    ];
+    let out = w.run(&config, &["rotate", "orders-api"], &web_env).await;
+    assert_ok("rotation with web identity", &out);
+    assert_eq!(w.live_ids().len(), 1);
+    // Without the web identity variables nothing else in the chain has
+    // credentials.
+    let out = w.run(&config, &["rotate", "orders-api"], &[]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", printed(&out));
+    assert!(
+        printed(&out).contains("no usable AWS credentials"),
+        "{}",
+        printed(&out)
+    );
 }
