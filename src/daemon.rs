@@ -69,6 +69,7 @@ pub fn driver_with_alerts(
         lock_retry_interval: config.daemon.lock_retry_interval,
         orphan_min_age: config.daemon.orphan_min_age,
         alerts,
+        unrecorded_failures: Arc::default(),
     })
 }
 

@@ -121,6 +121,12 @@ pub struct Driver {
     pub orphan_min_age: Duration,
     /// Where failures, rollbacks, orphans and near-expiry are reported.
     pub alerts: crate::alerts::Alerter,
+    /// Consecutive failures of policies that have no token stored yet, by
+    /// policy name. A rolled-back rotation's journal travels with the
+    /// current record, so a policy without one would otherwise retry its
+    /// first token at the initial backoff forever; this keeps the backoff
+    /// growing for as long as the process runs.
+    pub unrecorded_failures: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -197,6 +203,22 @@ fn due_of(
 }
 
 impl Driver {
+    /// `failures` from the stores, or for a policy with no token stored
+    /// yet the count this process remembers (see
+    /// [`Driver::unrecorded_failures`]).
+    fn carry_unrecorded(&self, policy: &str, has_token: bool, failures: u32) -> u32 {
+        let mut map = self
+            .unrecorded_failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if has_token {
+            map.remove(policy);
+            failures
+        } else {
+            failures.max(map.get(policy).copied().unwrap_or(0))
+        }
+    }
+
     async fn load_all(&self, policy: &Policy) -> Result<Vec<DestinationView>, DriveError> {
         let mut views = Vec::with_capacity(policy.destinations.len());
         for d in &policy.destinations {
@@ -416,6 +438,8 @@ impl Driver {
                     why,
                 } => {
                     started = Some(tokio::time::Instant::now());
+                    let failures =
+                        self.carry_unrecorded(&policy.name, previous_token_id.is_some(), failures);
                     match self
                         .begin(policy, previous_token_id, failures, &why, cancel)
                         .await?
@@ -960,6 +984,12 @@ impl Driver {
         let now = self.clock.now();
         let failures = journal.failures + 1;
         let retry_at = policy.retry.retry_at(now, failures);
+        if journal.previous_token_id.is_none() {
+            self.unrecorded_failures
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(policy.name.clone(), failures);
+        }
         let rolled = Journal {
             state: JournalState::RolledBack,
             updated_at: now,

@@ -769,6 +769,33 @@ async fn consecutive_failed_verifications_back_off_longer() {
     fx.assert_no_orphans(&driver, &policy).await;
 }
 
+/// A policy whose first token keeps failing verification has no stored
+/// record to carry its failure count; the running driver remembers it, so
+/// the retries still back off longer each time.
+#[tokio::test]
+async fn a_first_token_that_keeps_failing_backs_off_longer() {
+    let fx = Fixture::new().await;
+    let probe = Probe::start(|| {}).await;
+    probe.set_status(503);
+    let (_, failing) = probe_specs(&probe);
+    let (driver, policy) = fx.restart(&failing);
+    let mut gaps = Vec::new();
+    for _ in 0..3 {
+        let started = fx.now();
+        let Tick::Wait { until, .. } = pass(&driver, &policy).await else {
+            panic!("a failed first rotation waits for its retry");
+        };
+        gaps.push((until - started).num_minutes());
+        fx.advance((until - started).to_std().unwrap());
+    }
+    assert_eq!(gaps, vec![10, 20, 40], "the backoff doubles");
+    assert!(
+        fx.live_ids().is_empty(),
+        "every unverified token was revoked"
+    );
+    assert_eq!(fx.issued().len(), 3);
+}
+
 // ---------------------------------------------------------------------------
 // 3. MotherDuck failures at each step
 // ---------------------------------------------------------------------------
