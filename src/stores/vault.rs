@@ -482,6 +482,21 @@ fn clean_errors(errors: &[String]) -> String {
     }
 }
 
+/// A request that got no answer, worded for an operator: a TLS handshake
+/// refused by either side (an untrusted server certificate, a missing or
+/// rejected client certificate) points at the TLS settings, since Vault
+/// was reached; anything else is "cannot reach Vault{at}".
+fn unreachable(at: &str, m: &str) -> String {
+    // rustls's wording: `Error::AlertReceived`, `Error::InvalidCertificate`.
+    if m.contains("received fatal alert") || m.contains("invalid peer certificate") {
+        format!(
+            "TLS handshake with Vault{at} failed (check `ca_file`, `client_cert` and `client_key`): {m}"
+        )
+    } else {
+        format!("cannot reach Vault{at}: {m}")
+    }
+}
+
 fn secs(n: u64) -> Option<Duration> {
     (n > 0).then(|| Duration::from_secs(n))
 }
@@ -820,7 +835,7 @@ impl VaultConnection {
             ),
             Failure::Transport(m) => self.auth_error(
                 StoreErrorKind::Transient,
-                format!("{action} failed: cannot reach Vault: {m}"),
+                format!("{action} failed: {}", unreachable("", &m)),
             ),
             Failure::Unexplained => self.auth_error(
                 StoreErrorKind::Transient,
@@ -1618,8 +1633,8 @@ impl VaultDestination {
             Failure::Transport(m) => (
                 StoreErrorKind::Transient,
                 format!(
-                    "{action}: cannot reach Vault at {}: {m}",
-                    self.conn.address()
+                    "{action}: {}",
+                    unreachable(&format!(" at {}", self.conn.address()), &m)
                 ),
             ),
             Failure::Unexplained => (
