@@ -399,7 +399,7 @@ impl Drop for Authed {
 fn build_client(template: &VaultClientSettings, token: &str) -> Result<Authed, String> {
     let mut s = template.clone();
     s.token = token.to_owned();
-    VaultClient::new(s).map(Authed).map_err(|e| e.to_string())
+    VaultClient::new(s).map(Authed).map_err(|e| error_chain(&e))
 }
 
 impl fmt::Debug for VaultConnection {
@@ -1027,11 +1027,29 @@ fn read_identity(
         pem.push(b'\n');
     }
     pem.extend_from_slice(&key_pem);
-    reqwest::Identity::from_pem(&pem).map_err(|e| VaultSetupError::BadPem {
+    let bad = |reason: String| VaultSetupError::BadPem {
         what: "client certificate and key",
         path: format!("{}, {}", cert.display(), key.display()),
-        reason: e.to_string(),
-    })
+        reason,
+    };
+    let identity = reqwest::Identity::from_pem(&pem).map_err(|e| bad(error_chain(&e)))?;
+    // `from_pem` does not check that the key belongs to the certificate;
+    // building a client does, so a mismatch names both files here instead
+    // of surfacing as an anonymous client set-up error. Only the identity
+    // is under test: no proxy from the environment, no system roots.
+    reqwest::Client::builder()
+        .tls_backend_rustls()
+        .no_proxy()
+        .tls_certs_only(Vec::new())
+        .identity(identity.clone())
+        .build()
+        .map_err(|e| {
+            bad(format!(
+                "{} (does the key belong to the certificate?)",
+                error_chain(&e)
+            ))
+        })?;
+    Ok(identity)
 }
 
 // ---------------------------------------------------------------------------

@@ -19,6 +19,7 @@ use motherduck_rotator::rotation::plan;
 use motherduck_rotator::secret::{ExposeSecret, SecretString};
 use motherduck_rotator::stores::vault::{
     KvVersion, TokenAction, VaultAuth, VaultConnection, VaultDestination, VaultSettings,
+    VaultSetupError,
 };
 use motherduck_rotator::stores::{
     Journal, JournalState, NewRecord, Slot, StoreError, StoreErrorKind, TokenMeta,
@@ -1537,6 +1538,139 @@ async fn mutual_tls_refuses_a_missing_or_foreign_client_certificate() {
     );
     let (status, _) = bao.api().read("secret/data/motherduck/mtls").await;
     assert_eq!(status, 404);
+}
+
+/// A client certificate and key that do not belong together, or a key
+/// that cannot be read, fail when the connection is built (at startup and
+/// in `validate`), naming the files and quoting no key material.
+#[test]
+fn a_mismatched_or_unreadable_client_key_is_a_setup_error() {
+    let pki = Pki::new();
+    let key_material: Vec<String> = ["client.key", "stranger.key"]
+        .iter()
+        .map(|k| {
+            let pem = std::fs::read_to_string(pki.path(k)).unwrap();
+            pem.lines().nth(1).unwrap().to_owned()
+        })
+        .collect();
+    let setup = |cert: &str, key: PathBuf| {
+        let mut s = settings("https://127.0.0.1:8200", token_auth("t"));
+        s.ca_file = Some(pki.path("ca.pem"));
+        s.client_cert = Some(pki.path(cert));
+        s.client_key = Some(key);
+        let e = VaultConnection::new(s).unwrap_err();
+        let shown = format!("{e} {e:?}");
+        for k in &key_material {
+            assert!(!shown.contains(k.as_str()), "key material in: {e}");
+        }
+        e
+    };
+
+    // The client certificate with another certificate's key.
+    let e = setup("client.pem", pki.path("stranger.key"));
+    assert!(
+        matches!(
+            e,
+            VaultSetupError::BadPem {
+                what: "client certificate and key",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let m = e.to_string();
+    for part in [
+        pki.path("client.pem").display().to_string(),
+        pki.path("stranger.key").display().to_string(),
+        "does the key belong to the certificate?".to_owned(),
+    ] {
+        assert!(m.contains(&part), "no {part:?} in: {m}");
+    }
+
+    // A key path that cannot be read (a directory: as root, file
+    // permissions would not stop the read).
+    let e = setup("client.pem", pki.dir.clone());
+    assert!(
+        matches!(
+            e,
+            VaultSetupError::ReadFile {
+                what: "client key",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let m = e.to_string();
+    assert!(m.contains(&pki.dir.display().to_string()), "{m}");
+
+    // A key file that holds a certificate, not a key.
+    let e = setup("client.pem", pki.path("client.pem"));
+    assert!(matches!(e, VaultSetupError::BadPem { .. }), "{e}");
+    assert!(e.to_string().contains("private key"), "{e}");
+}
+
+/// The binary's `validate` reads `client_cert`, `client_key` and
+/// `ca_file` relative to the configuration file, accepts a matching pair
+/// and reports a mismatched one against the field, exiting 64.
+#[test]
+fn validate_reads_relative_mutual_tls_files() {
+    let pki = Pki::new();
+    std::fs::write(pki.path("admin.token"), "md-admin-token\n").unwrap();
+    std::fs::write(pki.path("vault.token"), "vault-token\n").unwrap();
+    let validate = |key: &str| {
+        let config = pki.path(&format!("config-{key}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                r#"[motherduck]
+admin_token = {{ file = "admin.token" }}
+
+[stores.vault]
+type = "vault"
+address = "https://127.0.0.1:8200"
+auth = {{ method = "token", token = {{ file = "vault.token" }} }}
+ca_file = "ca.pem"
+client_cert = "client.pem"
+client_key = "{key}"
+
+[[policy]]
+name = "mtls"
+service_account = "svc_mtls"
+schedule = {{ interval = "1d" }}
+destinations = [{{ store = "vault", path = "motherduck/mtls" }}]
+"#
+            ),
+        )
+        .unwrap();
+        // Run from elsewhere: the paths are relative to the file.
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_motherduck-rotator"))
+            .arg("--config")
+            .arg(&config)
+            .arg("validate")
+            .current_dir(std::env::temp_dir())
+            .stdin(Stdio::null())
+            .output()
+            .expect("the binary runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, stdout, stderr) = validate("client.key");
+    assert_eq!(code, Some(0), "stderr:\n{stderr}");
+    assert!(stdout.contains("valid (1 policies"), "stdout:\n{stdout}");
+
+    let (code, _, stderr) = validate("stranger.key");
+    assert_eq!(code, Some(64), "stderr:\n{stderr}");
+    for part in [
+        "`stores.vault.client_cert`",
+        "stranger.key",
+        "does the key belong to the certificate?",
+    ] {
+        assert!(stderr.contains(part), "no {part:?} in stderr:\n{stderr}");
+    }
 }
 
 /// The futures are `Send`, so the daemon can run them on spawned tasks.
