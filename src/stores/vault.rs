@@ -399,7 +399,7 @@ impl Drop for Authed {
 fn build_client(template: &VaultClientSettings, token: &str) -> Result<Authed, String> {
     let mut s = template.clone();
     s.token = token.to_owned();
-    VaultClient::new(s).map(Authed).map_err(|e| e.to_string())
+    VaultClient::new(s).map(Authed).map_err(|e| error_chain(&e))
 }
 
 impl fmt::Debug for VaultConnection {
@@ -479,6 +479,21 @@ fn clean_errors(errors: &[String]) -> String {
         "no details".to_owned()
     } else {
         parts.join("; ")
+    }
+}
+
+/// A request that got no answer, worded for an operator: a TLS handshake
+/// refused by either side (an untrusted server certificate, a missing or
+/// rejected client certificate) points at the TLS settings, since Vault
+/// was reached; anything else is "cannot reach Vault{at}".
+fn unreachable(at: &str, m: &str) -> String {
+    // rustls's wording: `Error::AlertReceived`, `Error::InvalidCertificate`.
+    if m.contains("received fatal alert") || m.contains("invalid peer certificate") {
+        format!(
+            "TLS handshake with Vault{at} failed (check `ca_file`, `client_cert` and `client_key`): {m}"
+        )
+    } else {
+        format!("cannot reach Vault{at}: {m}")
     }
 }
 
@@ -820,7 +835,7 @@ impl VaultConnection {
             ),
             Failure::Transport(m) => self.auth_error(
                 StoreErrorKind::Transient,
-                format!("{action} failed: cannot reach Vault: {m}"),
+                format!("{action} failed: {}", unreachable("", &m)),
             ),
             Failure::Unexplained => self.auth_error(
                 StoreErrorKind::Transient,
@@ -1012,11 +1027,29 @@ fn read_identity(
         pem.push(b'\n');
     }
     pem.extend_from_slice(&key_pem);
-    reqwest::Identity::from_pem(&pem).map_err(|e| VaultSetupError::BadPem {
+    let bad = |reason: String| VaultSetupError::BadPem {
         what: "client certificate and key",
         path: format!("{}, {}", cert.display(), key.display()),
-        reason: e.to_string(),
-    })
+        reason,
+    };
+    let identity = reqwest::Identity::from_pem(&pem).map_err(|e| bad(error_chain(&e)))?;
+    // `from_pem` does not check that the key belongs to the certificate;
+    // building a client does, so a mismatch names both files here instead
+    // of surfacing as an anonymous client set-up error. Only the identity
+    // is under test: no proxy from the environment, no system roots.
+    reqwest::Client::builder()
+        .tls_backend_rustls()
+        .no_proxy()
+        .tls_certs_only(Vec::new())
+        .identity(identity.clone())
+        .build()
+        .map_err(|e| {
+            bad(format!(
+                "{} (does the key belong to the certificate?)",
+                error_chain(&e)
+            ))
+        })?;
+    Ok(identity)
 }
 
 // ---------------------------------------------------------------------------
@@ -1618,8 +1651,8 @@ impl VaultDestination {
             Failure::Transport(m) => (
                 StoreErrorKind::Transient,
                 format!(
-                    "{action}: cannot reach Vault at {}: {m}",
-                    self.conn.address()
+                    "{action}: {}",
+                    unreachable(&format!(" at {}", self.conn.address()), &m)
                 ),
             ),
             Failure::Unexplained => (
