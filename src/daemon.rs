@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -170,38 +170,55 @@ async fn policy_loop(
     }
 }
 
-/// Sweeps one policy; `false` when it has to be tried again soon (its
-/// lock is held, e.g. by a crashed holder's unexpired lease, or the sweep
-/// failed).
-async fn sweep_one(driver: &Driver, p: &Policy) -> bool {
+/// When a policy's orphans should be looked at again before the next full
+/// sweep.
+enum Resweep {
+    /// Not before the next full sweep.
+    No,
+    /// Soon: the lock was held (e.g. by a crashed holder's unexpired
+    /// lease), or the sweep failed.
+    Soon,
+    /// At this instant: unreferenced tokens were spared for being younger
+    /// than `orphan_min_age` (a crash between create and stage just
+    /// before a restart leaves one).
+    At(DateTime<Utc>),
+}
+
+async fn sweep_one(driver: &Driver, p: &Policy) -> Resweep {
     match driver.sweep(p, false).await {
         Ok(Some(found)) => {
             if !found.is_empty() {
                 warn!(policy = %p.name, revoked = found.len(), "orphan sweep revoked tokens");
             }
-            true
+            match found.recheck_at {
+                Some(at) => {
+                    info!(policy = %p.name, at = %at, "unreferenced tokens younger than orphan_min_age; sweeping again once they are old enough");
+                    Resweep::At(at)
+                }
+                None => Resweep::No,
+            }
         }
         Ok(None) => {
             info!(policy = %p.name, "orphan sweep postponed: the policy's lock is held");
-            false
+            Resweep::Soon
         }
         Err(e) => {
             warn!(policy = %p.name, error = %e, "orphan sweep failed; retrying soon");
-            false
+            Resweep::Soon
         }
     }
 }
 
-/// Sweeps orphans of every policy every `every`, and retries the policies
-/// in `pending` (whose last sweep could not run) every `retry_every`, so a
-/// crash's orphans do not wait a whole sweep interval just because the
-/// crashed holder's lease had not expired yet at start.
+/// Sweeps orphans of every policy every `every`, and sweeps a policy again
+/// sooner when its last sweep asked for it: every `retry_every` while it
+/// could not run, or once spared young tokens are old enough. So a crash's
+/// orphans do not wait a whole sweep interval.
 async fn sweep_loop(
     driver: Driver,
     policies: Vec<Arc<Policy>>,
     every: Duration,
     retry_every: Duration,
-    mut pending: Vec<Arc<Policy>>,
+    mut pending: Vec<(DateTime<Utc>, Arc<Policy>)>,
     cancel: CancellationToken,
 ) {
     let clock = driver.clock.clone();
@@ -209,28 +226,35 @@ async fn sweep_loop(
     let retry_every = chrono::Duration::from_std(retry_every).unwrap_or_default();
     let mut next_full = clock.now() + every;
     loop {
-        let wake = if pending.is_empty() {
-            next_full
-        } else {
-            next_full.min(clock.now() + retry_every)
-        };
+        let wake = pending
+            .iter()
+            .map(|(at, _)| *at)
+            .fold(next_full, DateTime::min);
         let c = clock.clone();
         if !sleep_until_wall(wake, move || c.now(), WALL_CHECK, &cancel).await {
             return;
         }
-        let batch = if clock.now() >= next_full {
-            next_full = clock.now() + every;
+        let now = clock.now();
+        let batch: Vec<Arc<Policy>> = if now >= next_full {
+            next_full = now + every;
             pending.clear();
             policies.clone()
         } else {
-            std::mem::take(&mut pending)
+            let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut pending)
+                .into_iter()
+                .partition(|(at, _)| *at <= now);
+            pending = later;
+            due.into_iter().map(|(_, p)| p).collect()
         };
         for p in batch {
             if cancel.is_cancelled() {
                 return;
             }
-            if !sweep_one(&driver, &p).await {
-                pending.push(p);
+            match sweep_one(&driver, &p).await {
+                Resweep::No => {}
+                Resweep::Soon => pending.push((clock.now() + retry_every, p)),
+                // A moment past maturity, so the token is old enough then.
+                Resweep::At(at) => pending.push((at, p)),
             }
         }
     }
@@ -259,7 +283,7 @@ impl Generation {
         driver: Driver,
         shutdown: &CancellationToken,
         readiness: Arc<RwLock<Readiness>>,
-        unswept: &[String],
+        unswept: &[(String, DateTime<Utc>)],
     ) -> Generation {
         let retire = shutdown.child_token();
         let mut tasks = JoinSet::new();
@@ -282,10 +306,14 @@ impl Generation {
             let every = config.daemon.sweep_interval;
             let retry_every = config.daemon.lock_retry_interval;
             let ps = policies.clone();
-            let pending: Vec<Arc<Policy>> = policies
+            let pending: Vec<(DateTime<Utc>, Arc<Policy>)> = policies
                 .iter()
-                .filter(|p| unswept.contains(&p.name))
-                .cloned()
+                .filter_map(|p| {
+                    unswept
+                        .iter()
+                        .find(|(name, _)| *name == p.name)
+                        .map(|(_, at)| (*at, p.clone()))
+                })
                 .collect();
             tasks.spawn(sweep_loop(d, ps, every, retry_every, pending, r));
         }
@@ -390,9 +418,15 @@ pub async fn run(
     // The first sweep runs before rotations start, so a crash's orphans are
     // revoked before anything new is created.
     let mut unswept = Vec::new();
+    let retry_every =
+        chrono::Duration::from_std(config.daemon.lock_retry_interval).unwrap_or_default();
     for p in &config.policies {
-        if !sweep_one(&driver, p).await {
-            unswept.push(p.name.clone());
+        match sweep_one(&driver, p).await {
+            Resweep::No => {}
+            Resweep::Soon => unswept.push((p.name.clone(), driver.clock.now() + retry_every)),
+            Resweep::At(at) => {
+                unswept.push((p.name.clone(), at));
+            }
         }
     }
     let mut current = Generation::start(

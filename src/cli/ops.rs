@@ -487,7 +487,7 @@ pub async fn sweep(path: &Path, args: &SweepArgs) -> anyhow::Result<ExitCode> {
             Ok(None) => println!("{}: skipped, a rotation holds the lock", p.name),
             Ok(Some(found)) if found.is_empty() => println!("{}: no orphaned tokens", p.name),
             Ok(Some(found)) => {
-                for t in found {
+                for t in found.iter() {
                     println!(
                         "{}: {} {} ({}, created {})",
                         p.name,

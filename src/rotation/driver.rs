@@ -1122,11 +1122,7 @@ impl Driver {
     ///
     /// # Errors
     /// Store or MotherDuck failures. `Ok(None)`: the lock is busy.
-    pub async fn sweep(
-        &self,
-        policy: &Policy,
-        dry_run: bool,
-    ) -> Result<Option<Vec<TokenInfo>>, DriveError> {
+    pub async fn sweep(&self, policy: &Policy, dry_run: bool) -> Result<Option<Swept>, DriveError> {
         let lease = policy
             .lock
             .try_lock(&self.instance_id)
@@ -1149,7 +1145,7 @@ impl Driver {
             })?;
         let now = self.clock.now();
         let margin = chrono::Duration::from_std(self.orphan_min_age).unwrap_or_default();
-        let orphans: Vec<TokenInfo> = tokens
+        let (orphans, young): (Vec<TokenInfo>, Vec<TokenInfo>) = tokens
             .into_iter()
             .filter(|t| {
                 t.name
@@ -1157,8 +1153,8 @@ impl Driver {
                     .is_some_and(|n| policy.rotation_id_of(n).is_some())
             })
             .filter(|t| !referenced.contains(t.id.as_str()))
-            .filter(|t| t.created_ts + margin <= now)
-            .collect();
+            .partition(|t| t.created_ts + margin <= now);
+        let recheck_at = young.iter().map(|t| t.created_ts + margin).min();
         if orphans.is_empty() {
             self.alerts.resolve(AlertKind::OrphanFound, &policy.name);
         } else {
@@ -1198,7 +1194,28 @@ impl Driver {
                 .inc();
             warn!(policy = %policy.name, token_id = %t.id, token_name = t.name.as_deref().unwrap_or(""), "orphaned token revoked");
         }
-        Ok(Some(orphans))
+        Ok(Some(Swept {
+            orphans,
+            recheck_at,
+        }))
+    }
+}
+
+/// What [`Driver::sweep`] found. Derefs to the orphans.
+#[derive(Debug, Default)]
+pub struct Swept {
+    /// Unreferenced tokens of the policy old enough to be orphans; revoked
+    /// unless the sweep was a dry run.
+    pub orphans: Vec<TokenInfo>,
+    /// When the earliest unreferenced token spared for being younger than
+    /// `orphan_min_age` becomes old enough to be judged.
+    pub recheck_at: Option<DateTime<Utc>>,
+}
+
+impl std::ops::Deref for Swept {
+    type Target = Vec<TokenInfo>;
+    fn deref(&self) -> &Vec<TokenInfo> {
+        &self.orphans
     }
 }
 

@@ -613,3 +613,63 @@ async fn sigterm_during_verification_then_restart_completes() {
         .unwrap();
     assert!(status.success(), "{status}\n{}", w.logs());
 }
+
+/// A token created just before a crash is younger than `orphan_min_age`
+/// when the daemon restarts, so the start-up sweep spares it; the daemon
+/// sweeps that policy again as soon as the token is old enough, rather
+/// than at the next periodic sweep (an hour here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_young_orphan_is_revoked_once_old_enough_after_a_restart() {
+    let w = World::new().await;
+    let good = w.config("good", VERIFY_OK);
+    let src = std::fs::read_to_string(&good)
+        .unwrap()
+        .replace(r#"orphan_min_age = "0s""#, r#"orphan_min_age = "1500ms""#);
+    std::fs::write(&good, src).unwrap();
+    let good = good.to_str().unwrap().to_owned();
+    let status = w
+        .run("first", &["--config", &good, "rotate", "etl"], None)
+        .await;
+    assert!(status.success(), "first rotate: {status}\n{}", w.logs());
+    let first_id = w.converged().unwrap()["token_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let status = w
+        .run(
+            "crashed",
+            &["--config", &good, "rotate", "etl"],
+            Some("after-create"),
+        )
+        .await;
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{}", w.logs());
+    assert_eq!(w.live_ids().len(), 2, "the crash left an unstored token");
+
+    let mut daemon = w.spawn("daemon", &["--config", &good, "run"], None);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while w.live_ids() != [first_id.clone()] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the orphan was never revoked\n{}",
+            w.logs()
+        );
+        if let Ok(Some(s)) = daemon.try_wait() {
+            panic!("the daemon exited: {s}\n{}", w.logs());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let log = w.log("daemon.err");
+    assert!(
+        log.contains("sweeping again once they are old enough"),
+        "the start-up sweep found the token already old: the test proves nothing\n{log}"
+    );
+    assert!(log.contains("orphaned token revoked"), "{log}");
+    sigterm(&daemon);
+    let status = tokio::time::timeout(PATIENCE, daemon.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{}", w.logs());
+    w.converged()
+        .unwrap_or_else(|e| panic!("{e}\n{}", w.logs()));
+}
