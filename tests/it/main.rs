@@ -18,5 +18,6 @@ mod prometheus_rules;
 mod signals;
 mod simulator_validation;
 mod smoke_services;
+mod store_faults;
 mod support;
 mod vault_store;
