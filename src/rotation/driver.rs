@@ -1000,7 +1000,10 @@ impl Driver {
         };
         warn!(policy = %policy.name, rotation_id = %rolled.rotation_id, step = error.step, error = %error, failures, "rotation failed; rolling back");
         let all: Vec<usize> = (0..policy.destinations.len()).collect();
-        self.roll_back(policy, &rolled, &all, cancel).await?;
+        // The rotation has failed whether or not its rollback finishes in
+        // this pass, so it is counted and reported now: a rollback cut
+        // short is finished by a later pass, which counts nothing.
+        let rolled_back = self.roll_back(policy, &rolled, &all, cancel).await;
         let outcome = if error.step == "verify" {
             "rolled_back"
         } else {
@@ -1020,6 +1023,7 @@ impl Driver {
             self.alerts
                 .fire(AlertKind::RollbackHappened, &policy.name, summary);
         }
+        rolled_back?;
         Ok(retry_at)
     }
 

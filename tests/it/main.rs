@@ -19,6 +19,7 @@ mod readme_stores;
 mod signals;
 mod simulator_validation;
 mod smoke_services;
+mod store_faults;
 mod support;
 mod vault_kubernetes;
 mod vault_store;

@@ -1,4 +1,5 @@
 //! Shared helpers for the integration tests.
 
+pub mod fault_proxy;
 pub mod observability;
 pub mod services;
