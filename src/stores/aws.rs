@@ -1337,14 +1337,11 @@ impl Drop for AwsLease {
         if self.released {
             return;
         }
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            let shared = self.shared.clone();
-            handle.spawn(async move {
-                if let Err(e) = shared.release().await {
-                    warn!(destination = %shared.dest.label(), error = %e, "failed to release the lock; it expires by itself");
-                }
-            });
-        }
+        let shared = self.shared.clone();
+        super::release_in_background(shared.dest.label(), move || {
+            let shared = shared.clone();
+            async move { shared.release().await }
+        });
     }
 }
 

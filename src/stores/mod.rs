@@ -215,6 +215,37 @@ pub enum Destination {
     Aws(aws::AwsDestination),
 }
 
+/// Releases a dropped lease in the background, retrying transient failures
+/// (a 503, throttling) a few times over about 8 seconds: a lease left
+/// behind blocks the policy, for this replica too, until it expires.
+pub(crate) fn release_in_background<F, Fut>(label: String, release: F)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), StoreError>> + Send,
+{
+    const ATTEMPTS: u32 = 5;
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    handle.spawn(async move {
+        let mut delay = std::time::Duration::from_millis(500);
+        for attempt in 1..=ATTEMPTS {
+            match release().await {
+                Ok(()) => return,
+                Err(e) if e.kind == StoreErrorKind::Transient && attempt < ATTEMPTS => {
+                    tracing::debug!(destination = %label, error = %e, attempt, "releasing the lease failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(e) => {
+                    tracing::warn!(destination = %label, error = %e, "releasing the lease failed; it ends when it expires");
+                    return;
+                }
+            }
+        }
+    });
+}
+
 /// Proof of holding a policy's coordination lock; released on drop.
 #[derive(Debug)]
 pub enum Lease {

@@ -2796,14 +2796,11 @@ impl Drop for VaultLease {
             k.abort();
         }
         // Best effort: a lease not released ends when it expires.
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            let shared = self.shared.clone();
-            handle.spawn(async move {
-                if let Err(e) = shared.release().await {
-                    warn!(destination = %shared.dest.label(), error = %e, "releasing the lease failed; it ends when it expires");
-                }
-            });
-        }
+        let shared = self.shared.clone();
+        super::release_in_background(shared.dest.label(), move || {
+            let shared = shared.clone();
+            async move { shared.release().await }
+        });
     }
 }
 
@@ -2861,10 +2858,13 @@ impl LeaseShared {
         if st.released {
             return Ok(());
         }
-        st.released = true;
         let d = &self.dest;
+        // Marked released only once done, so a failed release can be
+        // repeated; the state lock keeps renewals out meanwhile.
         d.v2_delete_version(StoreOp::Lock, &d.sib(Sibling::Lock), st.version)
-            .await
+            .await?;
+        st.released = true;
+        Ok(())
     }
 }
 

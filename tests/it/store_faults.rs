@@ -1123,3 +1123,93 @@ retry = {{ max_attempts = 2, initial_backoff = "1ms", max_backoff = "2ms" }}
     assert_eq!(live(), vec![now], "exactly the stored token is live");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A lease dropped while its store answers 503 or throttles is released
+/// once the store recovers (the release is retried in the background), so
+/// the lock is free long before the lease would expire and the next pass
+/// of any replica, this one included, can take it.
+#[tokio::test]
+async fn a_lease_release_that_fails_transiently_is_retried() {
+    use motherduck_rotator::stores::vault::{
+        KvVersion, VaultAuth, VaultConnection, VaultDestination, VaultSettings,
+    };
+    let bao = OpenBao::start().await;
+    let moto = Moto::start().await;
+    let vault_proxy = FaultProxy::start(&bao.addr).await;
+    let aws_proxy = FaultProxy::start(&moto.endpoint).await;
+
+    let vault = VaultDestination::new(
+        VaultConnection::new(VaultSettings::new(
+            &vault_proxy.url,
+            VaultAuth::Token(SecretString::from(bao.root_token.clone())),
+        ))
+        .unwrap(),
+        "vault",
+        "secret",
+        "motherduck/release",
+        KvVersion::V2,
+    )
+    .unwrap()
+    .with_lease_ttl(Duration::from_secs(600));
+    let settings = AwsConnectionSettings {
+        endpoint_url: Some(aws_proxy.url.clone()),
+        max_attempts: 1,
+        ..AwsConnectionSettings::new("us-east-1")
+    };
+    let creds = Credentials::new("AKIDFAULTS", "faults-secret-key", None, None, "faults");
+    let aws = AwsDestination::new(
+        "aws",
+        AwsConnection::with_credentials(settings, creds).unwrap(),
+        "prod/motherduck/release",
+    )
+    .unwrap()
+    .create_if_missing(true, None);
+    let vault = Destination::Vault(vault);
+    let aws = Destination::Aws(aws);
+
+    for (d, matcher, answer) in [
+        (
+            &vault,
+            Match::VaultContains {
+                method: "POST",
+                path: "/v1/secret/delete/motherduck/release.lock".into(),
+            },
+            Answer::VaultUnavailable,
+        ),
+        (
+            &aws,
+            Match::Aws {
+                op: "UpdateSecretVersionStage",
+            },
+            Answer::AwsThrottling,
+        ),
+    ] {
+        let lease = d
+            .try_lock("replica-a")
+            .await
+            .unwrap()
+            .expect("the lock is free");
+        let rule = vault_proxy.arm(matcher.clone(), answer, 2);
+        let rule_aws = aws_proxy.arm(matcher, answer, 2);
+        drop(lease);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let taken = loop {
+            if let Some(l) = d.try_lock("replica-b").await.unwrap() {
+                break l;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}: the dropped lease was never released",
+                d.label()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(
+            rule.intercepted() + rule_aws.intercepted(),
+            2,
+            "{}: both failed releases were answered by the fault",
+            d.label()
+        );
+        drop(taken);
+    }
+}
