@@ -134,7 +134,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::daemon::run(config, opts, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Validate(args) => Ok(ops::validate(&cli.config, &args)),
+        Command::Validate(args) => {
+            if args.online {
+                init_logging(LogFormat::Text);
+            }
+            ops::validate(&cli.config, &args).await
+        }
         Command::Plan(args) => {
             init_logging(LogFormat::Text);
             ops::plan(&cli.config, &args).await

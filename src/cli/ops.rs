@@ -25,6 +25,12 @@ pub struct ValidateArgs {
     /// linting a configuration on a machine that lacks the secrets).
     #[arg(long)]
     pub skip_secrets: bool,
+    /// Also contact MotherDuck and every store, as `/readyz` does: the
+    /// admin token is accepted, each destination is reachable, and (on
+    /// Vault) its token has every capability a rotation needs. Changes
+    /// nothing. Exits 1 if a check fails.
+    #[arg(long, conflicts_with = "skip_secrets")]
+    pub online: bool,
 }
 
 #[derive(Debug, Args)]
@@ -73,25 +79,43 @@ pub struct SweepArgs {
     pub policies: Vec<String>,
 }
 
-pub fn validate(path: &Path, args: &ValidateArgs) -> ExitCode {
+pub async fn validate(path: &Path, args: &ValidateArgs) -> anyhow::Result<ExitCode> {
     let opts = LoadOptions {
         resolve_secrets: !args.skip_secrets,
     };
-    match load_config(path, opts) {
-        Ok(c) => {
-            for w in &c.warnings {
-                eprintln!("warning: {w}");
-            }
-            println!(
-                "{}: valid ({} policies, {} warning(s))",
-                path.display(),
-                c.policies.len(),
-                c.warnings.len()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(code) => code,
+    let c = match load_config(path, opts) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    for w in &c.warnings {
+        eprintln!("warning: {w}");
     }
+    println!(
+        "{}: valid ({} policies, {} warning(s))",
+        path.display(),
+        c.policies.len(),
+        c.warnings.len()
+    );
+    if !args.online {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let d = driver(&c)?;
+    let r = crate::daemon::readiness(&d, &c).await;
+    for check in &r.checks {
+        match &check.reason {
+            None if check.ok => println!("{}: ok", check.name),
+            reason => println!(
+                "{}: FAILED: {}",
+                check.name,
+                reason.as_deref().unwrap_or("no reason given")
+            ),
+        }
+    }
+    Ok(if r.ready {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILURE)
+    })
 }
 
 /// The policies named, or all; an unknown name is a usage error.

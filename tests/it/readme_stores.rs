@@ -453,8 +453,17 @@ auth = {{ method = "token", token = {{ file = "vault.token" }} }}
     for d in status[0]["destinations"].as_array().unwrap() {
         assert_eq!(d["current_token_id"], json!(current[0]), "{d}");
     }
-    let out = w.run(&ok, &["validate"], &env).await;
-    assert_ok("validate", &out);
+    let out = w.run(&ok, &["validate", "--online"], &env).await;
+    assert_ok("validate --online", &out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for check in ["motherduck: ok", "(orders-api): ok"] {
+        assert!(text.contains(check), "{text}");
+    }
+    assert_eq!(
+        text.matches(": ok").count(),
+        4,
+        "config, motherduck, two stores\n{text}"
+    );
 
     // The rest reads as a consumer, with full rights.
     enforce_iam(&moto, false).await;
@@ -774,6 +783,13 @@ auth = {{ method = "token", token = {{ file = "vault.token" }} }}
             v["auth"]["client_token"].as_str().unwrap(),
         )
         .unwrap();
+        let out = w.run(&config, &["validate", "--online"], &[]).await;
+        let text = printed(&out);
+        assert_eq!(out.status.code(), Some(1), "without `{path}`: {text}");
+        assert!(
+            text.contains("FAILED") && text.contains(&format!("`{path}` needs")),
+            "validate --online does not name `{path}`: {text}"
+        );
         let out = w.run(&config, &["rotate", "orders-api"], &[]).await;
         let text = printed(&out);
         assert_eq!(out.status.code(), Some(1), "without `{path}`: {text}");
