@@ -1386,6 +1386,8 @@ struct V2Meta {
     /// Versions whose data can still be read.
     readable: HashSet<u64>,
     custom: HashMap<String, String>,
+    /// The secret's own `max_versions`; 0 defers to the mount's setting.
+    max_versions: u64,
 }
 
 /// A KV v2 secret as read: metadata, the latest version's data and record,
@@ -1724,6 +1726,7 @@ impl VaultDestination {
                     version: m.current_version,
                     readable,
                     custom: m.custom_metadata.unwrap_or_default(),
+                    max_versions: m.max_versions,
                 }))
             }
             Err(Failure::Status { code: 404, errors }) if errors.is_empty() => Ok(None),
@@ -2537,6 +2540,7 @@ impl VaultDestination {
             .map_err(|e| self.err(op, e.kind, e.message))?;
         self.check_mount(op).await?;
         self.check_capabilities(op).await?;
+        self.check_max_versions(op).await?;
         match self.kv {
             KvVersion::V2 => {
                 self.v2_read(op, &self.sib(Sibling::Current)).await?;
@@ -2586,7 +2590,28 @@ impl VaultDestination {
             .ensure_token(Instant::now())
             .await
             .map_err(|e| self.err(op, e.kind, e.message))?;
-        self.check_capabilities(op).await
+        self.check_capabilities(op).await?;
+        self.check_max_versions(op).await
+    }
+
+    /// A KV v2 secret that keeps a single version cannot be rolled back:
+    /// the previous record is the version before the current one.
+    async fn check_max_versions(&self, op: StoreOp) -> Result<(), StoreError> {
+        if self.kv != KvVersion::V2 {
+            return Ok(());
+        }
+        let p = self.sib(Sibling::Current);
+        match self.v2_meta(op, &p).await? {
+            Some(meta) if meta.max_versions == 1 => Err(self.err(
+                op,
+                StoreErrorKind::Permanent,
+                format!(
+                    "`{}` keeps max_versions = 1, so a rotation could not be rolled back (the previous record is the previous version); set max_versions to 2 or more, or 0 for the mount's default",
+                    self.api("metadata", &p)
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     async fn check_capabilities(&self, op: StoreOp) -> Result<(), StoreError> {

@@ -1687,3 +1687,45 @@ fn futures_are_send(d: VaultDestination, j: Journal, r: NewRecord) {
     send(d.check());
     send(d.read_secret(Slot::Current, "x"));
 }
+
+/// A secret that keeps one version cannot give its previous record back:
+/// the check and the preflight before each rotation refuse it, naming the
+/// setting, and `max_versions = 0` (the mount's default) is fine.
+#[tokio::test]
+async fn a_secret_keeping_one_version_is_refused_before_rotating() {
+    let bao = OpenBao::start().await;
+    let api = Api::new(&bao);
+    let path = "motherduck/one-version";
+    let d = dest(
+        &connect(&bao.addr, token_auth(&bao.root_token)),
+        "secret",
+        path,
+        KvVersion::V2,
+    );
+    d.check().await.unwrap();
+    d.preflight().await.unwrap();
+    api.root(
+        reqwest::Method::POST,
+        &format!("secret/metadata/{path}"),
+        Some(json!({ "max_versions": 1 })),
+    )
+    .await;
+    for e in [
+        d.check().await.unwrap_err(),
+        d.preflight().await.unwrap_err(),
+    ] {
+        assert_eq!(e.kind, StoreErrorKind::Permanent, "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("max_versions = 1") && text.contains(&format!("secret/metadata/{path}")),
+            "{text}"
+        );
+    }
+    api.root(
+        reqwest::Method::POST,
+        &format!("secret/metadata/{path}"),
+        Some(json!({ "max_versions": 0 })),
+    )
+    .await;
+    d.preflight().await.unwrap();
+}
