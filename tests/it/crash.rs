@@ -21,6 +21,7 @@ use motherduck_rotator::secret::{ExposeSecret, SecretString};
 use motherduck_rotator::simulator::{RunningSimulator, Simulator, SimulatorOptions};
 
 use crate::harness::client_with_token;
+use crate::support::child_logs::ChildLogs;
 
 const SA: &str = "svc_etl";
 const BIN: &str = env!("CARGO_BIN_EXE_motherduck-rotator");
@@ -37,6 +38,7 @@ struct World {
     root: PathBuf,
     running: RunningSimulator,
     admin: Client,
+    out: ChildLogs,
 }
 
 impl World {
@@ -56,6 +58,7 @@ impl World {
             std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
         }
         World {
+            out: ChildLogs::new(&root),
             root,
             running,
             admin,
@@ -136,17 +139,14 @@ retry = {{ max_attempts = 2, initial_backoff = "10ms", max_backoff = "20ms" }}
     /// Starts the binary with `args`; its output goes to `<log>.out` and
     /// `<log>.err`.
     fn spawn(&self, log: &str, args: &[&str], crash_at: Option<&str>) -> tokio::process::Child {
-        let out = std::fs::File::create(self.root.join(format!("{log}.out"))).unwrap();
-        let err = std::fs::File::create(self.root.join(format!("{log}.err"))).unwrap();
         let mut cmd = tokio::process::Command::new(BIN);
         cmd.args(args)
             .env_remove("MDR_CRASH_AT")
             .env_remove("MOTHERDUCK_ROTATOR_CONFIG")
             .env("MDR_LOG", "info,motherduck_rotator=debug")
             .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
             .kill_on_drop(true);
+        self.out.attach(&mut cmd, log);
         if let Some(p) = crash_at {
             cmd.env("MDR_CRASH_AT", p);
         }
@@ -156,30 +156,16 @@ retry = {{ max_attempts = 2, initial_backoff = "10ms", max_backoff = "20ms" }}
     /// Runs the binary to its end.
     async fn run(&self, log: &str, args: &[&str], crash_at: Option<&str>) -> ExitStatus {
         let mut child = self.spawn(log, args, crash_at);
-        match tokio::time::timeout(PATIENCE, child.wait()).await {
-            Ok(s) => s.unwrap(),
-            Err(_) => panic!("`{log}` did not finish\n{}", self.logs()),
-        }
+        self.out.wait(log, &mut child, PATIENCE).await
     }
 
     fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.root.join(name)).unwrap_or_default()
+        self.out.read(name)
     }
 
     /// Every child's output, for failure messages.
     fn logs(&self) -> String {
-        let mut names: Vec<String> = std::fs::read_dir(&self.root)
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".out") || n.ends_with(".err"))
-            .collect();
-        names.sort();
-        names
-            .iter()
-            .map(|n| format!("--- {n}\n{}", self.log(n)))
-            .collect::<Vec<_>>()
-            .join("\n")
+        self.out.all()
     }
 
     /// Converged: no unfinished rotation, nothing pending, exactly the

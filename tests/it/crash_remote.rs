@@ -15,6 +15,7 @@ use motherduck_rotator::simulator::{RunningSimulator, Simulator, SimulatorOption
 use serde_json::{Value, json};
 
 use crate::smoke_services::secrets_manager;
+use crate::support::child_logs::ChildLogs;
 use crate::support::services::{Moto, OpenBao};
 
 const SA: &str = "svc_crash_remote";
@@ -35,6 +36,7 @@ struct World {
     bao: OpenBao,
     moto: Moto,
     sim: RunningSimulator,
+    out: ChildLogs,
 }
 
 impl World {
@@ -53,6 +55,7 @@ impl World {
         std::fs::write(dir.join("admin.token"), sim.admin_token.expose_secret()).unwrap();
         std::fs::write(dir.join("vault.token"), &bao.root_token).unwrap();
         World {
+            out: ChildLogs::new(&dir),
             dir,
             bao,
             moto,
@@ -138,10 +141,8 @@ retry = {{ max_attempts = 2, initial_backoff = "10ms", max_backoff = "20ms" }}
         args: &[&str],
         crash_at: Option<&str>,
     ) -> tokio::process::Child {
-        let out = std::fs::File::create(self.dir.join(format!("{log}.out"))).unwrap();
-        let err = std::fs::File::create(self.dir.join(format!("{log}.err"))).unwrap();
         let mut cmd = self.command(config, args);
-        cmd.stdout(Stdio::from(out)).stderr(Stdio::from(err));
+        self.out.attach(&mut cmd, log);
         if let Some(p) = crash_at {
             cmd.env("MDR_CRASH_AT", p);
         }
@@ -156,29 +157,15 @@ retry = {{ max_attempts = 2, initial_backoff = "10ms", max_backoff = "20ms" }}
         crash_at: Option<&str>,
     ) -> ExitStatus {
         let mut child = self.spawn(log, config, args, crash_at);
-        match tokio::time::timeout(PATIENCE, child.wait()).await {
-            Ok(s) => s.unwrap(),
-            Err(_) => panic!("`{log}` did not finish\n{}", self.logs()),
-        }
+        self.out.wait(log, &mut child, PATIENCE).await
     }
 
     fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
+        self.out.read(name)
     }
 
     fn logs(&self) -> String {
-        let mut names: Vec<String> = std::fs::read_dir(&self.dir)
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".out") || n.ends_with(".err"))
-            .collect();
-        names.sort();
-        names
-            .iter()
-            .map(|n| format!("--- {n}\n{}", self.log(n)))
-            .collect::<Vec<_>>()
-            .join("\n")
+        self.out.all()
     }
 
     fn live_ids(&self) -> Vec<String> {

@@ -1,5 +1,6 @@
 //! Shared helpers for the integration tests.
 
+pub mod child_logs;
 pub mod fault_proxy;
 pub mod observability;
 pub mod services;
