@@ -905,3 +905,122 @@ async fn the_default_credential_chain_reads_profiles_and_web_identity() {
         printed(&out)
     );
 }
+
+/// The last link of the default credential chain: instance metadata
+/// (IMDSv2), served here by wiremock at `AWS_EC2_METADATA_SERVICE_ENDPOINT`
+/// with temporary credentials of a role holding the README's policy. moto
+/// enforces IAM, so the rotation can only succeed with those credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_credential_chain_reads_instance_metadata() {
+    use wiremock::matchers::{header_exists, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let w = World::new().await;
+    let moto = Moto::start().await;
+    let verify = r#"{ type = "motherduck", interval = "10ms", deadline = "10s" }"#;
+    let config = w.config("aws", &aws_store(&moto), AWS_DEST, verify);
+    secrets_manager(&moto, "CreateSecret", json!({ "Name": SECRET })).await;
+    iam(
+        &moto,
+        &[
+            ("Action", "CreateRole"),
+            ("RoleName", "motherduck-rotator"),
+            (
+                "AssumeRolePolicyDocument",
+                &json!({"Version": "2012-10-17", "Statement": [{
+                    "Effect": "Allow",
+                    "Principal": {"Service": "ec2.amazonaws.com"},
+                    "Action": "sts:AssumeRole"}]})
+                .to_string(),
+            ),
+        ],
+    )
+    .await;
+    iam(
+        &moto,
+        &[
+            ("Action", "PutRolePolicy"),
+            ("RoleName", "motherduck-rotator"),
+            ("PolicyName", "motherduck-rotator"),
+            ("PolicyDocument", &moto_iam_policy(&[]).to_string()),
+        ],
+    )
+    .await;
+    // What EC2 does for an instance profile: temporary credentials of the
+    // role (taken from moto's STS while it does not enforce IAM).
+    let resp = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(format!("{}/", moto.endpoint))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(form(&[
+            ("Action", "AssumeRoleWithWebIdentity"),
+            ("Version", "2011-06-15"),
+            (
+                "RoleArn",
+                &format!("arn:aws:iam::{ACCOUNT}:role/motherduck-rotator"),
+            ),
+            ("RoleSessionName", "i-0123456789abcdef0"),
+            ("WebIdentityToken", "eyJhbGciOiJSUzI1NiJ9.e30.c2ln"),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    let xml = resp.text().await.unwrap();
+    let creds = json!({
+        "Code": "Success",
+        "LastUpdated": "2026-01-01T00:00:00Z",
+        "Type": "AWS-HMAC",
+        "AccessKeyId": xml_field(&xml, "AccessKeyId"),
+        "SecretAccessKey": xml_field(&xml, "SecretAccessKey"),
+        "Token": xml_field(&xml, "SessionToken"),
+        "Expiration": (chrono::Utc::now() + chrono::Duration::hours(6))
+            .format("%Y-%m-%dT%H:%M:%SZ")
+            .to_string(),
+    });
+
+    let imds = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .and(path("/latest/api/token"))
+        .and(header_exists("x-aws-ec2-metadata-token-ttl-seconds"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("x-aws-ec2-metadata-token-ttl-seconds", "21600")
+                .set_body_string("imds-session-token"),
+        )
+        .mount(&imds)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/latest/meta-data/iam/security-credentials/"))
+        .and(header_exists("x-aws-ec2-metadata-token"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("motherduck-rotator"))
+        .mount(&imds)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(
+            "/latest/meta-data/iam/security-credentials/motherduck-rotator",
+        ))
+        .and(header_exists("x-aws-ec2-metadata-token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(&creds))
+        .mount(&imds)
+        .await;
+
+    enforce_iam(&moto, true).await;
+    let endpoint = imds.uri();
+    let imds_env = [
+        ("AWS_EC2_METADATA_DISABLED", "false"),
+        ("AWS_EC2_METADATA_SERVICE_ENDPOINT", endpoint.as_str()),
+    ];
+    let out = w.run(&config, &["rotate", "orders-api"], &imds_env).await;
+    assert_ok("rotation with instance metadata credentials", &out);
+    assert_eq!(w.live_ids().len(), 1);
+    let asked = imds.received_requests().await.unwrap();
+    assert!(
+        asked.iter().any(|r| r
+            .url
+            .path()
+            .ends_with("/security-credentials/motherduck-rotator")),
+        "the credentials came from instance metadata"
+    );
+}
