@@ -1726,10 +1726,21 @@ where
                 && !d.is_timeout()
                 && (detail.contains("the credential provider was not enabled")
                     || detail.contains("the credentials provider was not properly configured"));
+            // A provider of the chain that failed (instance metadata or STS
+            // unreachable, a malformed answer) may recover.
+            let credentials_failed = !d.is_io()
+                && !d.is_timeout()
+                && (detail.contains("while loading credentials")
+                    || detail.contains("unexpected credentials error"));
             if no_credentials {
                 (
                     Permanent,
                     format!("{api} on secret `{secret}`: no usable AWS credentials: {detail}"),
+                )
+            } else if credentials_failed {
+                (
+                    Transient,
+                    format!("{api} on secret `{secret}`: cannot load AWS credentials: {detail}"),
                 )
             } else {
                 (

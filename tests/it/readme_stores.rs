@@ -1006,6 +1006,36 @@ async fn the_default_credential_chain_reads_instance_metadata() {
         .mount(&imds)
         .await;
 
+    // A metadata service that answers badly is reported as a credentials
+    // problem, not as Secrets Manager being unreachable.
+    let broken = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .and(path("/latest/api/token"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("no-ttl-header"))
+        .mount(&broken)
+        .await;
+    let broken_endpoint = broken.uri();
+    let out = w
+        .run(
+            &config,
+            &["rotate", "orders-api"],
+            &[
+                ("AWS_EC2_METADATA_DISABLED", "false"),
+                (
+                    "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+                    broken_endpoint.as_str(),
+                ),
+            ],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", printed(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("cannot load AWS credentials"),
+        "{}",
+        printed(&out)
+    );
+
     enforce_iam(&moto, true).await;
     let endpoint = imds.uri();
     let imds_env = [
