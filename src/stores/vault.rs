@@ -84,7 +84,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -365,13 +365,18 @@ struct Inner {
     address: String,
     namespace: Option<String>,
     auth: VaultAuth,
-    /// Everything but the token, to build a client after a login.
-    template: VaultClientSettings,
+    /// Everything but the token, to build a client after a login; rebuilt
+    /// when the TLS files change.
+    template: std::sync::RwLock<VaultClientSettings>,
     /// The client with the current token. A login swaps in a new client;
     /// requests under way finish with the one they took.
     client: std::sync::RwLock<Arc<Authed>>,
     /// A client that never carries a token, for logins.
-    login: Arc<Authed>,
+    login: std::sync::RwLock<Arc<Authed>>,
+    /// The CA, client certificate and key files, watched so that renewed
+    /// certificates (cert-manager, Vault Agent, a cron job) are used
+    /// without a restart.
+    tls: TlsFiles,
     token: Mutex<TokenState>,
     /// One lookup, renewal or login at a time.
     refresh: tokio::sync::Mutex<()>,
@@ -393,6 +398,83 @@ impl Drop for Authed {
         self.0.settings.token.zeroize();
         self.0.middle.token.zeroize();
     }
+}
+
+/// The TLS files of a connection and what they looked like when last read.
+struct TlsFiles {
+    ca_file: Option<PathBuf>,
+    identity: Option<(PathBuf, PathBuf)>,
+    seen: Mutex<Vec<Option<FileStamp>>>,
+}
+
+/// Enough of a file's metadata to notice it was replaced or rewritten
+/// (through a symlink, as Kubernetes projects secrets, too).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl TlsFiles {
+    fn paths(&self) -> impl Iterator<Item = &PathBuf> {
+        self.ca_file
+            .iter()
+            .chain(self.identity.iter().flat_map(|(c, k)| [c, k]))
+    }
+
+    fn stamps(&self) -> Vec<Option<FileStamp>> {
+        use std::os::unix::fs::MetadataExt;
+        self.paths()
+            .map(|p| {
+                std::fs::metadata(p).ok().map(|m| FileStamp {
+                    dev: m.dev(),
+                    ino: m.ino(),
+                    len: m.len(),
+                    modified: m.modified().ok(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The CA paths and client identity of `ca_file` and `identity`, read and
+/// checked.
+fn read_tls(
+    ca_file: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+) -> Result<(Vec<String>, Option<reqwest::Identity>), VaultSetupError> {
+    let ca_certs = match ca_file {
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(|source| VaultSetupError::ReadFile {
+                what: "CA file",
+                path: path.display().to_string(),
+                source,
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&bytes).map_err(|e| {
+                VaultSetupError::BadPem {
+                    what: "CA file",
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                }
+            })?;
+            if certs.is_empty() {
+                return Err(VaultSetupError::BadPem {
+                    what: "CA file",
+                    path: path.display().to_string(),
+                    reason: "no PEM certificate in it".to_owned(),
+                });
+            }
+            vec![path.display().to_string()]
+        }
+        None => Vec::new(),
+    };
+    let identity = match identity {
+        Some((cert, key)) => Some(read_identity(cert, key)?),
+        None => None,
+    };
+    Ok((ca_certs, identity))
 }
 
 /// A client for `template` carrying `token`.
@@ -516,36 +598,24 @@ impl VaultConnection {
     /// client identity.
     pub fn new(settings: VaultSettings) -> Result<VaultConnection, VaultSetupError> {
         let address = validate_address(&settings.address)?;
-        let ca_certs = match &settings.ca_file {
-            Some(path) => {
-                let bytes = std::fs::read(path).map_err(|source| VaultSetupError::ReadFile {
-                    what: "CA file",
-                    path: path.display().to_string(),
-                    source,
-                })?;
-                let certs = reqwest::Certificate::from_pem_bundle(&bytes).map_err(|e| {
-                    VaultSetupError::BadPem {
-                        what: "CA file",
-                        path: path.display().to_string(),
-                        reason: e.to_string(),
-                    }
-                })?;
-                if certs.is_empty() {
-                    return Err(VaultSetupError::BadPem {
-                        what: "CA file",
-                        path: path.display().to_string(),
-                        reason: "no PEM certificate in it".to_owned(),
-                    });
-                }
-                vec![path.display().to_string()]
-            }
-            None => Vec::new(),
-        };
-        let identity = match (&settings.client_cert, &settings.client_key) {
+        let identity_paths = match (&settings.client_cert, &settings.client_key) {
             (None, None) => None,
-            (Some(cert), Some(key)) => Some(read_identity(cert, key)?),
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
             _ => return Err(VaultSetupError::IncompleteIdentity),
         };
+        let tls = TlsFiles {
+            ca_file: settings.ca_file.clone(),
+            identity: identity_paths,
+            seen: Mutex::new(Vec::new()),
+        };
+        let seen = tls.stamps();
+        let (ca_certs, identity) = read_tls(
+            tls.ca_file.as_deref(),
+            tls.identity
+                .as_ref()
+                .map(|(c, k)| (c.as_path(), k.as_path())),
+        )?;
+        *tls.seen.lock().unwrap_or_else(|p| p.into_inner()) = seen;
         let mut b = VaultClientSettingsBuilder::default();
         // Every field is set explicitly: the builder's defaults read
         // VAULT_* environment variables, which must not change where the
@@ -572,14 +642,82 @@ impl VaultConnection {
                 address: address.as_str().trim_end_matches('/').to_owned(),
                 namespace: settings.namespace,
                 auth: settings.auth,
-                template,
+                template: std::sync::RwLock::new(template),
                 client: std::sync::RwLock::new(Arc::new(client)),
-                login: Arc::new(login),
+                login: std::sync::RwLock::new(Arc::new(login)),
+                tls,
                 token: Mutex::new(TokenState::default()),
                 refresh: tokio::sync::Mutex::new(()),
                 generation: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// The client that logs in (it carries no token).
+    fn login_client(&self) -> Arc<Authed> {
+        self.inner
+            .login
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Rebuilds the clients when a TLS file changed since it was read: a
+    /// renewed client certificate or CA bundle is used from the next
+    /// request on. Unreadable or invalid new files are logged and the
+    /// clients in use are kept (the files may be mid-update).
+    fn reload_tls_if_changed(&self) {
+        let tls = &self.inner.tls;
+        if tls.ca_file.is_none() && tls.identity.is_none() {
+            return;
+        }
+        let now = tls.stamps();
+        {
+            let mut seen = tls.seen.lock().unwrap_or_else(|p| p.into_inner());
+            if *seen == now {
+                return;
+            }
+            *seen = now;
+        }
+        let read = read_tls(
+            tls.ca_file.as_deref(),
+            tls.identity
+                .as_ref()
+                .map(|(c, k)| (c.as_path(), k.as_path())),
+        );
+        let (ca_certs, identity) = match read {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(vault = %self.inner.address, error = %e, "the TLS files changed but cannot be used; keeping the previous ones");
+                return;
+            }
+        };
+        let mut template = self
+            .inner
+            .template
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        template.ca_certs = ca_certs;
+        template.identity = identity;
+        let token = Zeroizing::new(self.client().0.settings.token.clone());
+        let built =
+            build_client(&template, &token).and_then(|c| Ok((c, build_client(&template, "")?)));
+        match built {
+            Ok((client, login)) => {
+                *self
+                    .inner
+                    .template
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner()) = template;
+                *self.inner.client.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(client);
+                *self.inner.login.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(login);
+                info!(vault = %self.inner.address, "the TLS files changed; using the new ones");
+            }
+            Err(e) => {
+                warn!(vault = %self.inner.address, error = %e, "the TLS files changed but no client can be built with them; keeping the previous ones");
+            }
+        }
     }
 
     /// The client with the current token.
@@ -649,6 +787,7 @@ impl VaultConnection {
     /// A login or renewal Vault refused (permanent), or could not be asked
     /// (transient).
     pub async fn ensure_token(&self, now: Instant) -> Result<TokenAction, VaultAuthError> {
+        self.reload_tls_if_changed();
         let can_login = self.inner.auth.can_login();
         if token_decision(self.lease().as_ref(), now, can_login) == TokenDecision::Keep {
             return Ok(TokenAction::Kept);
@@ -761,7 +900,7 @@ impl VaultConnection {
                 secret_id,
             } => {
                 vaultrs::auth::approle::login(
-                    &self.inner.login.0,
+                    &self.login_client().0,
                     mount,
                     role_id.expose_secret(),
                     secret_id.expose_secret(),
@@ -777,7 +916,7 @@ impl VaultConnection {
                     self.auth_error(StoreErrorKind::Permanent, format!("kubernetes login: {e}"))
                 })?;
                 vaultrs::auth::kubernetes::login(
-                    &self.inner.login.0,
+                    &self.login_client().0,
                     mount,
                     role,
                     jwt.expose_secret(),
@@ -789,7 +928,13 @@ impl VaultConnection {
             r.map_err(|e| self.failure_as_auth(&format!("{method} login"), Failure::from(e)))?;
         // Moved, not copied, into a zeroizing string.
         let token = SecretString::from(auth.client_token);
-        let client = build_client(&self.inner.template, token.expose_secret()).map_err(|e| {
+        let template = self
+            .inner
+            .template
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let client = build_client(&template, token.expose_secret()).map_err(|e| {
             self.auth_error(
                 StoreErrorKind::Permanent,
                 format!("{method} login: cannot set up the client: {e}"),

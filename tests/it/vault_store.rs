@@ -1729,3 +1729,47 @@ async fn a_secret_keeping_one_version_is_refused_before_rotating() {
     .await;
     d.preflight().await.unwrap();
 }
+
+/// Client certificates are short-lived where they are issued automatically
+/// (cert-manager, Vault Agent): a renewed certificate written over the
+/// configured files is used from the next request on, without a restart.
+/// Shown by swapping in a certificate from a CA the server does not trust
+/// (refused from the next request) and then a good one again (accepted),
+/// the way Kubernetes swaps a projected secret: a new file behind the path.
+#[tokio::test]
+async fn a_renewed_client_certificate_is_used_without_a_restart() {
+    let bao = MtlsBao::start().await;
+    let live_cert = bao.pki.path("live.pem");
+    let live_key = bao.pki.path("live.key");
+    let install = |name: &str| {
+        for (ext, live) in [("pem", &live_cert), ("key", &live_key)] {
+            let staged = bao.pki.path(&format!("staged.{ext}"));
+            std::fs::copy(bao.pki.path(&format!("{name}.{ext}")), &staged).unwrap();
+            std::fs::rename(&staged, live).unwrap();
+        }
+    };
+    install("client");
+    let mut s = bao.client_settings(None);
+    s.client_cert = Some(live_cert.clone());
+    s.client_key = Some(live_key.clone());
+    let d = dest(
+        &VaultConnection::new(s).unwrap(),
+        "secret",
+        "motherduck/renewed",
+        KvVersion::V2,
+    );
+    d.check().await.unwrap();
+
+    install("stranger");
+    let e = d.load().await.unwrap_err();
+    assert!(e.to_string().contains("UnknownCA"), "{e}");
+
+    install("client");
+    d.load().await.unwrap();
+    rotate_fully(&d, &record("r1", &secret("r1"), None)).await;
+
+    // A half-written update (a key that is not PEM) is not taken up: the
+    // connection keeps the certificate it has.
+    std::fs::write(&live_key, "not a key").unwrap();
+    d.load().await.unwrap();
+}
