@@ -393,6 +393,10 @@ impl Driver {
         // first token of a policy failed: its rollback leaves no record to
         // carry the retry time, and the pass would begin again at once.
         let mut backoff_until: Option<DateTime<Utc>> = None;
+        // The rotation id the span carries: the formatter appends every
+        // `record` (a JSON line would repeat the key), so it is recorded
+        // only when it changes.
+        let mut recorded: Option<String> = None;
         loop {
             if cancel.is_cancelled() {
                 return Ok(Tick::Stopped);
@@ -404,8 +408,11 @@ impl Driver {
                 due = (now, "requested by `rotate`".to_owned());
             }
             let step = plan::decide(&views, now, due);
-            if let Some(rid) = step_rotation_id(&step) {
+            if let Some(rid) = step_rotation_id(&step)
+                && recorded.as_deref() != Some(rid)
+            {
                 span.record("rotation_id", rid);
+                recorded = Some(rid.to_owned());
             }
             // `force` starts one rotation now; when the first step resumes
             // an unfinished rotation instead, that one is the rotation.
@@ -445,7 +452,10 @@ impl Driver {
                         .await?
                     {
                         Began::Created(f) => {
-                            span.record("rotation_id", f.0.as_str());
+                            if recorded.as_deref() != Some(f.0.as_str()) {
+                                span.record("rotation_id", f.0.as_str());
+                                recorded = Some(f.0.clone());
+                            }
                             fresh = Some(f);
                         }
                         Began::Failed { retry_at } => backoff_until = Some(retry_at),

@@ -351,6 +351,8 @@ async fn crash_and_recover(point: &str, after: AfterCrash, outcome: Outcome) {
         .unwrap_or_else(|_| panic!("the daemon did not stop on SIGTERM\n{}", w.logs()))
         .unwrap();
     assert!(status.success(), "daemon exit: {status}\n{}", w.logs());
+    crate::support::log_lines::assert_unique_keys(&w.log("daemon.err"));
+    crate::support::log_lines::assert_plain_text(&w.log("first.err"));
     // Still converged after shutdown.
     w.converged()
         .unwrap_or_else(|e| panic!("{e}\n{}", w.logs()));
