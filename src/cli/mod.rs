@@ -94,7 +94,17 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    let result = runtime.block_on(dispatch(cli));
+    let result = runtime.block_on(async {
+        let result = dispatch(cli).await;
+        // Locks dropped at the end are released in the background; let
+        // those releases finish, or the lock stays held until it expires.
+        if !crate::stores::wait_for_releases(std::time::Duration::from_secs(10)).await {
+            eprintln!(
+                "warning: a lock release did not finish; the lock ends when its lease expires"
+            );
+        }
+        result
+    });
     // Do not wait for blocking tasks (hooks, file IO) left by a shutdown.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {

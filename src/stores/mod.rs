@@ -227,7 +227,9 @@ where
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
         return;
     };
+    let pending = PendingRelease::start();
     handle.spawn(async move {
+        let _pending = pending;
         let mut delay = std::time::Duration::from_millis(500);
         for attempt in 1..=ATTEMPTS {
             match release().await {
@@ -244,6 +246,45 @@ where
             }
         }
     });
+}
+
+/// Releases still under way, so a process can let them finish before it
+/// exits: a one-shot `rotate` ends right after its lease is dropped, and a
+/// release cut off by the exit would leave the lock held (blocking every
+/// replica) until it expires.
+static PENDING_RELEASES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static RELEASE_DONE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Counts one background release while it lives.
+struct PendingRelease;
+
+impl PendingRelease {
+    fn start() -> PendingRelease {
+        PENDING_RELEASES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        PendingRelease
+    }
+}
+
+impl Drop for PendingRelease {
+    fn drop(&mut self) {
+        PENDING_RELEASES.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        RELEASE_DONE.notify_waiters();
+    }
+}
+
+/// Waits up to `limit` for lease releases under way; `false` if some were
+/// still running then.
+pub async fn wait_for_releases(limit: std::time::Duration) -> bool {
+    let wait = async {
+        loop {
+            let done = RELEASE_DONE.notified();
+            if PENDING_RELEASES.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            done.await;
+        }
+    };
+    tokio::time::timeout(limit, wait).await.is_ok()
 }
 
 /// Proof of holding a policy's coordination lock; released on drop.

@@ -1213,3 +1213,91 @@ async fn a_lease_release_that_fails_transiently_is_retried() {
         drop(taken);
     }
 }
+
+/// A one-shot `rotate` lets its lock release finish before it exits, even
+/// when the first attempt is answered with a 503: the lock is free as soon
+/// as the process has ended, not only when the lease expires (10 minutes
+/// here), so replicas are not held up by a manual rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_exits_only_after_its_lock_is_released() {
+    let bao = OpenBao::start().await;
+    let proxy = FaultProxy::start(&bao.addr).await;
+    let sim = Simulator::spawn(SimulatorOptions::default()).await.unwrap();
+    sim.sim.add_service_account(SA);
+    let dir = std::env::temp_dir().join(format!("mdr-release-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("admin.token"), sim.admin_token.expose_secret()).unwrap();
+    std::fs::write(dir.join("vault.token"), &bao.root_token).unwrap();
+    std::fs::write(
+        dir.join("config.toml"),
+        format!(
+            r#"
+[motherduck]
+api_url = "{api}"
+admin_token = {{ file = "admin.token" }}
+
+[stores.vault]
+type = "vault"
+address = "{vault}"
+auth = {{ method = "token", token = {{ file = "vault.token" }} }}
+lease_ttl = "10m"
+
+[[policy]]
+name = "{POLICY}"
+service_account = "{SA}"
+schedule = {{ interval = "1d" }}
+overlap = "0s"
+verify = [{{ type = "motherduck", interval = "10ms", deadline = "10s" }}]
+destinations = [{{ store = "vault", path = "{VAULT_PATH}" }}]
+"#,
+            api = sim.base_url(),
+            vault = proxy.url,
+        ),
+    )
+    .unwrap();
+    let release = proxy.arm(
+        Match::VaultContains {
+            method: "POST",
+            path: format!("/v1/secret/delete/{VAULT_PATH}.lock"),
+        },
+        Answer::VaultUnavailable,
+        1,
+    );
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_motherduck-rotator"))
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .args(["rotate", POLICY])
+        .current_dir(&dir)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(release.intercepted(), 1, "the first release attempt failed");
+    // Every version of the lock is deleted: nobody holds it.
+    let meta: Value = reqwest::Client::new()
+        .get(format!("{}/v1/secret/metadata/{VAULT_PATH}.lock", bao.addr))
+        .header("X-Vault-Token", &bao.root_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let versions = meta["data"]["versions"].as_object().unwrap();
+    assert!(!versions.is_empty());
+    for (v, info) in versions {
+        assert!(
+            info["deletion_time"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty()),
+            "lock version {v} is still live: {meta}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
