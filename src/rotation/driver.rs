@@ -1129,23 +1129,9 @@ impl Driver {
         }
     }
 
-    /// Finds tokens this daemon named for `policy` that no record
-    /// references and that are older than the safety margin; revokes them
-    /// unless `dry_run`. Runs under the policy's lock, so no rotation of
-    /// another replica is between create and stage meanwhile.
-    ///
-    /// # Errors
-    /// Store or MotherDuck failures. `Ok(None)`: the lock is busy.
-    pub async fn sweep(&self, policy: &Policy, dry_run: bool) -> Result<Option<Swept>, DriveError> {
-        let lease = policy
-            .lock
-            .try_lock(&self.instance_id)
-            .await
-            .map_err(|source| DriveError::Store {
-                policy: policy.name.clone(),
-                source,
-            })?;
-        let Some(_lease) = lease else { return Ok(None) };
+    /// Unreferenced tokens of the policy: those old enough to be orphans,
+    /// and when the youngest spared one comes of age.
+    async fn sweep_candidates(&self, policy: &Policy) -> Result<Swept, DriveError> {
         let views = self.load_all(policy).await?;
         let referenced: std::collections::HashSet<&str> =
             views.iter().flat_map(DestinationView::token_ids).collect();
@@ -1169,6 +1155,48 @@ impl Driver {
             .filter(|t| !referenced.contains(t.id.as_str()))
             .partition(|t| t.created_ts + margin <= now);
         let recheck_at = young.iter().map(|t| t.created_ts + margin).min();
+        Ok(Swept {
+            orphans,
+            recheck_at,
+        })
+    }
+
+    /// Finds tokens this daemon named for `policy` that no record
+    /// references and that are older than the safety margin; revokes them
+    /// unless `dry_run`. Judged under the policy's lock, so no rotation of
+    /// another replica is between create and stage meanwhile; the lock is
+    /// taken only when a first look without it finds candidates, because
+    /// on AWS every acquisition writes a version of the lock secret, and
+    /// hourly sweeps by many replicas would approach the versions quota.
+    ///
+    /// # Errors
+    /// Store or MotherDuck failures. `Ok(None)`: the lock is busy.
+    pub async fn sweep(&self, policy: &Policy, dry_run: bool) -> Result<Option<Swept>, DriveError> {
+        let first = self.sweep_candidates(policy).await?;
+        let _lease = if first.orphans.is_empty() {
+            None
+        } else {
+            let lease = policy
+                .lock
+                .try_lock(&self.instance_id)
+                .await
+                .map_err(|source| DriveError::Store {
+                    policy: policy.name.clone(),
+                    source,
+                })?;
+            let Some(lease) = lease else { return Ok(None) };
+            Some(lease)
+        };
+        // Under the lock, judged again: a rotation may have stored one of
+        // them since.
+        let Swept {
+            orphans,
+            recheck_at,
+        } = if first.orphans.is_empty() {
+            first
+        } else {
+            self.sweep_candidates(policy).await?
+        };
         if orphans.is_empty() {
             self.alerts.resolve(AlertKind::OrphanFound, &policy.name);
         } else {

@@ -1324,12 +1324,44 @@ async fn sweep_skips_while_a_rotation_holds_the_lock() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    // Another replica's sweep must not judge tokens mid-rotation.
+    // Another replica's sweep must not judge tokens mid-rotation: with an
+    // unreferenced token of the policy about (an orphan of some earlier
+    // crash), its first look finds a candidate, and the lock it then needs
+    // is held, so it skips and revokes nothing.
     let (other, p2) = fx.restart(&spec);
+    let orphan = fx.create_raw(&policy.token_name("0190eeeeffff")).await;
     assert!(other.sweep(&p2, false).await.unwrap().is_none());
+    assert!(fx.is_live(&orphan));
     probe.set_status(200);
     task.await.unwrap().unwrap();
+    // Once the rotation is over, the sweep takes the lock and revokes it.
+    let found = other.sweep(&p2, false).await.unwrap().unwrap();
+    let ids: Vec<&str> = found.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, vec![orphan.as_str()]);
     fx.assert_settled(&driver, &policy).await;
+}
+
+/// A sweep that finds no candidate does not take the lock (on AWS every
+/// acquisition writes a version of the lock secret): it completes even
+/// while another replica holds the lock, and revokes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_with_nothing_to_judge_takes_no_lock() {
+    let fx = Fixture::new().await;
+    let spec = PolicySpec::new("0s");
+    let (driver, policy) = fx.restart(&spec);
+    let stored = first_token(&fx, &driver, &policy).await;
+    let _held = policy
+        .lock
+        .try_lock("another-replica")
+        .await
+        .unwrap()
+        .expect("the lock is free");
+    let found = driver.sweep(&policy, false).await.unwrap();
+    assert!(
+        found.is_some_and(|f| f.is_empty()),
+        "the sweep ran without the lock and found nothing"
+    );
+    assert!(fx.is_live(&stored));
 }
 
 // ---------------------------------------------------------------------------
