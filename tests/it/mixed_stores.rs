@@ -1,7 +1,8 @@
 //! The real binary rotating one policy into a Vault (OpenBao) destination
 //! and an AWS Secrets Manager (moto) destination at once: both end up with
 //! the same current token, `status` reports them, and two concurrent
-//! `rotate` processes rotate once, coordinated by the Vault lease.
+//! `rotate` processes, or two `run` daemons, rotate once, coordinated by
+//! the Vault lease.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -240,4 +241,88 @@ async fn two_rotate_processes_on_shared_vault_and_aws_rotate_once() {
     assert_eq!(aws_record(&s).await["token_id"], live[0]);
     std::fs::remove_dir_all(&s.dir).unwrap();
     std::fs::remove_dir_all(&gate_dir).unwrap();
+}
+
+/// Two daemons (`run`, not one-shot commands) started together on one
+/// policy that writes to a shared Vault path and a shared AWS secret, with
+/// no token stored yet: both find the policy due at once; exactly one
+/// rotation happens, no token is orphaned, and both daemons stop cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_on_shared_vault_and_aws_rotate_once() {
+    let s = setup(r#"{ type = "motherduck", interval = "10ms", deadline = "10s" }"#).await;
+    let config = s.dir.join("config.toml");
+    let src = std::fs::read_to_string(&config).unwrap().replace(
+        "[daemon]\n",
+        "[daemon]\nlisten = \"127.0.0.1:0\"\nlock_retry_interval = \"100ms\"\n",
+    );
+    std::fs::write(&config, src).unwrap();
+    let daemon = |name: &str| {
+        let mut c = command(&s, &["run"]);
+        c.env("MDR_LOG", "info,motherduck_rotator=debug")
+            .stdout(std::fs::File::create(s.dir.join(format!("{name}.out"))).unwrap())
+            .stderr(std::fs::File::create(s.dir.join(format!("{name}.err"))).unwrap());
+        c.spawn().unwrap()
+    };
+    let logs = || {
+        ["a", "b"]
+            .iter()
+            .map(|n| {
+                let text = std::fs::read_to_string(s.dir.join(format!("{n}.err")));
+                format!("--- daemon {n}\n{}", text.unwrap_or_default())
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let mut a = daemon("a");
+    let mut b = daemon("b");
+    // Settled once each daemon has ended a pass waiting for the next due
+    // time (the loser is told "busy" until the winner's rotation is over).
+    let waited = |n: &str| {
+        std::fs::read_to_string(s.dir.join(format!("{n}.err")))
+            .unwrap_or_default()
+            .contains(r#""message":"waiting""#)
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !(waited("a") && waited("b")) {
+        for (name, child) in [("a", &mut a), ("b", &mut b)] {
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!("daemon {name} exited: {st}\n{}", logs());
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the daemons did not settle\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        s.sim.sim.request_count(Endpoint::CreateToken),
+        1,
+        "exactly one rotation\n{}",
+        logs()
+    );
+    let live: Vec<String> = s
+        .sim
+        .sim
+        .live_tokens("svc_mixed")
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(live.len(), 1, "no orphan\n{}", logs());
+    assert_eq!(vault_token_id(&s).await, live[0]);
+    assert_eq!(aws_record(&s).await["token_id"], live[0]);
+    for (name, child) in [("a", &mut a), ("b", &mut b)] {
+        let pid = child.id().unwrap() as i32;
+        // SAFETY: kill(2) on a child this test started.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let st = tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("daemon {name} did not stop\n{}", logs()))
+            .unwrap();
+        assert!(st.success(), "daemon {name}: {st}\n{}", logs());
+    }
+    let live = s.sim.sim.live_tokens("svc_mixed");
+    assert_eq!(live.len(), 1, "no orphan\n{}", logs());
+    std::fs::remove_dir_all(&s.dir).unwrap();
 }
