@@ -184,6 +184,18 @@ enum Resweep {
     At(DateTime<Utc>),
 }
 
+impl Resweep {
+    /// When to sweep again, given the time now and the retry interval;
+    /// `None` for the next full sweep.
+    fn when(self, now: DateTime<Utc>, retry_every: chrono::Duration) -> Option<DateTime<Utc>> {
+        match self {
+            Resweep::No => None,
+            Resweep::Soon => Some(now + retry_every),
+            Resweep::At(at) => Some(at),
+        }
+    }
+}
+
 async fn sweep_one(driver: &Driver, p: &Policy) -> Resweep {
     match driver.sweep(p, false).await {
         Ok(Some(found)) => {
@@ -250,11 +262,8 @@ async fn sweep_loop(
             if cancel.is_cancelled() {
                 return;
             }
-            match sweep_one(&driver, &p).await {
-                Resweep::No => {}
-                Resweep::Soon => pending.push((clock.now() + retry_every, p)),
-                // A moment past maturity, so the token is old enough then.
-                Resweep::At(at) => pending.push((at, p)),
+            if let Some(at) = sweep_one(&driver, &p).await.when(clock.now(), retry_every) {
+                pending.push((at, p));
             }
         }
     }
@@ -421,12 +430,11 @@ pub async fn run(
     let retry_every =
         chrono::Duration::from_std(config.daemon.lock_retry_interval).unwrap_or_default();
     for p in &config.policies {
-        match sweep_one(&driver, p).await {
-            Resweep::No => {}
-            Resweep::Soon => unswept.push((p.name.clone(), driver.clock.now() + retry_every)),
-            Resweep::At(at) => {
-                unswept.push((p.name.clone(), at));
-            }
+        if let Some(at) = sweep_one(&driver, p)
+            .await
+            .when(driver.clock.now(), retry_every)
+        {
+            unswept.push((p.name.clone(), at));
         }
     }
     let mut current = Generation::start(

@@ -408,11 +408,8 @@ impl Driver {
                 due = (now, "requested by `rotate`".to_owned());
             }
             let step = plan::decide(&views, now, due);
-            if let Some(rid) = step_rotation_id(&step)
-                && recorded.as_deref() != Some(rid)
-            {
-                span.record("rotation_id", rid);
-                recorded = Some(rid.to_owned());
+            if let Some(rid) = step_rotation_id(&step) {
+                record_rotation_id(span, &mut recorded, rid);
             }
             // `force` starts one rotation now; when the first step resumes
             // an unfinished rotation instead, that one is the rotation.
@@ -452,10 +449,7 @@ impl Driver {
                         .await?
                     {
                         Began::Created(f) => {
-                            if recorded.as_deref() != Some(f.0.as_str()) {
-                                span.record("rotation_id", f.0.as_str());
-                                recorded = Some(f.0.clone());
-                            }
+                            record_rotation_id(span, &mut recorded, &f.0);
                             fresh = Some(f);
                         }
                         Began::Failed { retry_at } => backoff_until = Some(retry_at),
@@ -1271,6 +1265,15 @@ enum Began {
 }
 
 /// The rotation a step works on, if it is one of an unfinished rotation.
+/// Puts the rotation a pass works on into its span, once per rotation:
+/// recording a field again appends it again in the text log.
+fn record_rotation_id(span: &tracing::Span, recorded: &mut Option<String>, rid: &str) {
+    if recorded.as_deref() != Some(rid) {
+        span.record("rotation_id", rid);
+        *recorded = Some(rid.to_owned());
+    }
+}
+
 fn step_rotation_id(step: &Step) -> Option<&str> {
     match step {
         Step::Stage { journal, .. }

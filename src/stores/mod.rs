@@ -227,9 +227,8 @@ where
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
         return;
     };
-    let pending = PendingRelease::start();
-    handle.spawn(async move {
-        let _pending = pending;
+    RELEASES.spawn_on(
+        async move {
         let mut delay = std::time::Duration::from_millis(500);
         for attempt in 1..=ATTEMPTS {
             match release().await {
@@ -245,46 +244,24 @@ where
                 }
             }
         }
-    });
+    },
+        &handle,
+    );
 }
 
 /// Releases still under way, so a process can let them finish before it
 /// exits: a one-shot `rotate` ends right after its lease is dropped, and a
 /// release cut off by the exit would leave the lock held (blocking every
 /// replica) until it expires.
-static PENDING_RELEASES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-static RELEASE_DONE: tokio::sync::Notify = tokio::sync::Notify::const_new();
-
-/// Counts one background release while it lives.
-struct PendingRelease;
-
-impl PendingRelease {
-    fn start() -> PendingRelease {
-        PENDING_RELEASES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        PendingRelease
-    }
-}
-
-impl Drop for PendingRelease {
-    fn drop(&mut self) {
-        PENDING_RELEASES.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        RELEASE_DONE.notify_waiters();
-    }
-}
+static RELEASES: std::sync::LazyLock<tokio_util::task::TaskTracker> =
+    std::sync::LazyLock::new(tokio_util::task::TaskTracker::new);
 
 /// Waits up to `limit` for lease releases under way; `false` if some were
-/// still running then.
+/// still running then. For the end of the process: releases started later
+/// are still tracked, but this returns once none is left.
 pub async fn wait_for_releases(limit: std::time::Duration) -> bool {
-    let wait = async {
-        loop {
-            let done = RELEASE_DONE.notified();
-            if PENDING_RELEASES.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-                return;
-            }
-            done.await;
-        }
-    };
-    tokio::time::timeout(limit, wait).await.is_ok()
+    RELEASES.close();
+    tokio::time::timeout(limit, RELEASES.wait()).await.is_ok()
 }
 
 /// Proof of holding a policy's coordination lock; released on drop.
@@ -408,11 +385,11 @@ impl Destination {
 
     /// What can be known before a token is created that would make staging
     /// or promoting it fail: on Vault, the token's capabilities on every
-    /// path of the layout (one request). Other stores have no cheap
-    /// equivalent and always pass.
+    /// path of the layout and a secret that keeps more than one version.
+    /// Other stores have no cheap equivalent and always pass.
     ///
     /// # Errors
-    /// The missing capabilities, naming each path.
+    /// What is missing, naming each path.
     pub async fn preflight(&self) -> Result<(), StoreError> {
         match self {
             Destination::Vault(d) => d.preflight().await,

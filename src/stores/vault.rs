@@ -439,11 +439,16 @@ impl TlsFiles {
     }
 }
 
-/// The CA paths and client identity of `ca_file` and `identity`, read and
-/// checked.
+impl TlsFiles {
+    /// The CA paths and the client identity, read and checked.
+    fn read(&self) -> Result<(Vec<String>, Option<reqwest::Identity>), VaultSetupError> {
+        read_tls(self.ca_file.as_deref(), self.identity.as_ref())
+    }
+}
+
 fn read_tls(
     ca_file: Option<&Path>,
-    identity: Option<(&Path, &Path)>,
+    identity: Option<&(PathBuf, PathBuf)>,
 ) -> Result<(Vec<String>, Option<reqwest::Identity>), VaultSetupError> {
     let ca_certs = match ca_file {
         Some(path) => {
@@ -609,12 +614,7 @@ impl VaultConnection {
             seen: Mutex::new(Vec::new()),
         };
         let seen = tls.stamps();
-        let (ca_certs, identity) = read_tls(
-            tls.ca_file.as_deref(),
-            tls.identity
-                .as_ref()
-                .map(|(c, k)| (c.as_path(), k.as_path())),
-        )?;
+        let (ca_certs, identity) = tls.read()?;
         *tls.seen.lock().unwrap_or_else(|p| p.into_inner()) = seen;
         let mut b = VaultClientSettingsBuilder::default();
         // Every field is set explicitly: the builder's defaults read
@@ -679,13 +679,7 @@ impl VaultConnection {
             }
             *seen = now;
         }
-        let read = read_tls(
-            tls.ca_file.as_deref(),
-            tls.identity
-                .as_ref()
-                .map(|(c, k)| (c.as_path(), k.as_path())),
-        );
-        let (ca_certs, identity) = match read {
+        let (ca_certs, identity) = match tls.read() {
             Ok(t) => t,
             Err(e) => {
                 warn!(vault = %self.inner.address, error = %e, "the TLS files changed but cannot be used; keeping the previous ones");
@@ -2684,8 +2678,7 @@ impl VaultDestination {
             .await
             .map_err(|e| self.err(op, e.kind, e.message))?;
         self.check_mount(op).await?;
-        self.check_capabilities(op).await?;
-        self.check_max_versions(op).await?;
+        self.check_layout(op).await?;
         match self.kv {
             KvVersion::V2 => {
                 self.v2_read(op, &self.sib(Sibling::Current)).await?;
@@ -2724,17 +2717,23 @@ impl VaultDestination {
         Ok(())
     }
 
-    /// The capability part of [`Self::check`], run before each rotation
-    /// creates a token.
+    /// The part of [`Self::check`] run before each rotation creates a
+    /// token: the token's capabilities on every path of the layout, and a
+    /// secret that can be rolled back.
     ///
     /// # Errors
-    /// The missing capabilities, naming each path; or Vault unreachable.
+    /// The missing capabilities, naming each path; `max_versions = 1`; or
+    /// Vault unreachable.
     pub async fn preflight(&self) -> Result<(), StoreError> {
         let op = StoreOp::Check;
         self.conn
             .ensure_token(Instant::now())
             .await
             .map_err(|e| self.err(op, e.kind, e.message))?;
+        self.check_layout(op).await
+    }
+
+    async fn check_layout(&self, op: StoreOp) -> Result<(), StoreError> {
         self.check_capabilities(op).await?;
         self.check_max_versions(op).await
     }

@@ -27,6 +27,7 @@ use motherduck_rotator::simulator::{RunningSimulator, Simulator, SimulatorOption
 use serde_json::{Value, json};
 
 use crate::smoke_services::secrets_manager;
+use crate::support::child_logs::printed;
 use crate::support::services::{Moto, OpenBao, tool_path};
 
 const ACCOUNT: &str = "123456789012"; // moto's default account
@@ -204,15 +205,6 @@ impl Drop for World {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn printed(out: &Output) -> String {
-    format!(
-        "exit {:?}\n{}{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn assert_ok(what: &str, out: &Output) {

@@ -62,3 +62,13 @@ impl ChildLogs {
             .join("\n")
     }
 }
+
+/// A finished child's exit code and what it printed, for a failure message.
+pub fn printed(out: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\n{}{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
