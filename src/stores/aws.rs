@@ -511,6 +511,17 @@ impl AwsDestination {
         format!("{}{LOCK_SUFFIX}", self.secret_name)
     }
 
+    /// Where the lock lives, unique among every region and endpoint this
+    /// process talks to.
+    fn lock_location(&self) -> String {
+        format!(
+            "aws {} {} {}",
+            self.connection.region(),
+            self.connection.endpoint_url().unwrap_or(""),
+            self.lock_secret_name()
+        )
+    }
+
     fn err(&self, op: StoreOp, kind: StoreErrorKind, message: String) -> StoreError {
         StoreError {
             destination: self.label(),
@@ -1189,7 +1200,12 @@ impl AwsDestination {
                 format!("lock secret `{lock}` does not hold a lease: {e}"),
             )
         })?;
-        if !current.released && current.expires_at > now {
+        let reclaimed = !current.released
+            && current.expires_at > now
+            && super::reclaim_abandoned(&self.lock_location(), &seen);
+        if reclaimed {
+            info!(destination = %self.label(), expires_at = %current.expires_at, "taking back the lock this process could not release");
+        } else if !current.released && current.expires_at > now {
             debug!(destination = %self.label(), holder = %current.holder, expires_at = %current.expires_at, "lock is held");
             return Ok(None);
         }
@@ -1207,7 +1223,7 @@ impl AwsDestination {
             .await
         {
             Ok(()) => {
-                if !current.released {
+                if !current.released && !reclaimed {
                     info!(destination = %self.label(), previous_holder = %current.holder, expired_at = %current.expires_at, "took over an expired lock");
                 }
                 Ok(Some(self.lease(doc, lease_id)))
@@ -1327,7 +1343,11 @@ impl AwsLease {
     pub async fn release(mut self) -> Result<(), StoreError> {
         self.released = true;
         self.stop.cancel();
-        self.shared.release().await
+        let result = self.shared.release().await;
+        if result.is_err() {
+            self.shared.abandon().await;
+        }
+        result
     }
 }
 
@@ -1338,10 +1358,15 @@ impl Drop for AwsLease {
             return;
         }
         let shared = self.shared.clone();
-        super::release_in_background(shared.dest.label(), move || {
-            let shared = shared.clone();
-            async move { shared.release().await }
-        });
+        let abandoned = shared.clone();
+        super::release_in_background(
+            shared.dest.label(),
+            move || {
+                let shared = shared.clone();
+                async move { shared.release().await }
+            },
+            move || async move { abandoned.abandon().await },
+        );
     }
 }
 
@@ -1415,6 +1440,13 @@ impl LeaseShared {
             info!(destination = %self.dest.label(), lease_id = %self.lease_id, "lock was already taken over; nothing to release");
         }
         Ok(())
+    }
+
+    /// Notes the lease as given up by this process: see
+    /// [`super::abandoned_lease`].
+    async fn abandon(&self) {
+        let version = self.version.lock().await.clone();
+        super::abandoned_lease(self.dest.lock_location(), version);
     }
 }
 

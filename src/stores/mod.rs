@@ -17,6 +17,8 @@ pub mod aws;
 pub mod file;
 pub mod vault;
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -217,44 +219,94 @@ pub enum Destination {
 
 /// Releases a dropped lease in the background, retrying transient failures
 /// (a 503, throttling) a few times over about 8 seconds: a lease left
-/// behind blocks the policy, for this replica too, until it expires.
-pub(crate) fn release_in_background<F, Fut>(label: String, release: F)
+/// behind blocks the policy, for this replica too, until it expires (or
+/// until this process takes it back, see [`abandoned_lease`]).
+///
+/// `abandon` runs when the release is given up, to note the lease as
+/// abandoned by this process.
+pub(crate) fn release_in_background<F, Fut, A, AFut>(label: String, release: F, abandon: A)
 where
     F: Fn() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<(), StoreError>> + Send,
+    Fut: std::future::Future<Output = Result<(), StoreError>> + Send + 'static,
+    A: FnOnce() -> AFut + Send + 'static,
+    AFut: std::future::Future<Output = ()> + Send + 'static,
 {
-    const ATTEMPTS: u32 = 5;
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
         return;
     };
     RELEASES.spawn_on(
         async move {
-        let mut delay = std::time::Duration::from_millis(500);
-        for attempt in 1..=ATTEMPTS {
-            match release().await {
-                Ok(()) => return,
-                Err(e) if e.kind == StoreErrorKind::Transient && attempt < ATTEMPTS => {
-                    tracing::debug!(destination = %label, error = %e, attempt, "releasing the lease failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-                Err(e) => {
-                    tracing::warn!(destination = %label, error = %e, "releasing the lease failed; it ends when it expires");
-                    return;
-                }
+            if !release_with_retries(&label, release).await {
+                abandon().await;
             }
-        }
-    },
+        },
         &handle,
     );
+}
+
+/// `false` if the release was given up.
+async fn release_with_retries<F, Fut>(label: &str, release: F) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), StoreError>>,
+{
+    const ATTEMPTS: u32 = 5;
+    let mut delay = std::time::Duration::from_millis(500);
+    for attempt in 1..=ATTEMPTS {
+        match release().await {
+            Ok(()) => return true,
+            Err(e) if e.kind == StoreErrorKind::Transient && attempt < ATTEMPTS => {
+                tracing::debug!(destination = %label, error = %e, attempt, "releasing the lease failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(e) => {
+                tracing::warn!(destination = %label, error = %e, "releasing the lease failed; it ends when it expires, or when this process next takes the lock");
+                return false;
+            }
+        }
+    }
+    false
+}
+
+/// Leases this process gave up but could not release, by lock location:
+/// the version of the lock record that was ours. The record is unexpired,
+/// so another replica must wait for it; but this process knows the lease
+/// has no holder any more (its holder was dropped), so while the record is
+/// still at that very version it may take it back at once. A write by
+/// anyone else changes the version, and the entry then matches nothing.
+static ABANDONED: LazyLock<std::sync::Mutex<std::collections::HashMap<String, String>>> =
+    LazyLock::new(Default::default);
+
+/// Notes that releasing the lease at `location`, whose record was at
+/// `version`, failed.
+pub(crate) fn abandoned_lease(location: String, version: String) {
+    if let Ok(mut m) = ABANDONED.lock() {
+        m.insert(location, version);
+    }
+}
+
+/// Whether the unexpired lease record at `location`, now at `version`, is
+/// one this process abandoned; the entry is consumed, so it is taken back
+/// at most once.
+pub(crate) fn reclaim_abandoned(location: &str, version: &str) -> bool {
+    let Ok(mut m) = ABANDONED.lock() else {
+        return false;
+    };
+    if m.get(location).is_some_and(|v| v == version) {
+        m.remove(location);
+        true
+    } else {
+        false
+    }
 }
 
 /// Releases still under way, so a process can let them finish before it
 /// exits: a one-shot `rotate` ends right after its lease is dropped, and a
 /// release cut off by the exit would leave the lock held (blocking every
 /// replica) until it expires.
-static RELEASES: std::sync::LazyLock<tokio_util::task::TaskTracker> =
-    std::sync::LazyLock::new(tokio_util::task::TaskTracker::new);
+static RELEASES: LazyLock<tokio_util::task::TaskTracker> =
+    LazyLock::new(tokio_util::task::TaskTracker::new);
 
 /// Waits up to `limit` for lease releases under way; `false` if some were
 /// still running then. For the end of the process: releases started later

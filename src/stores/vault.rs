@@ -728,6 +728,11 @@ impl VaultConnection {
         &self.inner.address
     }
 
+    /// The namespace requests are sent to, if any.
+    pub fn namespace(&self) -> Option<&str> {
+        self.inner.namespace.as_deref()
+    }
+
     /// What is known of the token in use.
     pub fn token_status(&self) -> TokenStatus {
         let st = self.state();
@@ -1674,6 +1679,17 @@ impl VaultDestination {
 
     pub fn kind(&self) -> &'static str {
         "vault"
+    }
+
+    /// Where the lease lives, unique among every Vault server, namespace
+    /// and mount this process talks to.
+    fn lease_location(&self) -> String {
+        format!(
+            "vault {} ns={} {}",
+            self.conn.address(),
+            self.conn.namespace().unwrap_or(""),
+            self.api("data", &self.sib(Sibling::Lock))
+        )
     }
 
     /// The path of a sibling inside the mount.
@@ -2634,11 +2650,17 @@ impl VaultDestination {
                                 format!("`{}` is not a lease record: {e}", self.api("data", &lp)),
                             )
                         })?;
-                        if lock.expires_at > now {
+                        if lock.expires_at <= now {
+                            info!(destination = %self.label(), previous_holder = %lock.holder, expired_at = %lock.expires_at, "taking over an expired lease");
+                        } else if super::reclaim_abandoned(
+                            &self.lease_location(),
+                            &meta.version.to_string(),
+                        ) {
+                            info!(destination = %self.label(), expires_at = %lock.expires_at, "taking back the lease this process could not release");
+                        } else {
                             debug!(destination = %self.label(), holder = %lock.holder, expires_at = %lock.expires_at, "the lease is held");
                             return Ok(None);
                         }
-                        info!(destination = %self.label(), previous_holder = %lock.holder, expired_at = %lock.expires_at, "taking over an expired lease");
                     }
                 }
                 meta.version
@@ -2844,6 +2866,8 @@ impl VaultDestination {
 pub struct VaultLease {
     shared: Arc<LeaseShared>,
     keepalive: Option<tokio::task::JoinHandle<()>>,
+    /// [`release`](Self::release) was called, so dropping it does nothing.
+    release_called: bool,
 }
 
 struct LeaseShared {
@@ -2911,6 +2935,7 @@ impl VaultLease {
         VaultLease {
             shared,
             keepalive: Some(keepalive),
+            release_called: false,
         }
     }
 
@@ -2950,12 +2975,18 @@ impl VaultLease {
     /// Gives the lease up: deletes our version of `P.lock`.
     ///
     /// # Errors
-    /// The delete failed; the lease then ends when it expires.
+    /// The delete failed; the lease then ends when it expires, or when
+    /// this process next takes the lock.
     pub async fn release(mut self) -> Result<(), StoreError> {
         if let Some(k) = self.keepalive.take() {
             k.abort();
         }
-        self.shared.release().await
+        self.release_called = true;
+        let result = self.shared.release().await;
+        if result.is_err() {
+            self.shared.abandon().await;
+        }
+        result
     }
 }
 
@@ -2964,12 +2995,20 @@ impl Drop for VaultLease {
         if let Some(k) = self.keepalive.take() {
             k.abort();
         }
+        if self.release_called {
+            return;
+        }
         // Best effort: a lease not released ends when it expires.
         let shared = self.shared.clone();
-        super::release_in_background(shared.dest.label(), move || {
-            let shared = shared.clone();
-            async move { shared.release().await }
-        });
+        let abandoned = shared.clone();
+        super::release_in_background(
+            shared.dest.label(),
+            move || {
+                let shared = shared.clone();
+                async move { shared.release().await }
+            },
+            move || async move { abandoned.abandon().await },
+        );
     }
 }
 
@@ -3034,6 +3073,15 @@ impl LeaseShared {
             .await?;
         st.released = true;
         Ok(())
+    }
+
+    /// Notes the lease as given up by this process: see
+    /// [`super::abandoned_lease`].
+    async fn abandon(&self) {
+        let st = self.state.lock().await;
+        if !st.released {
+            super::abandoned_lease(self.dest.lease_location(), st.version.to_string());
+        }
     }
 }
 

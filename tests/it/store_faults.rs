@@ -1214,6 +1214,141 @@ async fn a_lease_release_that_fails_transiently_is_retried() {
     }
 }
 
+/// A lease whose release failed (the store answered 503 or throttled) is
+/// still recorded as held, so other replicas wait for it to expire; the
+/// process that dropped it knows nobody holds it and takes it back at once
+/// on its next attempt, but only while the record is still the version it
+/// wrote: once another holder has written the lock (here after the lease
+/// expired), the abandoned lease is no longer this process's to take.
+#[tokio::test]
+async fn a_lease_this_process_could_not_release_is_taken_back_only_by_it() {
+    use motherduck_rotator::stores::vault::{
+        KvVersion, VaultAuth, VaultConnection, VaultDestination, VaultSettings,
+    };
+    let bao = OpenBao::start().await;
+    let moto = Moto::start().await;
+    let vault_proxy = FaultProxy::start(&bao.addr).await;
+    let aws_proxy = FaultProxy::start(&moto.endpoint).await;
+    let ttl = Duration::from_secs(600);
+    let vault = VaultDestination::new(
+        VaultConnection::new(VaultSettings::new(
+            &vault_proxy.url,
+            VaultAuth::Token(SecretString::from(bao.root_token.clone())),
+        ))
+        .unwrap(),
+        "vault",
+        "secret",
+        "motherduck/abandoned",
+        KvVersion::V2,
+    )
+    .unwrap()
+    .with_lease_ttl(ttl);
+    let settings = AwsConnectionSettings {
+        endpoint_url: Some(aws_proxy.url.clone()),
+        max_attempts: 1,
+        ..AwsConnectionSettings::new("us-east-1")
+    };
+    let creds = Credentials::new("AKIDFAULTS", "faults-secret-key", None, None, "faults");
+    let clock = Clock::manual(Utc::now());
+    let aws = AwsDestination::new(
+        "aws",
+        AwsConnection::with_credentials(settings, creds).unwrap(),
+        "prod/motherduck/abandoned",
+    )
+    .unwrap()
+    .create_if_missing(true, None)
+    .with_lock_ttl(ttl)
+    .unwrap()
+    .with_clock(clock.clone());
+
+    // Vault: the delete of our lease version is refused once.
+    let lease = vault.try_lock("replica-a").await.unwrap().expect("free");
+    let rule = vault_proxy.arm(
+        Match::VaultContains {
+            method: "POST",
+            path: "/v1/secret/delete/motherduck/abandoned.lock".into(),
+        },
+        Answer::VaultUnavailable,
+        1,
+    );
+    let e = lease.release().await.expect_err("the release is refused");
+    assert_eq!(rule.intercepted(), 1, "{e}");
+    let again = vault
+        .try_lock("replica-a")
+        .await
+        .unwrap()
+        .expect("the abandoned lease is taken back before it expires");
+    assert!(
+        vault.try_lock("replica-b").await.unwrap().is_none(),
+        "taken back, the lease is held again"
+    );
+    let rule = vault_proxy.arm(
+        Match::VaultContains {
+            method: "POST",
+            path: "/v1/secret/delete/motherduck/abandoned.lock".into(),
+        },
+        Answer::VaultUnavailable,
+        1,
+    );
+    again.release().await.expect_err("the release is refused");
+    assert_eq!(rule.intercepted(), 1);
+    // Another replica takes the lease over once it has expired; the
+    // version this process abandoned is gone, so it must wait.
+    let later =
+        Utc::now() + chrono::Duration::from_std(ttl).unwrap() + chrono::Duration::seconds(1);
+    let other = vault
+        .try_lock_at("replica-b", later)
+        .await
+        .unwrap()
+        .expect("an expired lease is taken over");
+    assert!(
+        vault.try_lock("replica-a").await.unwrap().is_none(),
+        "the lease another holder wrote is not taken back"
+    );
+    other.release().await.unwrap();
+
+    // AWS: swapping AWSCURRENT to the released version is throttled once.
+    let lease = aws.try_lock("replica-a").await.unwrap().expect("free");
+    let rule = aws_proxy.arm(
+        Match::Aws {
+            op: "UpdateSecretVersionStage",
+        },
+        Answer::AwsThrottling,
+        1,
+    );
+    let e = lease.release().await.expect_err("the release is refused");
+    assert_eq!(rule.intercepted(), 1, "{e}");
+    let again = aws
+        .try_lock("replica-a")
+        .await
+        .unwrap()
+        .expect("the abandoned lock is taken back before it expires");
+    assert!(
+        aws.try_lock("replica-b").await.unwrap().is_none(),
+        "taken back, the lock is held again"
+    );
+    let rule = aws_proxy.arm(
+        Match::Aws {
+            op: "UpdateSecretVersionStage",
+        },
+        Answer::AwsThrottling,
+        1,
+    );
+    again.release().await.expect_err("the release is refused");
+    assert_eq!(rule.intercepted(), 1);
+    clock.advance(chrono::Duration::from_std(ttl).unwrap() + chrono::Duration::seconds(1));
+    let other = aws
+        .try_lock("replica-b")
+        .await
+        .unwrap()
+        .expect("an expired lock is taken over");
+    assert!(
+        aws.try_lock("replica-a").await.unwrap().is_none(),
+        "the lock another holder wrote is not taken back"
+    );
+    other.release().await.unwrap();
+}
+
 /// A one-shot `rotate` lets its lock release finish before it exits, even
 /// when the first attempt is answered with a 503: the lock is free as soon
 /// as the process has ended, not only when the lease expires (10 minutes
