@@ -128,13 +128,17 @@ pub async fn readiness(driver: &Driver, config: &Config) -> Readiness {
 /// generation is retired by a reload: `cancel` interrupts a rotation at its
 /// next safe point (shutdown); `retire` only stops the loop between passes,
 /// so an in-flight rotation finishes under the policy it started with.
+/// While waiting, the policy's records are read again every `recheck` at
+/// least, so a rotation started elsewhere is noticed.
 async fn policy_loop(
     driver: Driver,
     policy: Arc<Policy>,
     permits: Arc<Semaphore>,
     cancel: CancellationToken,
     retire: CancellationToken,
+    recheck: Duration,
 ) {
+    let recheck = chrono::Duration::from_std(recheck).unwrap_or(chrono::Duration::MAX);
     let mut errors = 0u32;
     loop {
         if retire.is_cancelled() {
@@ -152,7 +156,9 @@ async fn policy_loop(
             Ok(Tick::Wait { until, why }) => {
                 errors = 0;
                 debug!(policy = %policy.name, next = %until, reason = %why, "waiting");
-                until
+                // A rotation started by `rotate` or another replica
+                // changes the records, not this loop's plan.
+                until.min(now.checked_add_signed(recheck).unwrap_or(until))
             }
             Ok(Tick::Busy { until }) => until,
             Ok(Tick::Stopped) => return,
@@ -308,6 +314,7 @@ impl Generation {
                 permits.clone(),
                 shutdown.clone(),
                 retire.clone(),
+                config.daemon.recheck_interval,
             ));
         }
         {

@@ -225,6 +225,18 @@ pub async fn rotate(path: &Path, args: &RotateArgs) -> anyhow::Result<ExitCode> 
             .ok()
             .and_then(|o| plan::last_journal(&o.views).map(|j| j.rotation_id.clone()));
         let mut result = d.reconcile(p, true, &cancel).await;
+        // An earlier rotation still in its overlap period comes first: its
+        // old token is revoked when the overlap ends, and only then can
+        // this rotation begin (with --wait, it does).
+        let mut behind_earlier = false;
+        if matches!(&result, Ok(Tick::Wait { why, .. }) if why.starts_with("overlap")) {
+            let last = d
+                .observe(p)
+                .await
+                .ok()
+                .and_then(|o| plan::last_journal(&o.views).map(|j| j.rotation_id.clone()));
+            behind_earlier = last.is_some() && last == before;
+        }
         loop {
             match &result {
                 Ok(Tick::Wait { until, why }) if args.wait && why.starts_with("overlap") => {
@@ -243,7 +255,8 @@ pub async fn rotate(path: &Path, args: &RotateArgs) -> anyhow::Result<ExitCode> 
                     {
                         break;
                     }
-                    result = d.reconcile(p, false, &cancel).await;
+                    result = d.reconcile(p, behind_earlier, &cancel).await;
+                    behind_earlier = false;
                 }
                 _ => break,
             }
@@ -272,12 +285,21 @@ pub async fn rotate(path: &Path, args: &RotateArgs) -> anyhow::Result<ExitCode> 
                         match j.state {
                             JournalState::RolledBack => {
                                 failed += 1;
+                                let kept = if j.previous_token_id.is_some() {
+                                    "the old token is current"
+                                } else {
+                                    "no token is stored yet"
+                                };
                                 println!(
-                                    "{}: rolled back, the old token is current: {}",
+                                    "{}: rolled back, {kept}: {}",
                                     p.name,
                                     j.last_error.as_deref().unwrap_or("unknown error")
                                 );
                             }
+                            JournalState::Done if j.previous_token_id.is_none() => println!(
+                                "{}: rotated: token {} is current (the policy's first token)",
+                                p.name, j.new_token_id
+                            ),
                             JournalState::Done => println!(
                                 "{}: rotated: token {} is current, the old token is revoked",
                                 p.name, j.new_token_id
@@ -287,6 +309,13 @@ pub async fn rotate(path: &Path, args: &RotateArgs) -> anyhow::Result<ExitCode> 
                                 p.name, j.new_token_id
                             ),
                         }
+                    }
+                    Some(j) if why.starts_with("overlap") => {
+                        failed += 1;
+                        println!(
+                            "{}: not rotated: rotation {} is in its overlap period until {until}; its old token is revoked then, and a new rotation can begin. Run `rotate` again after that, or `rotate --wait` to wait for it and rotate",
+                            p.name, j.rotation_id
+                        );
                     }
                     _ => {
                         failed += 1;

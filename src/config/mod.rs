@@ -108,6 +108,10 @@ pub struct DaemonSettings {
     pub shutdown_timeout: Duration,
     /// How soon to look again when another replica holds a policy's lock.
     pub lock_retry_interval: Duration,
+    /// The longest a policy goes without its records being read again
+    /// while it waits, so a rotation started elsewhere (`rotate`, another
+    /// replica) is finished on time.
+    pub recheck_interval: Duration,
     /// Names this replica in lock files and logs.
     pub instance_id: String,
 }
@@ -871,6 +875,14 @@ impl Validator<'_> {
                 "must be greater than zero",
             );
         }
+        let recheck_interval = self.duration(
+            &raw.recheck_interval,
+            &path.key("recheck_interval"),
+            Duration::from_secs(300),
+        );
+        if recheck_interval < Duration::from_secs(1) {
+            self.error(&path.key("recheck_interval"), "must be at least 1s");
+        }
         if let Some(id) = &raw.instance_id
             && (id.trim().is_empty() || id.chars().any(char::is_control))
         {
@@ -895,6 +907,7 @@ impl Validator<'_> {
             orphan_min_age,
             shutdown_timeout,
             lock_retry_interval,
+            recheck_interval,
             instance_id,
             metrics_bearer_token,
         })

@@ -129,6 +129,7 @@ pub struct RawDaemon {
     pub orphan_min_age: Option<String>,
     pub shutdown_timeout: Option<String>,
     pub lock_retry_interval: Option<String>,
+    pub recheck_interval: Option<String>,
     pub instance_id: Option<String>,
     pub metrics_bearer_token: Option<RawSecret>,
 }

@@ -412,8 +412,10 @@ impl Driver {
                 record_rotation_id(span, &mut recorded, rid);
             }
             // `force` starts one rotation now; when the first step resumes
-            // an unfinished rotation instead, that one is the rotation.
-            force = false;
+            // an unfinished rotation instead, that one is the rotation,
+            // unless all it has left is revoking its old token: its new
+            // token is already current, so a new rotation follows.
+            force = force && matches!(step, Step::RevokeOld { .. });
             if let (Step::Begin { .. }, Some(until)) = (&step, backoff_until)
                 && until > now
             {
@@ -482,14 +484,17 @@ impl Driver {
                     drop(ack_waiter.take());
                     match result {
                         Ok(()) => {
+                            // With no old token there is nothing to
+                            // overlap: the rotation is done at once.
+                            let overlap = if journal.previous_token_id.is_some() {
+                                chrono::Duration::from_std(policy.overlap).unwrap_or_default()
+                            } else {
+                                chrono::Duration::zero()
+                            };
                             let verified = Journal {
                                 state: JournalState::Verified,
                                 updated_at: now,
-                                revoke_after: Some(
-                                    self.clock.now()
-                                        + chrono::Duration::from_std(policy.overlap)
-                                            .unwrap_or_default(),
-                                ),
+                                revoke_after: Some(self.clock.now() + overlap),
                                 ..journal
                             };
                             let all: Vec<usize> = (0..policy.destinations.len()).collect();

@@ -664,3 +664,114 @@ async fn a_young_orphan_is_revoked_once_old_enough_after_a_restart() {
     w.converged()
         .unwrap_or_else(|e| panic!("{e}\n{}", w.logs()));
 }
+
+/// A rotation started by a one-shot `rotate` while the daemon runs (or by
+/// another replica) leaves its old token valid for the overlap, with
+/// nothing in that process left to revoke it. The daemon, waiting for its
+/// next rotation a day away, reads the records again every
+/// `recheck_interval` and revokes the old token once the overlap ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_finishes_a_rotation_started_by_rotate() {
+    let w = World::new().await;
+    let good = w.config("good", VERIFY_OK);
+    let src = std::fs::read_to_string(&good)
+        .unwrap()
+        .replace(r#"overlap = "0s""#, r#"overlap = "1s""#)
+        .replace(
+            r#"lock_retry_interval = "1s""#,
+            "lock_retry_interval = \"1s\"\nrecheck_interval = \"1s\"",
+        );
+    std::fs::write(&good, src).unwrap();
+    let good = good.to_str().unwrap().to_owned();
+    let status = w
+        .run("first", &["--config", &good, "rotate", "etl"], None)
+        .await;
+    assert!(status.success(), "first rotate: {status}\n{}", w.logs());
+    let first_id = w.current().unwrap()["token_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let mut daemon = w.spawn("daemon", &["--config", &good, "run"], None);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !w.log("daemon.err").contains(r#""message":"waiting""#) {
+        assert!(tokio::time::Instant::now() < deadline, "{}", w.logs());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let status = w
+        .run("second", &["--config", &good, "rotate", "etl"], None)
+        .await;
+    assert!(status.success(), "second rotate: {status}\n{}", w.logs());
+    let second_id = w.current().unwrap()["token_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(second_id, first_id);
+    assert!(
+        w.live_ids().contains(&first_id),
+        "the old token stays valid for the overlap"
+    );
+    // Another `rotate` during the overlap cannot begin yet, and says why.
+    let status = w
+        .run("third", &["--config", &good, "rotate", "etl"], None)
+        .await;
+    assert_eq!(status.code(), Some(1), "{}", w.logs());
+    assert!(
+        w.log("third.out")
+            .contains("is in its overlap period until"),
+        "{}",
+        w.logs()
+    );
+    assert_eq!(w.current().unwrap()["token_id"], second_id.as_str());
+    while w.converged().is_err() || !w.log("daemon.err").contains("old token revoked") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the daemon never revoked the old token\n{}",
+            w.logs()
+        );
+        if let Ok(Some(s)) = daemon.try_wait() {
+            panic!("the daemon exited: {s}\n{}", w.logs());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        w.live_ids(),
+        std::slice::from_ref(&second_id),
+        "{}",
+        w.logs()
+    );
+
+    // `rotate --wait` behind a rotation in its overlap waits for it to
+    // end, then rotates, then waits out its own overlap.
+    let status = w
+        .run("fourth", &["--config", &good, "rotate", "etl"], None)
+        .await;
+    assert!(status.success(), "fourth rotate: {status}\n{}", w.logs());
+    let fourth_id = w.current().unwrap()["token_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let status = w
+        .run(
+            "fifth",
+            &["--config", &good, "rotate", "--wait", "etl"],
+            None,
+        )
+        .await;
+    assert!(status.success(), "rotate --wait: {status}\n{}", w.logs());
+    let cur = w
+        .converged()
+        .unwrap_or_else(|e| panic!("{e}\n{}", w.logs()));
+    let fifth_id = cur["token_id"].as_str().unwrap();
+    assert!(
+        ![first_id.as_str(), second_id.as_str(), fourth_id.as_str()].contains(&fifth_id),
+        "rotate --wait made a new token\n{}",
+        w.logs()
+    );
+    sigterm(&daemon);
+    let status = tokio::time::timeout(PATIENCE, daemon.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{}", w.logs());
+}
