@@ -81,48 +81,92 @@ pub async fn readiness(driver: &Driver, config: &Config) -> Readiness {
         ok: true,
         reason: None,
     }];
-    let admin = match driver
-        .client
-        .check_token(&config.motherduck.admin_token)
-        .await
-    {
-        Ok(TokenCheck::ValidAdmin) => Check {
-            name: "motherduck".into(),
-            ok: true,
-            reason: None,
-        },
-        Ok(TokenCheck::ValidNonAdmin) => Check {
+    // Every destination, and a policy's lock where it is kept apart from
+    // them, checked at once and alongside the admin token: a store that
+    // does not answer costs one CHECK_DEADLINE, not one per destination.
+    let mut targets: Vec<(String, &crate::stores::Destination, bool)> = Vec::new();
+    for p in &config.policies {
+        for d in &p.destinations {
+            targets.push((format!("store {} ({})", d.label(), p.name), d, false));
+        }
+        let lock = &p.lock;
+        if !p.destinations.iter().any(|d| d.label() == lock.label()) {
+            targets.push((format!("lock {} ({})", lock.label(), p.name), lock, true));
+        }
+    }
+    let stores =
+        futures_util::future::join_all(targets.iter().map(|(_, d, lock_only)| async move {
+            let check = async {
+                if *lock_only {
+                    d.check_lock().await
+                } else {
+                    d.check().await
+                }
+            };
+            match tokio::time::timeout(CHECK_DEADLINE, check).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err(format!(
+                    "{}: no answer within {}",
+                    d.label(),
+                    humantime::format_duration(CHECK_DEADLINE)
+                )),
+            }
+        }));
+    let admin = tokio::time::timeout(
+        CHECK_DEADLINE,
+        driver.client.check_token(&config.motherduck.admin_token),
+    );
+    let (answer, results) = tokio::join!(admin, stores);
+    let admin = match answer.map_err(|_| ()) {
+        Err(()) => Check {
             name: "motherduck".into(),
             ok: false,
-            reason: Some("the admin token is valid but lacks the Admin role".into()),
+            reason: Some(format!(
+                "no answer within {}",
+                humantime::format_duration(CHECK_DEADLINE)
+            )),
         },
-        Ok(TokenCheck::Rejected) => Check {
-            name: "motherduck".into(),
-            ok: false,
-            reason: Some("the admin token is rejected (401)".into()),
-        },
-        Err(e) => Check {
-            name: "motherduck".into(),
-            ok: false,
-            reason: Some(e.to_string()),
+        Ok(answer) => match answer {
+            Ok(TokenCheck::ValidAdmin) => Check {
+                name: "motherduck".into(),
+                ok: true,
+                reason: None,
+            },
+            Ok(TokenCheck::ValidNonAdmin) => Check {
+                name: "motherduck".into(),
+                ok: false,
+                reason: Some("the admin token is valid but lacks the Admin role".into()),
+            },
+            Ok(TokenCheck::Rejected) => Check {
+                name: "motherduck".into(),
+                ok: false,
+                reason: Some("the admin token is rejected (401)".into()),
+            },
+            Err(e) => Check {
+                name: "motherduck".into(),
+                ok: false,
+                reason: Some(e.to_string()),
+            },
         },
     };
     checks.push(admin);
-    for p in &config.policies {
-        for d in &p.destinations {
-            let r = d.check().await;
-            driver
-                .metrics
-                .store_op(d.kind(), crate::stores::StoreOp::Check, r.is_ok());
-            checks.push(Check {
-                name: format!("store {} ({})", d.label(), p.name),
-                ok: r.is_ok(),
-                reason: r.err().map(|e| e.to_string()),
-            });
-        }
+    for ((name, d, _), r) in targets.iter().zip(results) {
+        driver
+            .metrics
+            .store_op(d.kind(), crate::stores::StoreOp::Check, r.is_ok());
+        checks.push(Check {
+            name: name.clone(),
+            ok: r.is_ok(),
+            reason: r.err(),
+        });
     }
     Readiness::from_checks(checks)
 }
+
+/// How long one readiness check of a store may take before it counts as
+/// failed: a hung server would otherwise keep `/readyz` green for as long
+/// as its request timeouts and retries last.
+pub const CHECK_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Drives one policy until shutdown, or until its configuration
 /// generation is retired by a reload: `cancel` interrupts a rotation at its
@@ -575,6 +619,15 @@ async fn readiness_pass(
 ) -> Readiness {
     let r = readiness(driver, config).await;
     if let Ok(mut w) = slot.write() {
+        // Changes are logged, so an outage shows in the log even when no
+        // rotation is due.
+        if w.ready && !r.ready {
+            for c in r.checks.iter().filter(|c| !c.ok) {
+                warn!(check = %c.name, reason = c.reason.as_deref().unwrap_or(""), "not ready");
+            }
+        } else if !w.ready && r.ready && !w.checks.is_empty() {
+            info!("ready again: the admin token is accepted and every store is reachable");
+        }
         *w = r.clone();
     }
     r

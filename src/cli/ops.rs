@@ -319,7 +319,15 @@ pub async fn rotate(path: &Path, args: &RotateArgs) -> anyhow::Result<ExitCode> 
                     }
                     _ => {
                         failed += 1;
-                        println!("{}: no rotation happened ({why})", p.name);
+                        match d.unrecorded_failure(&p.name) {
+                            // A first token that failed leaves no record
+                            // to report it from.
+                            Some(f) if why.starts_with("retry after") => println!(
+                                "{}: failed: {}; no token is stored yet; the next attempt may begin at {}",
+                                p.name, f.last_error, f.retry_at
+                            ),
+                            _ => println!("{}: no rotation happened ({why})", p.name),
+                        }
                     }
                 }
             }

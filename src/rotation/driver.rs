@@ -126,7 +126,20 @@ pub struct Driver {
     /// current record, so a policy without one would otherwise retry its
     /// first token at the initial backoff forever; this keeps the backoff
     /// growing for as long as the process runs.
-    pub unrecorded_failures: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
+    pub unrecorded_failures:
+        Arc<std::sync::Mutex<std::collections::HashMap<String, UnrecordedFailure>>>,
+}
+
+/// The last failure of a policy that has no token stored yet, which no
+/// record can carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnrecordedFailure {
+    /// Consecutive failures.
+    pub failures: u32,
+    /// `rotation <id> failed at <step>: <error>`.
+    pub last_error: String,
+    /// When the next attempt may begin.
+    pub retry_at: DateTime<Utc>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -215,8 +228,18 @@ impl Driver {
             map.remove(policy);
             failures
         } else {
-            failures.max(map.get(policy).copied().unwrap_or(0))
+            failures.max(map.get(policy).map_or(0, |f| f.failures))
         }
+    }
+
+    /// The last failure of `policy` while it has no token stored yet, as
+    /// this process saw it.
+    pub fn unrecorded_failure(&self, policy: &str) -> Option<UnrecordedFailure> {
+        self.unrecorded_failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(policy)
+            .cloned()
     }
 
     async fn load_all(&self, policy: &Policy) -> Result<Vec<DestinationView>, DriveError> {
@@ -997,7 +1020,20 @@ impl Driver {
             self.unrecorded_failures
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(policy.name.clone(), failures);
+                .insert(
+                    policy.name.clone(),
+                    UnrecordedFailure {
+                        failures,
+                        last_error: truncate(
+                            &format!(
+                                "rotation {} failed at {}: {error}",
+                                journal.rotation_id, error.step
+                            ),
+                            500,
+                        ),
+                        retry_at,
+                    },
+                );
         }
         let rolled = Journal {
             state: JournalState::RolledBack,

@@ -1285,6 +1285,18 @@ impl AwsDestination {
         self.exists(op, &self.lock_secret_name()).await?;
         Ok(())
     }
+
+    /// [`check`](Self::check) for a destination that only holds a
+    /// policy's lock: Secrets Manager answers and the lock secret can be
+    /// described (it is created on first use).
+    ///
+    /// # Errors
+    /// What is wrong.
+    pub async fn check_lock(&self) -> Result<(), StoreError> {
+        self.exists(StoreOp::Check, &self.lock_secret_name())
+            .await?;
+        Ok(())
+    }
 }
 
 /// Holds a destination's coordination lock; renewed in the background

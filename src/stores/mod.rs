@@ -435,6 +435,19 @@ impl Destination {
         each!(self, d => d.check().await)
     }
 
+    /// [`check`](Self::check) for a destination used only as a policy's
+    /// lock (`lock = { store, path }`): only what taking the lock needs.
+    ///
+    /// # Errors
+    /// What is wrong.
+    pub async fn check_lock(&self) -> Result<(), StoreError> {
+        match self {
+            Destination::File(d) => d.check().await,
+            Destination::Vault(d) => d.check_lock().await,
+            Destination::Aws(d) => d.check_lock().await,
+        }
+    }
+
     /// What can be known before a token is created that would make staging
     /// or promoting it fail: on Vault, the token's capabilities on every
     /// path of the layout and a secret that keeps more than one version.

@@ -2756,8 +2756,31 @@ impl VaultDestination {
     }
 
     async fn check_layout(&self, op: StoreOp) -> Result<(), StoreError> {
-        self.check_capabilities(op).await?;
+        self.check_capabilities(op, self.required_capabilities())
+            .await?;
         self.check_max_versions(op).await
+    }
+
+    /// [`check`](Self::check) for a destination that only holds a
+    /// policy's lock (`P.lock`): Vault is reachable, the credentials work,
+    /// the mount is KV v2, and the token may take and release the lease.
+    ///
+    /// # Errors
+    /// What is wrong, naming paths and missing capabilities.
+    pub async fn check_lock(&self) -> Result<(), StoreError> {
+        let op = StoreOp::Check;
+        self.conn
+            .ensure_token(Instant::now())
+            .await
+            .map_err(|e| self.err(op, e.kind, e.message))?;
+        self.check_mount(op).await?;
+        let lock = self.sib(Sibling::Lock);
+        let need = self
+            .required_capabilities()
+            .into_iter()
+            .filter(|(path, _)| path.ends_with(&format!("/{lock}")))
+            .collect();
+        self.check_capabilities(op, need).await
     }
 
     /// A KV v2 secret that keeps a single version cannot be rolled back:
@@ -2780,8 +2803,11 @@ impl VaultDestination {
         }
     }
 
-    async fn check_capabilities(&self, op: StoreOp) -> Result<(), StoreError> {
-        let need = self.required_capabilities();
+    async fn check_capabilities(
+        &self,
+        op: StoreOp,
+        need: Vec<(String, &'static [&'static str])>,
+    ) -> Result<(), StoreError> {
         let paths: Vec<&str> = need.iter().map(|(p, _)| p.as_str()).collect();
         let r = self
             .conn

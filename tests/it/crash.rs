@@ -775,3 +775,26 @@ async fn the_daemon_finishes_a_rotation_started_by_rotate() {
         .unwrap();
     assert!(status.success(), "{}", w.logs());
 }
+
+/// A policy's first token failing verification leaves no record to carry
+/// the failure; `rotate` still reports it, with the step and the reason,
+/// and exits 1, and no token is left live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_reports_a_failed_first_token() {
+    let w = World::new().await;
+    let bad = w.config("bad", VERIFY_FAILS);
+    let bad = bad.to_str().unwrap().to_owned();
+    let status = w
+        .run("first", &["--config", &bad, "rotate", "etl"], None)
+        .await;
+    assert_eq!(status.code(), Some(1), "{}", w.logs());
+    let out = w.log("first.out");
+    assert!(
+        out.contains("etl: failed: rotation ")
+            && out.contains(" failed at verify: ")
+            && out.contains("no token is stored yet"),
+        "{out}"
+    );
+    assert!(w.live_ids().is_empty(), "{}", w.logs());
+    assert!(w.current().is_none());
+}

@@ -15,6 +15,7 @@ mod http_endpoints;
 mod leak;
 mod mixed_stores;
 mod prometheus_rules;
+mod readiness;
 mod readme_stores;
 mod signals;
 mod simulator_validation;
