@@ -201,13 +201,32 @@ pub(crate) fn load_config(path: &std::path::Path, opts: LoadOptions) -> Result<C
 /// path and capability.
 pub const DEFAULT_LOG_FILTER: &str = "info,vaultrs=off,rustify=off";
 
+/// `MDR_LOG` as given, with vaultrs and rustify kept quiet unless it names
+/// them: their ERROR events for expected 404s would otherwise show with
+/// any level, `MDR_LOG=debug` included.
+fn log_filter(given: &str) -> String {
+    let mut f = given.trim().to_owned();
+    for quiet in ["vaultrs", "rustify"] {
+        if !f.contains(quiet) {
+            if !f.is_empty() {
+                f.push(',');
+            }
+            f.push_str(quiet);
+            f.push_str("=off");
+        }
+    }
+    f
+}
+
 /// Logs go to stderr: human-readable on a terminal, JSON otherwise (or as
 /// configured). `MDR_LOG` overrides the level filter (default
 /// [`DEFAULT_LOG_FILTER`]).
 pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("MDR_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
+    let filter = std::env::var("MDR_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(log_filter(&f)).ok())
+        .unwrap_or_else(|| EnvFilter::new(DEFAULT_LOG_FILTER));
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Text => false,
@@ -249,5 +268,26 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+#[cfg(test)]
+mod log_filter_tests {
+    use super::log_filter;
+
+    #[test]
+    fn vault_client_noise_stays_off_unless_named() {
+        assert_eq!(log_filter("debug"), "debug,vaultrs=off,rustify=off");
+        assert_eq!(
+            log_filter("info,vaultrs=debug"),
+            "info,vaultrs=debug,rustify=off"
+        );
+        assert_eq!(log_filter(""), "vaultrs=off,rustify=off");
+        for f in ["debug", "info,motherduck_rotator=trace", "warn"] {
+            assert!(
+                tracing_subscriber::EnvFilter::try_new(log_filter(f)).is_ok(),
+                "{f}"
+            );
+        }
     }
 }

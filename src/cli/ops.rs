@@ -39,9 +39,9 @@ pub struct PlanArgs {
     /// 2026-03-29T00:00:00Z), to see how a schedule behaves.
     #[arg(long, value_name = "INSTANT")]
     pub from: Option<DateTime<Utc>>,
-    /// How many due times to show per policy.
-    #[arg(short = 'n', long, default_value_t = 5)]
-    pub count: usize,
+    /// How many due times to show per policy (1 to 1000).
+    #[arg(short = 'n', long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub count: u16,
     /// Only these policies (default: all).
     pub policies: Vec<String>,
 }
@@ -170,7 +170,7 @@ pub async fn plan(path: &Path, args: &PlanArgs) -> anyhow::Result<ExitCode> {
             times.as_ref(),
             now,
             p.token_ttl,
-            args.count,
+            usize::from(args.count),
         );
         if dues.is_empty() {
             println!("  never due: no schedule, and the token does not expire");

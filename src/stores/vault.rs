@@ -1498,6 +1498,9 @@ pub struct VaultDestination {
     /// The version of `P` the last `load` saw (or our last write made);
     /// writes to `P` refuse when it changed meanwhile. Shared by clones.
     observed: Arc<Mutex<Option<u64>>>,
+    /// The mount was found to be KV of the configured version; checked
+    /// once, before the first lock is written.
+    mount_ok: Arc<tokio::sync::OnceCell<()>>,
 }
 
 impl fmt::Debug for VaultDestination {
@@ -1639,6 +1642,7 @@ impl VaultDestination {
             lease_ttl: DEFAULT_LEASE_TTL,
             conn,
             observed: Arc::new(Mutex::new(None)),
+            mount_ok: Arc::default(),
         })
     }
 
@@ -2636,6 +2640,11 @@ impl VaultDestination {
                 "a KV v1 mount has no check-and-set, so it cannot hold the multi-replica lock; configure the policy's lock on another destination (a KV v2 path, AWS or a file)".to_owned(),
             ));
         }
+        // On a mount of another kind or version the lease would be
+        // written somewhere nothing reads (`kv/data/P.lock` on KV v1).
+        self.mount_ok
+            .get_or_try_init(|| self.check_mount(op))
+            .await?;
         let lp = self.sib(Sibling::Lock);
         let cas = match self.v2_meta(op, &lp).await? {
             None => 0,

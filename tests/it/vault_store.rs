@@ -907,6 +907,15 @@ async fn kv1_full_rotation_rollback_and_no_lease() {
     let wrong = dest(&conn, "kv1", "motherduck/other", KvVersion::V2);
     let e = wrong.check().await.unwrap_err();
     assert!(e.to_string().contains("configured for KV v2"), "{e}");
+    // Taking its lock is refused the same way, and writes nothing (on
+    // KV v1 the lease would land at `kv1/data/…`, where nothing reads).
+    let e = wrong.try_lock("replica-a").await.unwrap_err();
+    assert!(e.to_string().contains("configured for KV v2"), "{e}");
+    assert_eq!(
+        api.read("kv1/data/motherduck/other.lock").await.0,
+        404,
+        "no stray lease"
+    );
 
     let s1 = secret("r1");
     let r1 = record("r1", &s1, None);
