@@ -111,7 +111,27 @@ pub async fn validate(path: &Path, args: &ValidateArgs) -> anyhow::Result<ExitCo
             ),
         }
     }
-    Ok(if r.ready {
+    // Each policy's service account exists, so a typo is found now and
+    // not at its first rotation. Only with a working admin token.
+    let mut accounts_ok = true;
+    let admin_ok = r.checks.iter().any(|c| c.name == "motherduck" && c.ok);
+    if admin_ok {
+        for p in &c.policies {
+            let name = format!("service account {} ({})", p.service_account, p.name);
+            match d.client.list_tokens(&p.service_account).await {
+                Ok(_) => println!("{name}: ok"),
+                Err(crate::motherduck::ApiError::Status { status: 404, .. }) => {
+                    accounts_ok = false;
+                    println!("{name}: FAILED: no such user in MotherDuck");
+                }
+                Err(e) => {
+                    accounts_ok = false;
+                    println!("{name}: FAILED: {e}");
+                }
+            }
+        }
+    }
+    Ok(if r.ready && accounts_ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_FAILURE)

@@ -798,3 +798,53 @@ async fn rotate_reports_a_failed_first_token() {
     assert!(w.live_ids().is_empty(), "{}", w.logs());
     assert!(w.current().is_none());
 }
+
+/// `validate --online` also asks MotherDuck for each policy's service
+/// account, so a misspelt one is found before its first rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_online_finds_a_missing_service_account() {
+    let w = World::new().await;
+    std::fs::create_dir_all(w.store()).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(w.store(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let good = w.config("good", VERIFY_OK);
+    let status = w
+        .run(
+            "good",
+            &["--config", good.to_str().unwrap(), "validate", "--online"],
+            None,
+        )
+        .await;
+    assert!(status.success(), "{}", w.logs());
+    assert!(
+        w.log("good.out")
+            .contains(&format!("service account {SA} (etl): ok")),
+        "{}",
+        w.logs()
+    );
+    let bad = w.root.join("bad.toml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&good).unwrap().replace(
+            &format!(r#"service_account = "{SA}""#),
+            r#"service_account = "svc_nobody""#,
+        ),
+    )
+    .unwrap();
+    let status = w
+        .run(
+            "bad",
+            &["--config", bad.to_str().unwrap(), "validate", "--online"],
+            None,
+        )
+        .await;
+    assert_eq!(status.code(), Some(1), "{}", w.logs());
+    assert!(
+        w.log("bad.out")
+            .contains("service account svc_nobody (etl): FAILED: no such user in MotherDuck"),
+        "{}",
+        w.logs()
+    );
+}

@@ -453,8 +453,8 @@ auth = {{ method = "token", token = {{ file = "vault.token" }} }}
     }
     assert_eq!(
         text.matches(": ok").count(),
-        4,
-        "config, motherduck, two stores\n{text}"
+        5,
+        "config, motherduck, two stores, the service account\n{text}"
     );
 
     // The rest reads as a consumer, with full rights.
