@@ -453,6 +453,12 @@ pub async fn status(path: &Path, args: &StatusArgs) -> anyhow::Result<ExitCode> 
                     s.next_due = Some(n.at);
                     s.next_due_reason = Some(n.detail.clone());
                 }
+                // Due now whatever the schedule says: a destination lost
+                // its record, or the destinations disagree.
+                if let Step::Begin { why, .. } = &obs.step {
+                    s.next_due = Some(obs.now);
+                    s.next_due_reason = Some(why.clone());
+                }
                 match plan::active_journal(&obs.views) {
                     Ok(Some(j)) => {
                         s.state = format!("rotating ({})", j.state.as_str());

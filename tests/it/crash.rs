@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use motherduck_rotator::motherduck::{Client, TokenCheck};
@@ -847,4 +848,34 @@ async fn validate_online_finds_a_missing_service_account() {
         "{}",
         w.logs()
     );
+}
+
+/// A destination that lost its record (a store restored from an old
+/// backup, an in-memory dev server restarted) makes the policy due at
+/// once, and `status` says so instead of showing the scheduled time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_a_lost_destination_record_as_due_now() {
+    let w = World::new().await;
+    let good = w.config("good", VERIFY_OK);
+    let src = std::fs::read_to_string(&good).unwrap().replace(
+        r#"destinations = [{ store = "local", path = "etl.json", bare_token_file = "etl.token" }]"#,
+        r#"destinations = [{ store = "local", path = "etl.json", bare_token_file = "etl.token" }, { store = "local", path = "etl-copy.json" }]"#,
+    );
+    assert!(src.contains("etl-copy.json"));
+    std::fs::write(&good, src).unwrap();
+    let good = good.to_str().unwrap().to_owned();
+    let status = w
+        .run("first", &["--config", &good, "rotate", "etl"], None)
+        .await;
+    assert!(status.success(), "{}", w.logs());
+    std::fs::remove_file(w.store().join("etl-copy.json")).unwrap();
+    let status = w
+        .run("status", &["--config", &good, "status", "--json"], None)
+        .await;
+    assert!(status.success(), "{}", w.logs());
+    let out: Value = serde_json::from_str(&w.log("status.out")).unwrap();
+    let reason = out[0]["next_due_reason"].as_str().unwrap_or_default();
+    assert_eq!(reason, "1 destination(s) hold no token", "{out}");
+    let due: DateTime<Utc> = out[0]["next_due"].as_str().unwrap().parse().unwrap();
+    assert!(due <= Utc::now(), "{out}");
 }
