@@ -1782,10 +1782,21 @@ impl VaultDestination {
                     ),
                 )
             }
+            Failure::Status { code: 403, errors }
+                if errors.iter().any(|e| e.contains("invalid token")) =>
+            {
+                (
+                    StoreErrorKind::Permanent,
+                    format!(
+                        "{action}: the Vault token is not valid (HTTP 403: {}); it expired, was revoked, or belongs to another server or namespace",
+                        clean_errors(&errors)
+                    ),
+                )
+            }
             Failure::Status { code: 403, errors } => (
                 StoreErrorKind::Permanent,
                 format!(
-                    "{action}: permission denied (HTTP 403: {}); the Vault policy must grant {caps} on that path",
+                    "{action}: permission denied (HTTP 403: {}); the Vault policy must grant {caps} on that path, and the token must be valid (not expired or revoked)",
                     clean_errors(&errors)
                 ),
             ),
@@ -2730,7 +2741,20 @@ impl VaultDestination {
             .conn
             .raw(reqwest::Method::GET, &api, None)
             .await
-            .map_err(|f| self.fail(op, &format!("read mount `{}`", self.mount), "access", f))?;
+            .map_err(|f| match f {
+                // Vault answers 403 for a mount that does not exist too.
+                Failure::Status { code: 403, errors } => self.err(
+                    op,
+                    StoreErrorKind::Permanent,
+                    format!(
+                        "read mount `{}`: permission denied (HTTP 403: {}); the mount does not exist, or the token may not read `sys/internal/ui/mounts/{}` (granted by the `default` policy), or the token is not valid",
+                        self.mount,
+                        clean_errors(&errors),
+                        self.mount
+                    ),
+                ),
+                f => self.fail(op, &format!("read mount `{}`", self.mount), "access", f),
+            })?;
         let data = &info["data"];
         let kind = data["type"].as_str().unwrap_or_default();
         let version = data["options"]["version"].as_str().unwrap_or("1");

@@ -646,6 +646,23 @@ path "secret/metadata/motherduck/ro*" { capabilities = ["read"] }
         "{msg}"
     );
 
+    // A token Vault does not know: the message says the token may be the
+    // problem, not only the policy.
+    let bogus = "s.thisTokenDoesNotExist0123";
+    let d = dest(
+        &connect(&bao.addr, token_auth(bogus)),
+        "secret",
+        path,
+        KvVersion::V2,
+    );
+    let e = d.check().await.unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("token is not valid") || msg.contains("the token must be valid"),
+        "{msg}"
+    );
+    assert_clean(&e, &[bogus]);
+
     // With AppRole, a 403 first causes a fresh login; denied again, it is
     // permanent.
     api.enable_approle().await;
