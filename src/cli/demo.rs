@@ -15,6 +15,9 @@ use crate::simulator::{Simulator, SimulatorOptions};
 
 /// The demo configuration, also shipped as `config/demo.toml`.
 const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
+/// The lines of [`DEMO_CONFIG`] the demo fills in.
+const DEMO_API_URL: &str = "api_url = \"http://127.0.0.1:8787\"";
+const DEMO_LISTEN: &str = "listen = \"127.0.0.1:9464\"";
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -57,7 +60,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         format!("{}\n", running.admin_token.expose_secret()).as_bytes(),
     )?;
     let config_path = dir.join("demo.toml");
-    write_private(&config_path, DEMO_CONFIG.as_bytes())?;
+    // The file names the simulator and the listen address this run uses,
+    // so `status`, `rotate` and `validate --online` with it reach them.
+    let text = DEMO_CONFIG
+        .replacen(
+            DEMO_API_URL,
+            &format!("api_url = \"{}\"", running.base_url()),
+            1,
+        )
+        .replacen(DEMO_LISTEN, &format!("listen = \"{}\"", args.listen), 1);
+    write_private(&config_path, text.as_bytes())?;
     let mut config = match config::load_with(&config_path, LoadOptions::default()) {
         Ok(c) => c,
         Err(e) => anyhow::bail!("the demo configuration is invalid:\n{e}"),
@@ -107,4 +119,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .sum();
     println!("demo stopped; {live} live token(s) in the simulator");
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_config_has_the_lines_the_demo_fills_in() {
+        assert_eq!(DEMO_CONFIG.matches(DEMO_API_URL).count(), 1);
+        assert_eq!(DEMO_CONFIG.matches(DEMO_LISTEN).count(), 1);
+    }
 }
