@@ -160,7 +160,13 @@ pub async fn readiness(driver: &Driver, config: &Config) -> Readiness {
             reason: r.err(),
         });
     }
-    Readiness::from_checks(checks)
+    let r = Readiness::from_checks(checks);
+    driver
+        .metrics
+        .ready
+        .with_label_values::<&str>(&[])
+        .set(i64::from(r.ready));
+    r
 }
 
 /// How long one readiness check of a store may take before it counts as

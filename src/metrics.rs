@@ -23,6 +23,8 @@ pub struct Metrics {
     pub token_expiry_timestamp_seconds: GaugeVec,
     pub token_created_timestamp_seconds: GaugeVec,
     pub rotation_in_progress: IntGaugeVec,
+    /// 1 while every readiness check passes; no labels.
+    pub ready: IntGaugeVec,
     pub rollbacks_total: IntCounterVec,
     pub orphans_revoked_total: IntCounterVec,
     pub orphans_found_total: IntCounterVec,
@@ -133,6 +135,11 @@ impl Metrics {
                 "rotation_in_progress",
                 "1 while this replica is working on a rotation of the policy.",
                 &["policy"],
+            ),
+            ready: int_gauge(
+                "ready",
+                "1 while every readiness check passes (admin token accepted, every store reachable), 0 otherwise; /readyz lists the checks.",
+                &[],
             ),
             rollbacks_total: counter(
                 "rollbacks_total",

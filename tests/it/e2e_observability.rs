@@ -535,6 +535,7 @@ async fn failure_alerts_fire_and_resolve_end_to_end() {
             "RotationFailed",
             "RotationOverdue",
             "RotatorDown",
+            "RotatorNotReady",
             "TokenExpiringSoon"
         ],
         "the shipped rules are loaded"

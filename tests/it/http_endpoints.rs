@@ -19,6 +19,7 @@ const REQUIRED: &[&str] = &[
     "motherduck_rotator_token_expiry_timestamp_seconds",
     "motherduck_rotator_token_created_timestamp_seconds",
     "motherduck_rotator_rotation_in_progress",
+    "motherduck_rotator_ready",
     "motherduck_rotator_rollbacks_total",
     "motherduck_rotator_orphans_revoked_total",
     "motherduck_rotator_api_requests_total",

@@ -212,6 +212,12 @@ lock = {{ store = "vault", path = "locks/c" }}
             .find(|c| c.name == format!("lock vault:{mount}/locks/c (c)"))
             .unwrap_or_else(|| panic!("no lock check: {:?}", r.checks));
         assert_eq!(lock.ok, ok, "{mount}: {:?}", lock.reason);
+        assert_eq!(r.ready, ok, "{:?}", r.checks);
+        assert_eq!(
+            driver.metrics.ready.with_label_values::<&str>(&[]).get(),
+            i64::from(ok),
+            "the ready gauge follows readiness"
+        );
         if !ok {
             let reason = lock.reason.as_deref().unwrap_or("");
             assert!(reason.contains("nolockmount"), "{reason}");
