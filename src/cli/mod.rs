@@ -1,7 +1,7 @@
 //! Command-line interface: argument parsing and the subcommands.
 
 mod demo;
-mod ops;
+pub mod ops;
 mod simulator_cmd;
 
 use std::io::IsTerminal;

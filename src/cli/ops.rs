@@ -419,7 +419,24 @@ pub async fn status(path: &Path, args: &StatusArgs) -> anyhow::Result<ExitCode> 
     let d = driver(&config)?;
     let mut out = Vec::new();
     let mut any_error = false;
-    for p in &config.policies {
+    // Every policy at once, each cut off after a deadline: a store that
+    // does not answer must not hold `status` for a request timeout per
+    // destination.
+    let deadline = crate::daemon::CHECK_DEADLINE;
+    let observed = futures_util::future::join_all(config.policies.iter().map(|p| {
+        let d = &d;
+        async move {
+            match tokio::time::timeout(deadline, d.observe(p)).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err(format!(
+                    "the stores gave no answer within {}",
+                    humantime::format_duration(deadline)
+                )),
+            }
+        }
+    }))
+    .await;
+    for (p, observed) in config.policies.iter().zip(observed) {
         let mut s = PolicyStatus {
             policy: p.name.clone(),
             service_account: p.service_account.clone(),
@@ -437,10 +454,10 @@ pub async fn status(path: &Path, args: &StatusArgs) -> anyhow::Result<ExitCode> 
             destinations: Vec::new(),
             error: None,
         };
-        match d.observe(p).await {
+        match observed {
             Err(e) => {
                 any_error = true;
-                s.error = Some(e.to_string());
+                s.error = Some(e);
             }
             Ok(obs) => {
                 if let Some(c) = obs.current() {

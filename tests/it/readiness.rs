@@ -225,3 +225,56 @@ lock = {{ store = "vault", path = "locks/c" }}
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `status` looks at every policy at once and gives up on a store that
+/// does not answer after the same deadline, instead of waiting out each
+/// destination's request timeout in turn.
+#[tokio::test(start_paused = true)]
+async fn status_gives_up_on_a_hung_store_after_one_deadline() {
+    let dir = std::env::temp_dir().join(format!("mdr-ready-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("admin.token"), "md-admin-token-for-status").unwrap();
+    std::fs::write(dir.join("vault.token"), "vault-token-for-status").unwrap();
+    let mut src = format!(
+        r#"
+[motherduck]
+api_url = "{api}"
+admin_token = {{ file = "admin.token" }}
+
+[stores.vault]
+type = "vault"
+address = "{vault}"
+auth = {{ method = "token", token = {{ file = "vault.token" }} }}
+"#,
+        api = black_hole(),
+        vault = black_hole(),
+    );
+    for p in ["a", "b", "c"] {
+        src.push_str(&format!(
+            r#"
+[[policy]]
+name = "{p}"
+service_account = "svc_{p}"
+schedule = {{ interval = "1d" }}
+overlap = "0s"
+destinations = [{{ store = "vault", path = "md/{p}" }}]
+"#
+        ));
+    }
+    let path = dir.join("config.toml");
+    std::fs::write(&path, src).unwrap();
+    let started = tokio::time::Instant::now();
+    let code = motherduck_rotator::cli::ops::status(
+        &path,
+        &motherduck_rotator::cli::ops::StatusArgs { json: true },
+    )
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    assert_eq!(code, std::process::ExitCode::from(1));
+    assert!(
+        took >= daemon::CHECK_DEADLINE && took < daemon::CHECK_DEADLINE + Duration::from_secs(1),
+        "took {took:?}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
