@@ -78,6 +78,7 @@ pub enum Command {
     ///   curl -H "Authorization: Bearer $(cat admin.token)" \
     ///        -d '{"username":"svc_app"}' -H 'content-type: application/json' \
     ///        http://127.0.0.1:8787/v1/users
+    #[command(verbatim_doc_comment)]
     Simulator(simulator_cmd::SimulatorArgs),
 }
 
