@@ -239,11 +239,25 @@ pub async fn rotate(path: &Path, args: &RotateArgs) -> anyhow::Result<ExitCode> 
             continue;
         }
         println!("{}: rotating", p.name);
-        let before = d
+        let before_journal = d
             .observe(p)
             .await
             .ok()
-            .and_then(|o| plan::last_journal(&o.views).map(|j| j.rotation_id.clone()));
+            .and_then(|o| plan::last_journal(&o.views).cloned());
+        let before = before_journal.as_ref().map(|j| j.rotation_id.clone());
+        // Whether the last rotation had already verified its new token: a
+        // rotation this call resumes and verifies is this call's rotation.
+        let before_verified = before_journal
+            .as_ref()
+            .is_some_and(|j| j.state == JournalState::Verified);
+        // Whether the last rotation was unfinished short of its overlap:
+        // then this call resumes it, and that is the rotation it reports.
+        let resumes = before_journal.as_ref().is_some_and(|j| {
+            !matches!(
+                j.state,
+                JournalState::Verified | JournalState::Done | JournalState::RolledBack
+            )
+        });
         let mut result = d.reconcile(p, true, &cancel).await;
         // An earlier rotation still in its overlap period comes first: its
         // old token is revoked when the overlap ends, and only then can
@@ -255,7 +269,7 @@ pub async fn rotate(path: &Path, args: &RotateArgs) -> anyhow::Result<ExitCode> 
                 .await
                 .ok()
                 .and_then(|o| plan::last_journal(&o.views).map(|j| j.rotation_id.clone()));
-            behind_earlier = last.is_some() && last == before;
+            behind_earlier = before_verified && last.is_some() && last == before;
         }
         loop {
             match &result {
@@ -301,7 +315,11 @@ pub async fn rotate(path: &Path, args: &RotateArgs) -> anyhow::Result<ExitCode> 
                 let obs = d.observe(p).await?;
                 let last = plan::last_journal(&obs.views).cloned();
                 match last {
-                    Some(j) if Some(&j.rotation_id) != before.as_ref() || before.is_none() => {
+                    Some(j)
+                        if Some(&j.rotation_id) != before.as_ref()
+                            || before.is_none()
+                            || resumes =>
+                    {
                         match j.state {
                             JournalState::RolledBack => {
                                 failed += 1;

@@ -359,6 +359,21 @@ impl Driver {
                     reason,
                 });
             }
+            // A first token that failed has no record to carry its retry
+            // time; this process remembers it (a forced pass ignores it).
+            Step::Begin {
+                previous_token_id: None,
+                ..
+            } if !force => {
+                if let Some(f) = self.unrecorded_failure(&policy.name)
+                    && f.retry_at > now
+                {
+                    return Ok(Tick::Wait {
+                        until: f.retry_at,
+                        why: "retry after a failed rotation".to_owned(),
+                    });
+                }
+            }
             _ => {}
         }
         let lease = policy

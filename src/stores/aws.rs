@@ -1243,6 +1243,7 @@ impl AwsDestination {
             lease_id: doc.lease_id,
             acquired_at: doc.acquired_at,
             version: tokio::sync::Mutex::new(version),
+            releasing: std::sync::atomic::AtomicBool::new(false),
         });
         let stop = CancellationToken::new();
         let every = self.lock_ttl / 3;
@@ -1255,6 +1256,7 @@ impl AwsDestination {
                 }
                 match task_shared.renew().await {
                     Ok(true) => {}
+                    Ok(false) if task_stop.is_cancelled() => return,
                     Ok(false) => {
                         warn!(destination = %task_shared.dest.label(), lease_id = %task_shared.lease_id, "lost the lock: another holder took it over");
                         return;
@@ -1317,6 +1319,9 @@ struct LeaseShared {
     /// and the release swap `AWSCURRENT` away from it. A mutex held across
     /// the swap keeps a renewal and the release from racing.
     version: tokio::sync::Mutex<String>,
+    /// Set when the release starts: a renewal already under way must not
+    /// move `AWSCURRENT` on from the released version.
+    releasing: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for AwsLease {
@@ -1396,6 +1401,10 @@ impl LeaseShared {
         let d = &self.dest;
         let lock = d.lock_secret_name();
         let mut version = self.version.lock().await;
+        if label != RELEASED_LOCK_LABEL && self.releasing.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Ok(false);
+        }
         if !d.put_value(op, &lock, value, &next, label).await? {
             return Err(d.err(
                 op,
@@ -1440,6 +1449,8 @@ impl LeaseShared {
     /// once (a repeat with the same token and content is a no-op), so a
     /// release adds no version.
     async fn release(&self) -> Result<(), StoreError> {
+        self.releasing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let swapped = self
             .swap(
                 StoreOp::Lock,

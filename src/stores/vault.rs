@@ -2674,7 +2674,7 @@ impl VaultDestination {
                             info!(destination = %self.label(), previous_holder = %lock.holder, expired_at = %lock.expires_at, "taking over an expired lease");
                         } else if super::reclaim_abandoned(
                             &self.lease_location(),
-                            &meta.version.to_string(),
+                            &abandoned_mark(meta.version, lock.expires_at),
                         ) {
                             info!(destination = %self.label(), expires_at = %lock.expires_at, "taking back the lease this process could not release");
                         } else {
@@ -2746,12 +2746,12 @@ impl VaultDestination {
                 Failure::Status { code: 403, errors } => self.err(
                     op,
                     StoreErrorKind::Permanent,
-                    format!(
+                    self.conn.redact(format!(
                         "read mount `{}`: permission denied (HTTP 403: {}); the mount does not exist, or the token may not read `sys/internal/ui/mounts/{}` (granted by the `default` policy), or the token is not valid",
                         self.mount,
                         clean_errors(&errors),
                         self.mount
-                    ),
+                    )),
                 ),
                 f => self.fail(op, &format!("read mount `{}`", self.mount), "access", f),
             })?;
@@ -3071,6 +3071,17 @@ impl Drop for VaultLease {
     }
 }
 
+/// What identifies an abandoned lease record: its version and its expiry.
+/// A version number alone repeats once the lock's metadata is deleted (an
+/// operator clearing a stuck lock) and another holder's versions count up
+/// again; the expiry, to the nanosecond, is that record's own.
+fn abandoned_mark(version: u64, expires_at: DateTime<Utc>) -> String {
+    format!(
+        "{version}@{}",
+        expires_at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+    )
+}
+
 impl LeaseShared {
     async fn is_released(&self) -> bool {
         self.state.lock().await.released
@@ -3139,7 +3150,10 @@ impl LeaseShared {
     async fn abandon(&self) {
         let st = self.state.lock().await;
         if !st.released {
-            super::abandoned_lease(self.dest.lease_location(), st.version.to_string());
+            super::abandoned_lease(
+                self.dest.lease_location(),
+                abandoned_mark(st.version, st.expires_at),
+            );
         }
     }
 }

@@ -879,3 +879,50 @@ async fn status_shows_a_lost_destination_record_as_due_now() {
     let due: DateTime<Utc> = out[0]["next_due"].as_str().unwrap().parse().unwrap();
     assert!(due <= Utc::now(), "{out}");
 }
+
+/// `rotate --wait` after a crash resumes the interrupted rotation, waits
+/// out its overlap and reports it as its rotation; it does not start a
+/// second one behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_wait_after_a_crash_finishes_that_rotation_only() {
+    let w = World::new().await;
+    let good = w.config("good", VERIFY_OK);
+    let src = std::fs::read_to_string(&good)
+        .unwrap()
+        .replace(r#"overlap = "0s""#, r#"overlap = "1s""#);
+    std::fs::write(&good, src).unwrap();
+    let good = good.to_str().unwrap().to_owned();
+    let status = w
+        .run("first", &["--config", &good, "rotate", "etl"], None)
+        .await;
+    assert!(status.success(), "{}", w.logs());
+    let status = w
+        .run(
+            "crashed",
+            &["--config", &good, "rotate", "etl"],
+            Some("after-promote"),
+        )
+        .await;
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{}", w.logs());
+    assert_eq!(w.issued_count(), 2);
+    let status = w
+        .run(
+            "resume",
+            &["--config", &good, "rotate", "--wait", "etl"],
+            None,
+        )
+        .await;
+    assert!(status.success(), "{}", w.logs());
+    assert_eq!(w.issued_count(), 2, "no second rotation\n{}", w.logs());
+    let cur = w
+        .converged()
+        .unwrap_or_else(|e| panic!("{e}\n{}", w.logs()));
+    let out = w.log("resume.out");
+    assert!(
+        out.contains(&format!(
+            "etl: rotated: token {} is current, the old token is revoked",
+            cur["token_id"].as_str().unwrap()
+        )),
+        "{out}"
+    );
+}

@@ -780,7 +780,20 @@ async fn a_first_token_that_keeps_failing_backs_off_longer() {
             panic!("a failed first rotation waits for its retry");
         };
         gaps.push((until - started).num_minutes());
-        fx.advance((until - started).to_std().unwrap());
+        // A pass before the retry time (the daemon re-reads its policies
+        // every few minutes) waits for it and creates nothing.
+        let issued = fx.issued().len();
+        fx.advance(5 * MINUTE);
+        let tick = pass(&driver, &policy).await;
+        assert_eq!(
+            tick,
+            Tick::Wait {
+                until,
+                why: "retry after a failed rotation".into()
+            }
+        );
+        assert_eq!(fx.issued().len(), issued, "no token before the retry time");
+        fx.advance((until - fx.now()).to_std().unwrap());
     }
     assert_eq!(gaps, vec![10, 20, 40], "the backoff doubles");
     assert!(
