@@ -90,7 +90,7 @@ pub async fn readiness(driver: &Driver, config: &Config) -> Readiness {
             targets.push((format!("store {} ({})", d.label(), p.name), d, false));
         }
         let lock = &p.lock;
-        if !p.destinations.iter().any(|d| d.label() == lock.label()) {
+        if !p.destinations.iter().any(|d| d.same_place(lock)) {
             targets.push((format!("lock {} ({})", lock.label(), p.name), lock, true));
         }
     }

@@ -40,6 +40,22 @@ pub struct FileDestination {
     pub bare_token_file: Option<String>,
 }
 
+/// Destinations (record paths) with a check under way.
+static CHECKS_RUNNING: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<PathBuf>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Marks a check finished when dropped.
+struct CheckRunning(PathBuf);
+
+impl Drop for CheckRunning {
+    fn drop(&mut self) {
+        CHECKS_RUNNING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.0);
+    }
+}
+
 /// Attempts at taking a busy lock, 10 ms apart.
 const LOCK_ATTEMPTS: u32 = 5;
 
@@ -513,7 +529,26 @@ impl FileDestination {
     }
 
     pub async fn check(&self) -> Result<(), StoreError> {
-        self.blocking(StoreOp::Check, |d| {
+        // A check cut off by the readiness deadline keeps its blocking
+        // thread until the filesystem answers; on a hung mount, repeated
+        // checks would pile such threads up. One at a time per destination.
+        let key = self.path();
+        {
+            let mut running = CHECKS_RUNNING
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !running.insert(key.clone()) {
+                return Err(self.err(
+                    StoreOp::Check,
+                    StoreErrorKind::Transient,
+                    "the previous check of this destination has not finished; the filesystem may be hung".into(),
+                ));
+            }
+        }
+        // Dropped when the closure finishes, or with it if it never runs.
+        let done = CheckRunning(key);
+        self.blocking(StoreOp::Check, move |d| {
+            let _done = done;
             d.ensure_dir(StoreOp::Check)?;
             // Writable: create and remove a probe file.
             let probe = d
@@ -543,6 +578,20 @@ mod tests {
             file: "etl.json".into(),
             bare_token_file: Some("etl.token".into()),
         }
+    }
+
+    #[tokio::test]
+    async fn a_check_still_running_is_not_started_twice() {
+        let d = dest(&tmpdir());
+        d.check().await.unwrap();
+        // As if a check cut off by the readiness deadline still hung.
+        CHECKS_RUNNING.lock().unwrap().insert(d.path());
+        let hung = CheckRunning(d.path());
+        let e = d.check().await.unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::Transient);
+        assert!(e.to_string().contains("has not finished"), "{e}");
+        drop(hung);
+        d.check().await.unwrap();
     }
 
     fn tmpdir() -> PathBuf {

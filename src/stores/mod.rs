@@ -341,6 +341,21 @@ impl Destination {
         each!(self, d => d.label())
     }
 
+    /// Whether `other` is the same place in the same configured store
+    /// (labels alone leave out the server address).
+    pub fn same_place(&self, other: &Destination) -> bool {
+        match (self, other) {
+            (Destination::File(a), Destination::File(b)) => a.label() == b.label(),
+            (Destination::Vault(a), Destination::Vault(b)) => {
+                a.store() == b.store() && a.label() == b.label()
+            }
+            (Destination::Aws(a), Destination::Aws(b)) => {
+                a.store() == b.store() && a.label() == b.label()
+            }
+            _ => false,
+        }
+    }
+
     /// The store kind, for metric labels.
     pub fn kind(&self) -> &'static str {
         match self {

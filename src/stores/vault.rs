@@ -1657,6 +1657,11 @@ impl VaultDestination {
         &self.mount
     }
 
+    /// The configured store's name.
+    pub fn store(&self) -> &str {
+        &self.store
+    }
+
     pub fn path(&self) -> &str {
         &self.path
     }

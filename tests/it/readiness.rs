@@ -90,7 +90,22 @@ schedule = {{ interval = "1d" }}
 overlap = "0s"
 destinations = [{{ store = "local", path = "c.json" }}]
 lock = {{ store = "vault", path = "locks/c" }}
-"#
+
+[stores.vault2]
+type = "vault"
+address = "{vault2}"
+auth = {{ method = "token", token = {{ file = "vault.token" }} }}
+
+# The same mount and path as its destination, on another server.
+[[policy]]
+name = "d"
+service_account = "svc_d"
+schedule = {{ interval = "1d" }}
+overlap = "0s"
+destinations = [{{ store = "vault", path = "md/d" }}]
+lock = {{ store = "vault2", path = "md/d" }}
+"#,
+        vault2 = black_hole(),
     );
     let config = config::parse(&dir.join("config.toml"), &src, &NoEnv)
         .unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
@@ -121,6 +136,8 @@ lock = {{ store = "vault", path = "locks/c" }}
             "store vault:secret/md/a (a)",
             "store vault:secret/md/b (b)",
             "lock vault:secret/locks/c (c)",
+            "store vault:secret/md/d (d)",
+            "lock vault:secret/md/d (d)",
         ],
         "{failing:?}"
     );
