@@ -106,6 +106,19 @@ retry = {{ max_attempts = 2, initial_backoff = "10ms", max_backoff = "20ms" }}
         path
     }
 
+    /// [`config`](Self::config) with each `(from, to)` replaced once in
+    /// its text (each must be there); the path as a string for `--config`.
+    fn config_edited(&self, name: &str, verify: &str, edits: &[(&str, &str)]) -> String {
+        let path = self.config(name, verify);
+        let mut src = std::fs::read_to_string(&path).unwrap();
+        for (from, to) in edits {
+            assert!(src.contains(from), "`{from}` is not in the test config");
+            src = src.replacen(from, to, 1);
+        }
+        std::fs::write(&path, src).unwrap();
+        path.to_str().unwrap().to_owned()
+    }
+
     fn store(&self) -> PathBuf {
         self.root.join("store")
     }
@@ -610,12 +623,11 @@ async fn sigterm_during_verification_then_restart_completes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_young_orphan_is_revoked_once_old_enough_after_a_restart() {
     let w = World::new().await;
-    let good = w.config("good", VERIFY_OK);
-    let src = std::fs::read_to_string(&good)
-        .unwrap()
-        .replace(r#"orphan_min_age = "0s""#, r#"orphan_min_age = "1500ms""#);
-    std::fs::write(&good, src).unwrap();
-    let good = good.to_str().unwrap().to_owned();
+    let good = w.config_edited(
+        "good",
+        VERIFY_OK,
+        &[(r#"orphan_min_age = "0s""#, r#"orphan_min_age = "1500ms""#)],
+    );
     let status = w
         .run("first", &["--config", &good, "rotate", "etl"], None)
         .await;
@@ -674,16 +686,17 @@ async fn a_young_orphan_is_revoked_once_old_enough_after_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_finishes_a_rotation_started_by_rotate() {
     let w = World::new().await;
-    let good = w.config("good", VERIFY_OK);
-    let src = std::fs::read_to_string(&good)
-        .unwrap()
-        .replace(r#"overlap = "0s""#, r#"overlap = "1s""#)
-        .replace(
-            r#"lock_retry_interval = "1s""#,
-            "lock_retry_interval = \"1s\"\nrecheck_interval = \"1s\"",
-        );
-    std::fs::write(&good, src).unwrap();
-    let good = good.to_str().unwrap().to_owned();
+    let good = w.config_edited(
+        "good",
+        VERIFY_OK,
+        &[
+            (r#"overlap = "0s""#, r#"overlap = "1s""#),
+            (
+                r#"lock_retry_interval = "1s""#,
+                "lock_retry_interval = \"1s\"\nrecheck_interval = \"1s\"",
+            ),
+        ],
+    );
     let status = w
         .run("first", &["--config", &good, "rotate", "etl"], None)
         .await;
@@ -856,14 +869,14 @@ async fn validate_online_finds_a_missing_service_account() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_shows_a_lost_destination_record_as_due_now() {
     let w = World::new().await;
-    let good = w.config("good", VERIFY_OK);
-    let src = std::fs::read_to_string(&good).unwrap().replace(
-        r#"destinations = [{ store = "local", path = "etl.json", bare_token_file = "etl.token" }]"#,
-        r#"destinations = [{ store = "local", path = "etl.json", bare_token_file = "etl.token" }, { store = "local", path = "etl-copy.json" }]"#,
+    let good = w.config_edited(
+        "good",
+        VERIFY_OK,
+        &[(
+            r#"destinations = [{ store = "local", path = "etl.json", bare_token_file = "etl.token" }]"#,
+            r#"destinations = [{ store = "local", path = "etl.json", bare_token_file = "etl.token" }, { store = "local", path = "etl-copy.json" }]"#,
+        )],
     );
-    assert!(src.contains("etl-copy.json"));
-    std::fs::write(&good, src).unwrap();
-    let good = good.to_str().unwrap().to_owned();
     let status = w
         .run("first", &["--config", &good, "rotate", "etl"], None)
         .await;
@@ -886,12 +899,11 @@ async fn status_shows_a_lost_destination_record_as_due_now() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotate_wait_after_a_crash_finishes_that_rotation_only() {
     let w = World::new().await;
-    let good = w.config("good", VERIFY_OK);
-    let src = std::fs::read_to_string(&good)
-        .unwrap()
-        .replace(r#"overlap = "0s""#, r#"overlap = "1s""#);
-    std::fs::write(&good, src).unwrap();
-    let good = good.to_str().unwrap().to_owned();
+    let good = w.config_edited(
+        "good",
+        VERIFY_OK,
+        &[(r#"overlap = "0s""#, r#"overlap = "1s""#)],
+    );
     let status = w
         .run("first", &["--config", &good, "rotate", "etl"], None)
         .await;
