@@ -7,6 +7,7 @@ pub mod alerts;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod crash;
 pub mod daemon;
 pub mod http;
 pub mod metrics;

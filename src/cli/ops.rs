@@ -388,6 +388,9 @@ fn describe_step(s: &Step) -> String {
         Step::MarkVerified { journal, .. } => {
             format!("record verification of rotation {}", journal.rotation_id)
         }
+        Step::Settle { journal, .. } => {
+            format!("finish promoting rotation {}", journal.rotation_id)
+        }
         Step::RevokeOld { journal } => format!(
             "revoke the old token {} of rotation {}",
             journal.previous_token_id.as_deref().unwrap_or("-"),

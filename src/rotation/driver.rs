@@ -92,21 +92,6 @@ pub enum DriveError {
     Step { policy: String, message: String },
 }
 
-/// Test-only crash points: when `MDR_CRASH_AT` names a point, the process
-/// kills itself with SIGKILL there, exactly as `kill -9` would. This is how
-/// the crash-safety tests stop the real daemon at every step.
-fn crash_point(point: &str) {
-    if std::env::var("MDR_CRASH_AT").is_ok_and(|p| p == point) {
-        eprintln!("MDR_CRASH_AT={point}: killing the process");
-        #[cfg(unix)]
-        // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
-        unsafe {
-            libc::kill(libc::getpid(), libc::SIGKILL);
-        }
-        std::process::abort();
-    }
-}
-
 /// Executes rotations. Cheap to clone.
 #[derive(Clone)]
 pub struct Driver {
@@ -411,6 +396,23 @@ impl Driver {
         result
     }
 
+    /// Removes the temporary files killed writes left in the policy's
+    /// destinations. Only under the policy's lock. A failure is logged: it
+    /// does not stop a rotation, and the next pass or sweep tries again.
+    async fn remove_leftovers(&self, policy: &Policy) {
+        for d in &policy.destinations {
+            match d.leftovers(true).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    info!(policy = %policy.name, destination = %d.label(), files = n, "removed temporary files left by an interrupted write");
+                }
+                Err(e) => {
+                    warn!(policy = %policy.name, error = %e, "could not remove temporary files left by an interrupted write");
+                }
+            }
+        }
+    }
+
     /// The steps under the lock.
     async fn locked(
         &self,
@@ -435,6 +437,7 @@ impl Driver {
         // `record` (a JSON line would repeat the key), so it is recorded
         // only when it changes.
         let mut recorded: Option<String> = None;
+        self.remove_leftovers(policy).await;
         loop {
             if cancel.is_cancelled() {
                 return Ok(Tick::Stopped);
@@ -506,11 +509,11 @@ impl Driver {
                         let secret = self.secret_for(policy, &views, &journal, &fresh).await?;
                         ack_waiter = self.register_ack(&journal, &secret);
                     }
-                    crash_point("before-promote");
+                    crate::crash::point("before-promote");
                     if let Err(e) = self.promote(policy, &journal, &dests, cancel).await {
                         backoff_until = Some(self.fail(policy, journal, e, cancel).await?);
                     }
-                    crash_point("after-promote");
+                    crate::crash::point("after-promote");
                 }
                 Step::Verify { journal } => {
                     let secret = self.secret_for(policy, &views, &journal, &fresh).await?;
@@ -542,7 +545,7 @@ impl Driver {
                                 backoff_until = Some(self.fail(policy, verified, e, cancel).await?);
                                 continue;
                             }
-                            crash_point("after-verify");
+                            crate::crash::point("after-verify");
                             self.record_success(policy, started.take());
                         }
                         Err(e) if cancel.is_cancelled() => {
@@ -552,6 +555,17 @@ impl Driver {
                         Err(e) => {
                             backoff_until = Some(self.fail(policy, journal, e, cancel).await?);
                         }
+                    }
+                }
+                Step::Settle { journal, dests } => {
+                    // Repeats the promotion where the record already holds
+                    // the token; the journal keeps its state.
+                    warn!(policy = %policy.name, rotation_id = %journal.rotation_id, destinations = ?dests, "a promotion was left unfinished; finishing it");
+                    if let Err(e) = self.promote(policy, &journal, &dests, cancel).await {
+                        return Err(DriveError::Step {
+                            policy: policy.name.clone(),
+                            message: e.to_string(),
+                        });
                     }
                 }
                 Step::MarkVerified { journal, dests } => {
@@ -649,7 +663,7 @@ impl Driver {
                 previous_token_id = previous_token_id.as_deref().unwrap_or("-"),
                 "rotation started"
             );
-            crash_point("before-create");
+            crate::crash::point("before-create");
             let now = self.clock.now();
             let mut journal = Journal {
                 rotation_id: rotation_id.clone(),
@@ -700,7 +714,7 @@ impl Driver {
                     return Ok(Began::Failed { retry_at });
                 }
             };
-            crash_point("after-create");
+            crate::crash::point("after-create");
             info!(step = "create", token_id = %created.info.id, "token created");
             journal.new_token_id = created.info.id.clone();
             let ack_secret = policy
@@ -728,7 +742,7 @@ impl Driver {
                 let retry_at = self.fail(policy, journal, e, cancel).await?;
                 return Ok(Began::Failed { retry_at });
             }
-            crash_point("after-stage");
+            crate::crash::point("after-stage");
             Ok(Began::Created(fresh))
         }
         .instrument(span)
@@ -818,7 +832,6 @@ impl Driver {
         cancel: &CancellationToken,
     ) -> Result<(), StepError> {
         let journal = Journal {
-            state: JournalState::Promoted,
             updated_at: self.clock.now(),
             ..journal.clone()
         };
@@ -990,7 +1003,7 @@ impl Driver {
             }
             info!(policy = %policy.name, rotation_id = %journal.rotation_id, step = "revoke_old", token_id = %old, "old token revoked");
         }
-        crash_point("after-revoke-old");
+        crate::crash::point("after-revoke-old");
         let done = Journal {
             state: JournalState::Done,
             updated_at: self.clock.now(),
@@ -1113,7 +1126,7 @@ impl Driver {
                 });
             }
         }
-        crash_point("after-restore");
+        crate::crash::point("after-restore");
         if !journal.new_token_id.is_empty() {
             let r = self
                 .retrying(policy, cancel, || async {
@@ -1223,7 +1236,19 @@ impl Driver {
     /// Store or MotherDuck failures. `Ok(None)`: the lock is busy.
     pub async fn sweep(&self, policy: &Policy, dry_run: bool) -> Result<Option<Swept>, DriveError> {
         let first = self.sweep_candidates(policy).await?;
-        let _lease = if first.orphans.is_empty() {
+        // Temporary files a killed write left behind are removed under the
+        // lock too (a writer holding it may be using them).
+        let mut leftovers = 0;
+        for d in &policy.destinations {
+            leftovers += d
+                .leftovers(false)
+                .await
+                .map_err(|source| DriveError::Store {
+                    policy: policy.name.clone(),
+                    source,
+                })?;
+        }
+        let _lease = if first.orphans.is_empty() && (leftovers == 0 || dry_run) {
             None
         } else {
             let lease = policy
@@ -1237,6 +1262,9 @@ impl Driver {
             let Some(lease) = lease else { return Ok(None) };
             Some(lease)
         };
+        if leftovers > 0 && !dry_run {
+            self.remove_leftovers(policy).await;
+        }
         // Under the lock, judged again: a rotation may have stored one of
         // them since.
         let Swept {
@@ -1336,6 +1364,7 @@ fn step_rotation_id(step: &Step) -> Option<&str> {
         | Step::Promote { journal, .. }
         | Step::Verify { journal }
         | Step::MarkVerified { journal, .. }
+        | Step::Settle { journal, .. }
         | Step::RevokeOld { journal }
         | Step::ContinueRollback { journal, .. } => Some(&journal.rotation_id),
         Step::Wait { .. } | Step::Begin { .. } | Step::Inconsistent { .. } => None,

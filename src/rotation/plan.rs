@@ -23,6 +23,10 @@ pub enum DestStatus {
     Absent,
     /// Holds the new token staged (pending).
     Staged,
+    /// The new token is current in the record, but the promotion did not
+    /// finish: a part consumers read still holds the old token, or the
+    /// staged copy is left ([`DestinationView::current_settled`]).
+    Promoting,
     /// The new token is current; journal `Promoted`.
     Promoted,
     /// The new token is current; journal `Verified`.
@@ -54,6 +58,10 @@ pub enum Step {
     Promote { journal: Journal, dests: Vec<usize> },
     /// Run the verification hooks against the new token.
     Verify { journal: Journal },
+    /// Finish a promotion in these destinations whose record already holds
+    /// the rotation's token (a part consumers read, or the removal of the
+    /// staged copy, is missing), without changing the journal's state.
+    Settle { journal: Journal, dests: Vec<usize> },
     /// Record `Verified` (with `revoke_after`) in these destinations.
     MarkVerified { journal: Journal, dests: Vec<usize> },
     /// Revoke the previous token, then record `Done` everywhere.
@@ -83,6 +91,9 @@ pub fn statuses(views: &[DestinationView], rotation_id: &str) -> Vec<DestStatus>
                 .as_ref()
                 .filter(|c| c.meta.rotation_id == rotation_id);
             if let Some(c) = cur {
+                if !v.current_settled() {
+                    return DestStatus::Promoting;
+                }
                 return match c.journal.as_ref().map(|j| j.state) {
                     Some(JournalState::Verified) => DestStatus::Verified,
                     Some(JournalState::Done) => DestStatus::Done,
@@ -110,14 +121,30 @@ pub fn statuses(views: &[DestinationView], rotation_id: &str) -> Vec<DestStatus>
 }
 
 /// The journal of the unfinished rotation, if any: the newest active
-/// journal found in a current or pending record.
+/// journal found in a current or pending record. A staged copy left behind
+/// by a rotation that a current record shows as done does not make it
+/// active again.
 ///
 /// # Errors
 /// Two different rotations are both active.
 pub fn active_journal(views: &[DestinationView]) -> Result<Option<Journal>, String> {
+    let finished = |rid: &str| {
+        views.iter().any(|v| {
+            v.current.as_ref().is_some_and(|c| {
+                c.meta.rotation_id == rid
+                    && c.journal
+                        .as_ref()
+                        .is_some_and(|j| j.rotation_id == rid && j.state == JournalState::Done)
+            })
+        })
+    };
     let mut found: Option<Journal> = None;
     for v in views {
-        for r in [&v.current, &v.pending].into_iter().flatten() {
+        let staged = v
+            .pending
+            .as_ref()
+            .filter(|p| !p.journal.as_ref().is_some_and(|j| finished(&j.rotation_id)));
+        for r in [v.current.as_ref(), staged].into_iter().flatten() {
             let Some(j) = &r.journal else { continue };
             if !j.state.is_active() {
                 continue;
@@ -186,7 +213,7 @@ pub fn decide(views: &[DestinationView], now: DateTime<Utc>, due: (DateTime<Utc>
     use DestStatus::*;
 
     if st.contains(&RolledBack) {
-        let mut rest = where_status(&st, &[Staged, Promoted, Verified]);
+        let mut rest = where_status(&st, &[Staged, Promoting, Promoted, Verified]);
         // A destination whose rollback was interrupted after the current
         // record was restored but before the staged one was removed still
         // needs its rollback finished (regression: without this the staged
@@ -232,7 +259,7 @@ pub fn decide(views: &[DestinationView], now: DateTime<Utc>, due: (DateTime<Utc>
                     dests: absent,
                 };
             }
-            let staged = where_status(&st, &[Staged]);
+            let staged = where_status(&st, &[Staged, Promoting]);
             if !staged.is_empty() {
                 return Step::Promote {
                     journal: Journal {
@@ -250,6 +277,16 @@ pub fn decide(views: &[DestinationView], now: DateTime<Utc>, due: (DateTime<Utc>
             }
         }
         JournalState::Verified => {
+            // Verified only after every destination was promoted; one that
+            // fell behind since (a part consumers read was reverted) is
+            // brought back first, before its old token can be revoked.
+            let unsettled = where_status(&st, &[Promoting]);
+            if !unsettled.is_empty() {
+                return Step::Settle {
+                    journal,
+                    dests: unsettled,
+                };
+            }
             let behind = where_status(&st, &[Staged, Promoted, Absent]);
             if !behind.is_empty() {
                 if st.contains(&Absent) || st.contains(&Staged) {
@@ -281,6 +318,30 @@ pub fn decide(views: &[DestinationView], now: DateTime<Utc>, due: (DateTime<Utc>
 /// No rotation under way: begin one when due, or when a destination lacks
 /// the current token.
 fn idle(views: &[DestinationView], now: DateTime<Utc>, due: (DateTime<Utc>, String)) -> Step {
+    // A finished rotation whose promotion was left unfinished somewhere (a
+    // bare file still holding the old token, a staged copy left behind):
+    // finish it before anything else.
+    let mut settle: Option<(Journal, Vec<usize>)> = None;
+    for (i, v) in views.iter().enumerate() {
+        if v.current_settled() {
+            continue;
+        }
+        let Some(j) = v.current.as_ref().and_then(|c| {
+            c.journal
+                .as_ref()
+                .filter(|j| j.rotation_id == c.meta.rotation_id && j.state == JournalState::Done)
+        }) else {
+            continue;
+        };
+        match &mut settle {
+            None => settle = Some((j.clone(), vec![i])),
+            Some((s, dests)) if s.rotation_id == j.rotation_id => dests.push(i),
+            Some(_) => {}
+        }
+    }
+    if let Some((journal, dests)) = settle {
+        return Step::Settle { journal, dests };
+    }
     let failures = last_journal(views).map_or(0, |j| {
         if j.state == JournalState::RolledBack {
             j.failures
@@ -432,6 +493,7 @@ mod tests {
             current: current.map(|(r, s)| rec(r, Some(journal(r, s, Some("r0"))))),
             pending: pending.map(|(r, s)| rec(r, Some(journal(r, s, Some("r0"))))),
             previous: None,
+            current_partial: false,
         }
     }
 
@@ -470,8 +532,88 @@ mod tests {
             Step::ContinueRollback { journal, dests } => {
                 format!("rollback {} {dests:?}", journal.rotation_id)
             }
+            Step::Settle { journal, dests } => {
+                format!("settle {} {dests:?}", journal.rotation_id)
+            }
             Step::Inconsistent { reason } => format!("inconsistent: {reason}"),
         }
+    }
+
+    /// `dest` whose bare token file (or other consumer-read part) lags.
+    fn partial(v: DestinationView) -> DestinationView {
+        DestinationView {
+            current_partial: true,
+            ..v
+        }
+    }
+
+    /// Regression: a destination counted as promoted as soon as its record
+    /// carried the rotation id, though its staged copy and its bare token
+    /// file said otherwise; the rotation went on to verify and revoked the
+    /// old token the bare file still held.
+    #[test]
+    fn a_promotion_is_finished_only_when_every_part_is() {
+        // The record was renamed; the staged copy is still there.
+        check(
+            &[dest(Some(("r2", Promoted)), Some(("r2", Staged)))],
+            "promote r2 [0]",
+        );
+        // The record was renamed; the bare file holds the old token.
+        check(
+            &[partial(dest(Some(("r2", Promoted)), None))],
+            "promote r2 [0]",
+        );
+        // Two destinations: the first done, the second half-way.
+        check(
+            &[
+                dest(Some(("r2", Promoted)), None),
+                dest(Some(("r2", Promoted)), Some(("r2", Staged))),
+            ],
+            "promote r2 [1]",
+        );
+        check(
+            &[
+                partial(dest(Some(("r2", Promoted)), None)),
+                dest(Some(("r1", Done)), Some(("r2", Staged))),
+            ],
+            "promote r2 [0, 1]",
+        );
+        // Verified, then a part fell behind: finished before any revoke.
+        check(
+            &[partial(dest(Some(("r2", Verified)), None))],
+            "settle r2 [0]",
+        );
+    }
+
+    /// Regression: the staged copy a finished rotation left behind kept it
+    /// "active"; the policy looped verify, revoke (404), "rotation
+    /// complete" and never rotated again.
+    #[test]
+    fn a_finished_rotations_leftover_staged_copy_does_not_keep_it_active() {
+        check(
+            &[dest(Some(("r2", Done)), Some(("r2", Staged)))],
+            "settle r2 [0]",
+        );
+        check(
+            &[
+                dest(Some(("r2", Done)), None),
+                partial(dest(Some(("r2", Done)), Some(("r2", Staged)))),
+            ],
+            "settle r2 [1]",
+        );
+        // Done in one destination only: the other still finishes.
+        check(
+            &[
+                dest(Some(("r2", Done)), None),
+                dest(Some(("r2", Verified)), None),
+            ],
+            "revoke-old r2 Some(\"tok-r0\")",
+        );
+        // Settled: idle again, and due rotations begin.
+        check(
+            &[dest(Some(("r2", Done)), None)],
+            "wait 13:00 Schedule(\"interval\")",
+        );
     }
 
     use JournalState::*;
@@ -557,6 +699,7 @@ mod tests {
             current: Some(rec("r2", Some(j.clone()))),
             pending: None,
             previous: Some(rec("r1", Some(journal("r1", Done, None)))),
+            current_partial: false,
         };
         check(std::slice::from_ref(&view), "wait 12:30 Overlap");
         let step = decide(&[view], t("12:30:00"), not_due());
@@ -571,6 +714,7 @@ mod tests {
             current: Some(rec("r1", Some(rolled))),
             pending: None,
             previous: None,
+            current_partial: false,
         };
         check(
             &[restored.clone(), dest(Some(("r2", Promoted)), None)],
@@ -586,6 +730,7 @@ mod tests {
             current: Some(rec("r1", Some(j))),
             pending: None,
             previous: None,
+            current_partial: false,
         };
         let got = decide(
             std::slice::from_ref(&v),
@@ -608,6 +753,7 @@ mod tests {
             current: Some(rec("r1", Some(rolled))),
             pending: Some(rec("r2", Some(journal("r2", Staged, Some("r1"))))),
             previous: None,
+            current_partial: false,
         };
         check(std::slice::from_ref(&view), "rollback r2 [0]");
         // Once the staged record is gone, nothing is active.

@@ -164,6 +164,15 @@ impl Simulator {
             .contains_key(&state::hash_secret(candidate))
     }
 
+    /// The token whose secret is `candidate`, revoked and expired ones
+    /// included; `None` if no token has that secret. Consumers in tests use
+    /// it to tell whether what they read was live at the time.
+    pub fn token_by_secret(&self, candidate: &str) -> Option<IssuedToken> {
+        let st = self.lock();
+        let idx = *st.by_hash.get(&state::hash_secret(candidate))?;
+        st.tokens.get(idx).cloned()
+    }
+
     pub fn user_exists(&self, username: &str) -> bool {
         self.lock().user(username).is_some()
     }

@@ -1012,9 +1012,10 @@ impl AwsDestination {
     }
 
     /// Moves `AWSCURRENT` to the rotation's version (AWS moves
-    /// `AWSPREVIOUS` to the replaced one), removes `AWSPENDING` from it, then
-    /// records `journal` for it. A repeat finishes whichever of these steps
-    /// had not happened.
+    /// `AWSPREVIOUS` to the replaced one), records `journal` for it, then
+    /// removes `AWSPENDING` from it. The destination counts as promoted only
+    /// when all three are done; a repeat finishes whichever had not
+    /// happened.
     ///
     /// # Errors
     /// Service failures; `Corrupt` when the rotation is neither staged nor
@@ -1036,15 +1037,17 @@ impl AwsDestination {
             self.relabel(op, CURRENT, labels.current.as_deref(), Some(&vid))
                 .await?;
         }
-        if labels.is(PENDING, &vid) {
-            self.relabel(op, PENDING, Some(&vid), None).await?;
-        }
         if known.as_ref().is_none_or(|k| k.version_id != vid) {
             let doc = JournalDoc {
-                version_id: vid,
+                version_id: vid.clone(),
                 rotation: journal.clone(),
             };
             self.write_journal(op, &doc, known.as_ref()).await?;
+        }
+        // Last, so that until it is gone the promotion reads as unfinished
+        // (see `interpret`) and is repeated.
+        if labels.is(PENDING, &vid) {
+            self.relabel(op, PENDING, Some(&vid), None).await?;
         }
         Ok(())
     }
@@ -1695,10 +1698,19 @@ fn interpret(
             journal: None,
         })
     });
+    // A promotion that stopped after the journal annotated the new current
+    // version but before its `AWSPENDING` label was removed: the view shows
+    // no pending record (the version is current), and the promotion is
+    // reported unfinished so it is completed.
+    let current_partial = labels
+        .current
+        .as_deref()
+        .is_some_and(|id| labels.is(PENDING, id) && annotates(id) && current.is_some());
     DestinationView {
         current,
         pending,
         previous,
+        current_partial,
     }
 }
 

@@ -56,6 +56,15 @@ impl Drop for CheckRunning {
     }
 }
 
+/// A readiness probe file older than this was left by a check that was
+/// cut off; checks write and remove theirs within milliseconds.
+const PROBE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `uuid::Uuid::simple()` text: 32 lowercase hex digits.
+fn is_uuid_simple(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// Attempts at taking a busy lock, 10 ms apart.
 const LOCK_ATTEMPTS: u32 = 5;
 
@@ -323,18 +332,24 @@ impl FileDestination {
         Ok(())
     }
 
-    /// Writes the bare-token file unless it already holds `rec`'s token.
-    fn ensure_bare(&self, op: StoreOp, rec: &DiskRecord) -> Result<(), StoreError> {
+    /// Whether the bare-token file (if the destination has one) holds
+    /// `rec`'s token.
+    fn bare_holds(&self, op: StoreOp, rec: &DiskRecord) -> Result<bool, StoreError> {
         let Some(bare) = self.bare_path() else {
-            return Ok(());
+            return Ok(true);
         };
         let held = match std::fs::read(&bare) {
             Ok(b) => Zeroizing::new(b),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Zeroizing::new(Vec::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(self.io_err(op, &bare, &e)),
         };
         let want = rec.token.expose_secret().as_bytes();
-        if held.strip_suffix(b"\n") == Some(want) {
+        Ok(held.strip_suffix(b"\n") == Some(want))
+    }
+
+    /// Writes the bare-token file unless it already holds `rec`'s token.
+    fn ensure_bare(&self, op: StoreOp, rec: &DiskRecord) -> Result<(), StoreError> {
+        if self.bare_holds(op, rec)? {
             return Ok(());
         }
         self.write_bare(op, rec)
@@ -343,10 +358,18 @@ impl FileDestination {
     pub async fn load(&self) -> Result<DestinationView, StoreError> {
         self.blocking(StoreOp::Load, |d| {
             let op = StoreOp::Load;
+            let current = d.read_record(op, &d.path())?;
+            // The bare file is what many consumers read: a record whose
+            // token it does not hold yet is not fully current.
+            let current_partial = match &current {
+                Some(cur) => !d.bare_holds(op, cur)?,
+                None => false,
+            };
             Ok(DestinationView {
-                current: d.read_record(op, &d.path())?.map(|r| r.view()),
+                current: current.map(|r| r.view()),
                 pending: d.read_record(op, &d.sibling("pending"))?.map(|r| r.view()),
                 previous: d.read_record(op, &d.sibling("previous"))?.map(|r| r.view()),
+                current_partial,
             })
         })
         .await
@@ -405,10 +428,15 @@ impl FileDestination {
             if let Some(cur) = &current {
                 d.write_atomic(op, &d.sibling("previous"), &cur.to_bytes())?;
             }
+            crate::crash::point("promote-before-rename");
             new.rotation = Some(journal.clone());
             d.write_atomic(op, &d.path(), &new.to_bytes())?;
+            crate::crash::point("promote-after-rename");
             d.write_bare(op, &new)?;
-            d.remove(op, &d.sibling("pending"))
+            crate::crash::point("promote-after-bare");
+            d.remove(op, &d.sibling("pending"))?;
+            crate::crash::point("promote-after-pending");
+            Ok(())
         })
         .await
     }
@@ -487,6 +515,77 @@ impl FileDestination {
                 d.write_atomic(op, &d.path(), &cur.to_bytes())?;
             }
             d.remove(op, &d.sibling("previous"))
+        })
+        .await
+    }
+
+    /// Whether `name` is a temporary file of this destination's own
+    /// writes: `.<target>.tmp-<32 hex digits>` for the record, its pending
+    /// and previous copies and the bare-token file.
+    fn is_own_temp(&self, name: &str) -> bool {
+        let mut targets = vec![
+            self.file.clone(),
+            format!("{}.pending", self.file),
+            format!("{}.previous", self.file),
+        ];
+        targets.extend(self.bare_token_file.clone());
+        targets.iter().any(|t| {
+            name.strip_prefix('.')
+                .and_then(|n| n.strip_prefix(t.as_str()))
+                .and_then(|n| n.strip_prefix(".tmp-"))
+                .is_some_and(is_uuid_simple)
+        })
+    }
+
+    /// Whether `name` is a readiness probe (or its temporary file) that is
+    /// older than any probe still being written. Probes are written
+    /// without the lock, so only their age shows they were left behind.
+    fn is_stale_probe(name: &str, modified: Option<std::time::SystemTime>) -> bool {
+        let probe = |n: &str| n.strip_prefix(".probe-").is_some_and(is_uuid_simple);
+        let named = probe(name)
+            || name.strip_prefix('.').is_some_and(|n| {
+                n.split_once(".tmp-")
+                    .is_some_and(|(p, t)| probe(p) && is_uuid_simple(t))
+            });
+        named
+            && modified
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age >= PROBE_MAX_AGE)
+    }
+
+    pub async fn leftovers(&self, remove: bool) -> Result<usize, StoreError> {
+        self.blocking(StoreOp::Check, move |d| {
+            let op = StoreOp::Check;
+            let entries = match std::fs::read_dir(&d.directory) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+                Err(e) => return Err(d.io_err(op, &d.directory, &e)),
+            };
+            let mut found = 0;
+            for entry in entries {
+                let entry = entry.map_err(|e| d.io_err(op, &d.directory, &e))?;
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else { continue };
+                let modified = entry.metadata().ok().and_then(|m| m.modified().ok());
+                if !d.is_own_temp(name) && !Self::is_stale_probe(name, modified) {
+                    continue;
+                }
+                found += 1;
+                if remove {
+                    let path = entry.path();
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(d.io_err(op, &path, &e)),
+                    }
+                }
+            }
+            if remove && found > 0 {
+                File::open(&d.directory)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| d.io_err(op, &d.directory, &e))?;
+            }
+            Ok(found)
         })
         .await
     }

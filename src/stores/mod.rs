@@ -123,9 +123,28 @@ pub struct DestinationView {
     pub current: Option<RecordView>,
     pub pending: Option<RecordView>,
     pub previous: Option<RecordView>,
+    /// Something consumers read beside the record (the file store's bare
+    /// token file) does not hold `current`'s token: the step that made the
+    /// record current stopped before it was done. Stores whose consumers
+    /// read the record alone never set it.
+    pub current_partial: bool,
 }
 
 impl DestinationView {
+    /// Whether the step that made `current` current is finished here:
+    /// every part consumers read holds it and no staged copy of the same
+    /// rotation is left. A destination counts as promoted only then.
+    pub fn current_settled(&self) -> bool {
+        let Some(cur) = &self.current else {
+            return true;
+        };
+        !self.current_partial
+            && self
+                .pending
+                .as_ref()
+                .is_none_or(|p| p.meta.rotation_id != cur.meta.rotation_id)
+    }
+
     /// Every token id this destination references; orphan detection spares
     /// these.
     pub fn token_ids(&self) -> impl Iterator<Item = &str> {
@@ -362,6 +381,20 @@ impl Destination {
             Destination::File(_) => "file",
             Destination::Vault(_) => "vault",
             Destination::Aws(_) => "aws",
+        }
+    }
+
+    /// Temporary files that writes cut off by a crash left in the store
+    /// (they may hold a token); only the file store writes any. With
+    /// `remove`, deletes them: call it only under the policy's lock, which
+    /// every writer of the destination holds. Returns how many there were.
+    ///
+    /// # Errors
+    /// The store's directory cannot be read, or a file not removed.
+    pub async fn leftovers(&self, remove: bool) -> Result<usize, StoreError> {
+        match self {
+            Destination::File(d) => d.leftovers(remove).await,
+            Destination::Vault(_) | Destination::Aws(_) => Ok(0),
         }
     }
 

@@ -2285,6 +2285,7 @@ impl VaultDestination {
                         meta: r.meta(),
                         journal: None,
                     }),
+                    current_partial: false,
                 })
             }
             KvVersion::V1 => {
@@ -2298,6 +2299,7 @@ impl VaultDestination {
                     current: view(self.v1_read(op, &self.sib(Sibling::Current)).await?),
                     pending: view(self.v1_read(op, &self.sib(Sibling::Pending)).await?),
                     previous: view(self.v1_read(op, &self.sib(Sibling::Previous)).await?),
+                    current_partial: false,
                 })
             }
         }

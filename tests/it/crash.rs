@@ -484,6 +484,179 @@ async fn crash_after_restore_then_restart_revokes_the_new_token() {
     .await;
 }
 
+/// The second file destination the promote regression tests add.
+const SECOND_DEST: (&str, &str) = (
+    r#"destinations = [{ store = "local", path = "etl.json", bare_token_file = "etl.token" }]"#,
+    r#"destinations = [{ store = "local", path = "etl.json", bare_token_file = "etl.token" }, { store = "local", path = "etl2.json", bare_token_file = "etl2.token" }]"#,
+);
+
+impl World {
+    /// Converged in every destination named (record file, bare file): no
+    /// unfinished rotation, nothing pending, the bare file equal to its
+    /// record, the same token everywhere and exactly it live.
+    fn converged_in(&self, dests: &[(&str, &str)]) -> Result<String, String> {
+        let mut stored = None;
+        for (record, bare) in dests {
+            let bytes =
+                std::fs::read(self.store().join(record)).map_err(|e| format!("{record}: {e}"))?;
+            let cur: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+            let state = cur["rotation"]["state"].as_str().unwrap_or("none");
+            if state != "done" && state != "rolled_back" {
+                return Err(format!("{record}: rotation unfinished: {state}"));
+            }
+            if self.store().join(format!("{record}.pending")).exists() {
+                return Err(format!("{record}: a pending record is left"));
+            }
+            let held = std::fs::read_to_string(self.store().join(bare)).unwrap_or_default();
+            if held.trim_end() != cur["token"].as_str().unwrap_or_default() {
+                return Err(format!("{bare} differs from {record}"));
+            }
+            let id = cur["token_id"].as_str().unwrap_or_default().to_owned();
+            match &stored {
+                None => stored = Some(id),
+                Some(s) if *s == id => {}
+                Some(s) => return Err(format!("{record} holds {id}, another holds {s}")),
+            }
+        }
+        let id = stored.ok_or("no destination")?;
+        let live = self.live_ids();
+        if live != [id.clone()] {
+            return Err(format!("live tokens {live:?}, stored {id}"));
+        }
+        Ok(id)
+    }
+}
+
+/// Kill inside the file store's promote (`MDR_CRASH_AT=point`, with `#N`
+/// for the Nth destination), restart the daemon: it must finish promote in
+/// every destination (record, bare file, pending removed) before the old
+/// token is revoked, and then rotate no more.
+async fn crash_inside_promote(point: &str, two_destinations: bool) {
+    let w = World::new().await;
+    let mut dests = vec![("etl.json", "etl.token")];
+    let cfg = if two_destinations {
+        dests.push(("etl2.json", "etl2.token"));
+        w.config_edited("good", VERIFY_OK, &[SECOND_DEST])
+    } else {
+        w.config("good", VERIFY_OK).to_str().unwrap().to_owned()
+    };
+    let status = w
+        .run("first", &["--config", &cfg, "rotate", "etl"], None)
+        .await;
+    assert!(status.success(), "first rotate: {status}\n{}", w.logs());
+    let first = w
+        .converged_in(&dests)
+        .unwrap_or_else(|e| panic!("{e}\n{}", w.logs()));
+
+    let status = w
+        .run("crashed", &["--config", &cfg, "rotate", "etl"], Some(point))
+        .await;
+    let name = point.split('#').next().unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "killed at `{point}`: {status}\n{}",
+        w.logs()
+    );
+    assert!(
+        w.log("crashed.err")
+            .contains(&format!("MDR_CRASH_AT={name}: killing the process")),
+        "{}",
+        w.logs()
+    );
+    assert_eq!(w.issued_count(), 2, "{}", w.logs());
+
+    let mut daemon = w.spawn("daemon", &["--config", &cfg, "run"], None);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let id = loop {
+        let passed = w.log("daemon.err").contains(r#""message":"waiting""#);
+        match w.converged_in(&dests) {
+            Ok(id) if passed => break id,
+            Err(e) if tokio::time::Instant::now() > deadline => {
+                panic!("not converged after `{point}`: {e}\n{}", w.logs())
+            }
+            _ => {}
+        }
+        if let Ok(Some(s)) = daemon.try_wait() {
+            panic!("the daemon exited: {s}\n{}", w.logs());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_ne!(
+        id,
+        first,
+        "the interrupted rotation completes\n{}",
+        w.logs()
+    );
+    w.assert_stored_token_works().await;
+    // Completed once: the daemon does not go round verify and revoke again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let done = w
+        .log("daemon.err")
+        .matches(r#""message":"rotation complete""#)
+        .count();
+    assert_eq!(done, 1, "rotation completed {done} times\n{}", w.logs());
+    assert_eq!(
+        w.issued_count(),
+        2,
+        "the restart created no token\n{}",
+        w.logs()
+    );
+    sigterm(&daemon);
+    let status = tokio::time::timeout(PATIENCE, daemon.wait())
+        .await
+        .unwrap_or_else(|_| panic!("the daemon did not stop on SIGTERM\n{}", w.logs()))
+        .unwrap();
+    assert!(status.success(), "daemon exit: {status}\n{}", w.logs());
+    w.converged_in(&dests)
+        .unwrap_or_else(|e| panic!("{e}\n{}", w.logs()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_in_promote_before_the_rename() {
+    crash_inside_promote("promote-before-rename", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_in_promote_after_the_rename() {
+    crash_inside_promote("promote-after-rename", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_in_promote_after_the_bare_file() {
+    crash_inside_promote("promote-after-bare", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_in_promote_after_removing_the_pending_record() {
+    crash_inside_promote("promote-after-pending", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_in_the_first_of_two_promotes_after_the_rename() {
+    crash_inside_promote("promote-after-rename#1", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_in_the_second_of_two_promotes_before_the_rename() {
+    crash_inside_promote("promote-before-rename#2", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_in_the_second_of_two_promotes_after_the_rename() {
+    crash_inside_promote("promote-after-rename#2", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_in_the_second_of_two_promotes_after_the_bare_file() {
+    crash_inside_promote("promote-after-bare#2", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_in_the_second_of_two_promotes_after_removing_the_pending_record() {
+    crash_inside_promote("promote-after-pending#2", true).await;
+}
+
 /// Two `rotate` processes on one store: the second finds the first inside
 /// its rotation (held in verification by a hook that waits for a file) and
 /// is refused the lock; exactly one rotation happens.

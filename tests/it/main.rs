@@ -1,6 +1,7 @@
 //! The integration-test binary: one binary, one module per concern.
 
 mod aws_store;
+mod chaos;
 mod cli_simulator;
 mod client_sim;
 mod client_wiremock;

@@ -1,0 +1,843 @@
+//! Chaos against the real binary (invariants 1, 3 and 8): the `run` daemon
+//! is killed with SIGKILL at random moments and right after each step it
+//! logs, and restarted at once, over and over, while consumers read every
+//! destination every 100 ms and check each token they read against the
+//! simulator. The simulator adds latency and answers a few percent of
+//! creates and revokes with 500.
+//!
+//! It fails on any read of a token that was already dead (revoked or
+//! expired) when the read began, on a read of something that is not a
+//! token, on a policy that stops rotating once the kills stop, on a
+//! rotation completed twice, on live tokens that differ from the stored
+//! ones once the daemon has settled, and on temporary files left in a
+//! store.
+//!
+//! `CHAOS_SECONDS` sets how long the kills go on (default: 60 s for the
+//! file store, 20 s each for OpenBao and moto). The long run, with its
+//! figures printed:
+//!
+//! ```sh
+//! CHAOS_SECONDS=600 cargo test --release --test it chaos -- --nocapture --test-threads 1
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use motherduck_rotator::motherduck::Endpoint;
+use motherduck_rotator::secret::ExposeSecret;
+use motherduck_rotator::simulator::{RunningSimulator, Simulator, SimulatorOptions};
+
+use crate::support::services::{Moto, OpenBao};
+
+const BIN: &str = env!("CARGO_BIN_EXE_motherduck-rotator");
+
+/// The steps the daemon logs; a kill is aimed right after one of them.
+const STEPS: &[&str] = &[
+    "token created",
+    "new token staged",
+    "new token is current",
+    "new token verified",
+    "old token revoked",
+    "rotation complete",
+    "rotation rolled back; the old token is current",
+];
+
+/// How long a consumer waits between two reads of its destinations.
+const READ_EVERY: Duration = Duration::from_millis(100);
+
+/// A place a consumer reads a token from.
+#[derive(Clone)]
+enum Source {
+    /// The `token` field of a JSON record file.
+    Json(PathBuf),
+    /// A bare token file.
+    Bare(PathBuf),
+    /// The current version of a Vault KV v2 secret (`token` field).
+    Vault { url: String, token: String },
+    /// `AWSCURRENT` of a Secrets Manager secret (`token` field).
+    Aws { endpoint: String, secret: String },
+}
+
+impl Source {
+    /// The token read, `None` when nothing is stored yet.
+    async fn read(&self, http: &reqwest::Client) -> Result<Option<String>, String> {
+        let field = |v: &Value| {
+            v["token"]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| "no `token` field".to_owned())
+        };
+        match self {
+            Source::Json(path) => match std::fs::read(path) {
+                Ok(bytes) => {
+                    let v: Value = serde_json::from_slice(&bytes)
+                        .map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
+                    field(&v).map(Some)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(format!("{}: {e}", path.display())),
+            },
+            Source::Bare(path) => match std::fs::read_to_string(path) {
+                Ok(s) => Ok(Some(s.trim_end().to_owned())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(format!("{}: {e}", path.display())),
+            },
+            Source::Vault { url, token } => {
+                let resp = http
+                    .get(url)
+                    .header("X-Vault-Token", token)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if resp.status() == reqwest::StatusCode::NOT_FOUND {
+                    return Ok(None);
+                }
+                if !resp.status().is_success() {
+                    return Err(format!("vault: HTTP {}", resp.status()));
+                }
+                let v: Value = resp.json().await.map_err(|e| e.to_string())?;
+                field(&v["data"]["data"]).map(Some)
+            }
+            Source::Aws { endpoint, secret } => {
+                let resp = aws_call(
+                    http,
+                    endpoint,
+                    "GetSecretValue",
+                    json!({ "SecretId": secret, "VersionStage": "AWSCURRENT" }),
+                )
+                .await?;
+                let Some(v) = resp else { return Ok(None) };
+                let record: Value = serde_json::from_str(v["SecretString"].as_str().unwrap_or(""))
+                    .map_err(|e| format!("aws: not JSON: {e}"))?;
+                field(&record).map(Some)
+            }
+        }
+    }
+}
+
+/// One Secrets Manager call to moto; `None` for ResourceNotFound.
+async fn aws_call(
+    http: &reqwest::Client,
+    endpoint: &str,
+    action: &str,
+    body: Value,
+) -> Result<Option<Value>, String> {
+    let resp = http
+        .post(format!("{endpoint}/"))
+        .header("X-Amz-Target", format!("secretsmanager.{action}"))
+        .header("Content-Type", "application/x-amz-json-1.1")
+        .header("X-Amz-Date", "20260101T000000Z")
+        .header(
+            "Authorization",
+            "AWS4-HMAC-SHA256 \
+             Credential=AKIDEXAMPLE/20260101/us-east-1/secretsmanager/aws4_request, \
+             SignedHeaders=content-type;host;x-amz-date;x-amz-target, \
+             Signature=0000000000000000000000000000000000000000000000000000000000000000",
+        )
+        .body(body.to_string())
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let text = resp.text().await.map_err(|e| e.to_string())?;
+    if text.contains("ResourceNotFoundException") {
+        return Ok(None);
+    }
+    if !status.is_success() {
+        // The body names the error type; it never carries a secret.
+        return Err(format!("aws {action}: HTTP {status}"));
+    }
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| format!("aws {action}: {e}"))
+}
+
+/// What the consumers saw.
+#[derive(Default)]
+struct Tally {
+    reads: u64,
+    dead: u64,
+    unknown: u64,
+    empty: u64,
+    errors: u64,
+    /// The first few failures, by token id (never a secret).
+    examples: Vec<String>,
+}
+
+/// Reads every source every [`READ_EVERY`] until `stop`.
+async fn consume(
+    sources: Vec<(String, Source)>,
+    sim: Simulator,
+    tally: Arc<Mutex<Tally>>,
+    stop: Arc<AtomicBool>,
+) {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    while !stop.load(Ordering::Relaxed) {
+        for (label, src) in &sources {
+            let began = sim.now();
+            let got = src.read(&http).await;
+            let mut t = tally.lock().unwrap();
+            match got {
+                Ok(None) => t.empty += 1,
+                Err(e) => {
+                    t.errors += 1;
+                    if t.errors <= 5 {
+                        eprintln!("chaos: read error on {label}: {e}");
+                    }
+                }
+                Ok(Some(secret)) => {
+                    t.reads += 1;
+                    match sim.token_by_secret(&secret) {
+                        None => {
+                            t.unknown += 1;
+                            if t.examples.len() < 10 {
+                                t.examples
+                                    .push(format!("{label}: read something that is not a token"));
+                            }
+                        }
+                        Some(tok) => {
+                            let revoked = tok.revoked_at.is_some_and(|r| r < began);
+                            let expired = tok.expire_at.is_some_and(|e| e <= began);
+                            if revoked || expired {
+                                t.dead += 1;
+                                if t.examples.len() < 10 {
+                                    t.examples.push(format!(
+                                        "{label}: read token {} at {began}, revoked at {:?}, expires {:?}",
+                                        tok.id, tok.revoked_at, tok.expire_at
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(READ_EVERY).await;
+    }
+}
+
+/// A policy of the chaos configuration.
+struct PolicySpec {
+    name: &'static str,
+    schedule: &'static str,
+    overlap: &'static str,
+    /// `destinations = [...]` entries.
+    destinations: Vec<String>,
+    /// Where consumers read it.
+    sources: Vec<(String, Source)>,
+}
+
+/// Which stores the run uses.
+enum Stores {
+    Files,
+    Remote(Box<(OpenBao, Moto)>),
+}
+
+struct Chaos {
+    root: PathBuf,
+    sim: RunningSimulator,
+    stores: Stores,
+    policies: Vec<PolicySpec>,
+}
+
+impl Chaos {
+    async fn new(remote: bool) -> Chaos {
+        let root =
+            std::env::temp_dir().join(format!("mdr-chaos-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(root.join("logs")).unwrap();
+        let sim = Simulator::spawn(SimulatorOptions::default())
+            .await
+            .expect("simulator starts");
+        sim.sim
+            .set_latency(Duration::from_millis(3), Duration::from_millis(7));
+        sim.sim.set_error_rate(Endpoint::CreateToken, 0.03);
+        sim.sim.set_error_rate(Endpoint::RevokeToken, 0.03);
+        let admin = root.join("admin.token");
+        std::fs::write(&admin, sim.admin_token.expose_secret()).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&admin, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let (stores, policies) = if remote {
+            let bao = OpenBao::start().await;
+            let moto = Moto::start().await;
+            std::fs::write(root.join("vault.token"), &bao.root_token).unwrap();
+            let policies = remote_policies(&bao, &moto);
+            (Stores::Remote(Box::new((bao, moto))), policies)
+        } else {
+            (Stores::Files, file_policies(&root))
+        };
+        for p in &policies {
+            sim.sim.add_service_account(&sa(p.name));
+        }
+        Chaos {
+            root,
+            sim,
+            stores,
+            policies,
+        }
+    }
+
+    /// Writes the configuration; `settle` puts every schedule a day away,
+    /// so the daemon only finishes what is under way and sweeps.
+    fn config(&self, settle: bool) -> PathBuf {
+        let name = if settle { "settle.toml" } else { "chaos.toml" };
+        let path = self.root.join(name);
+        let stores = match &self.stores {
+            Stores::Files => r#"
+[stores.local]
+type = "file"
+directory = "store"
+
+[stores.other]
+type = "file"
+directory = "other"
+"#
+            .to_owned(),
+            Stores::Remote(remote) => format!(
+                r#"
+[stores.vault]
+type = "vault"
+address = "{}"
+auth = {{ method = "token", token = {{ file = "vault.token" }} }}
+lease_ttl = "2s"
+
+[stores.aws]
+type = "aws"
+region = "us-east-1"
+endpoint_url = "{}"
+create_if_missing = true
+lock_ttl = "3s"
+"#,
+                remote.0.addr, remote.1.endpoint
+            ),
+        };
+        let mut src = format!(
+            r#"
+[motherduck]
+api_url = "{api}"
+admin_token = {{ file = "admin.token" }}
+request_timeout = "5s"
+rate_limit_per_second = 1000
+
+[daemon]
+listen = "127.0.0.1:0"
+log_format = "json"
+sweep_interval = "10s"
+orphan_min_age = "3s"
+shutdown_timeout = "10s"
+lock_retry_interval = "300ms"
+recheck_interval = "1s"
+{stores}
+"#,
+            api = self.sim.base_url(),
+        );
+        for p in &self.policies {
+            let schedule = if settle {
+                r#"{ interval = "1d" }"#
+            } else {
+                p.schedule
+            };
+            src.push_str(&format!(
+                r#"
+[[policy]]
+name = "{name}"
+service_account = "{sa}"
+schedule = {schedule}
+overlap = "{overlap}"
+verify = [{{ type = "motherduck", interval = "50ms", deadline = "5s" }}]
+destinations = [{dests}]
+retry = {{ max_attempts = 3, initial_backoff = "100ms", max_backoff = "1s" }}
+"#,
+                name = p.name,
+                sa = sa(p.name),
+                overlap = p.overlap,
+                dests = p.destinations.join(", "),
+            ));
+        }
+        std::fs::write(&path, src).unwrap();
+        path
+    }
+
+    fn spawn(&self, config: &Path, log: &str) -> tokio::process::Child {
+        let out = std::fs::File::create(self.root.join("logs").join(format!("{log}.out"))).unwrap();
+        let err = std::fs::File::create(self.root.join("logs").join(format!("{log}.err"))).unwrap();
+        tokio::process::Command::new(BIN)
+            .arg("--config")
+            .arg(config)
+            .arg("run")
+            .current_dir(&self.root)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env_remove("AWS_PROFILE")
+            .env_remove("MDR_CRASH_AT")
+            .env_remove("MOTHERDUCK_ROTATOR_CONFIG")
+            .env("MDR_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the binary starts")
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.root.join("logs").join(format!("{name}.err")))
+            .unwrap_or_default()
+    }
+
+    /// The last lines of the last few logs, for a failure message.
+    fn recent_logs(&self, names: &[String]) -> String {
+        names
+            .iter()
+            .rev()
+            .take(3)
+            .rev()
+            .map(|n| {
+                let text = self.log(n);
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+                format!("--- {n}.err (last 40 lines)\n{tail}")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Every policy converged: `status` shows it idle with the same token
+    /// current in every destination and nothing staged, exactly that token
+    /// is live at MotherDuck, and every place a consumer reads (records,
+    /// bare files, Vault's current version, `AWSCURRENT`) holds it. Returns
+    /// a reason when not.
+    async fn converged(&self, config: &Path, http: &reqwest::Client) -> Result<(), String> {
+        let out = tokio::process::Command::new(BIN)
+            .arg("--config")
+            .arg(config)
+            .args(["status", "--json"])
+            .current_dir(&self.root)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env_remove("AWS_PROFILE")
+            .env_remove("MDR_CRASH_AT")
+            .env_remove("MOTHERDUCK_ROTATOR_CONFIG")
+            .env("MDR_LOG", "error")
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+            format!(
+                "status --json: {e}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+        let list = status.as_array().cloned().unwrap_or_default();
+        for spec in &self.policies {
+            let p = list
+                .iter()
+                .find(|p| p["policy"] == spec.name)
+                .ok_or(format!("{}: not in `status`", spec.name))?;
+            if !p["error"].is_null() {
+                return Err(format!("{}: {}", spec.name, p["error"]));
+            }
+            if p["state"] != "idle" {
+                return Err(format!("{}: state {}", spec.name, p["state"]));
+            }
+            let id = p["token_id"]
+                .as_str()
+                .ok_or(format!("{}: no token", spec.name))?
+                .to_owned();
+            for d in p["destinations"].as_array().into_iter().flatten() {
+                if d["current_token_id"] != id.as_str() || !d["pending_token_id"].is_null() {
+                    return Err(format!("{}: destination {d}", spec.name));
+                }
+            }
+            let live: Vec<String> = self
+                .sim
+                .sim
+                .live_tokens(&sa(spec.name))
+                .into_iter()
+                .map(|t| t.id)
+                .collect();
+            if live != [id.clone()] {
+                return Err(format!("{}: live tokens {live:?}, stored {id}", spec.name));
+            }
+            for (label, src) in &spec.sources {
+                let secret = src.read(http).await?.ok_or(format!("{label}: empty"))?;
+                let held = self.sim.sim.token_by_secret(&secret).map(|t| t.id);
+                if held.as_deref() != Some(id.as_str()) {
+                    return Err(format!("{label} holds {held:?}, the record {id}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Temporary files left in the file stores.
+    fn temp_files(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        for dir in ["store", "other"] {
+            let Ok(entries) = std::fs::read_dir(self.root.join(dir)) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.contains(".tmp-") || n.starts_with(".probe-") {
+                    left.push(format!("{dir}/{n}"));
+                }
+            }
+        }
+        left
+    }
+}
+
+impl Drop for Chaos {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+}
+
+fn sa(policy: &str) -> String {
+    format!("svc_{policy}")
+}
+
+fn file_dest(store: &str, name: &str, bare: bool) -> String {
+    if bare {
+        format!(
+            r#"{{ store = "{store}", path = "{name}.json", bare_token_file = "{name}.token" }}"#
+        )
+    } else {
+        format!(r#"{{ store = "{store}", path = "{name}.json" }}"#)
+    }
+}
+
+fn file_sources(root: &Path, dir: &str, name: &str, bare: bool) -> Vec<(String, Source)> {
+    let mut s = vec![(
+        format!("{dir}/{name}.json"),
+        Source::Json(root.join(dir).join(format!("{name}.json"))),
+    )];
+    if bare {
+        s.push((
+            format!("{dir}/{name}.token"),
+            Source::Bare(root.join(dir).join(format!("{name}.token"))),
+        ));
+    }
+    s
+}
+
+/// Five policies on two file stores: one with two destinations and bare
+/// files, one on a cron schedule (every 5 s), one without a bare file.
+fn file_policies(root: &Path) -> Vec<PolicySpec> {
+    let one = |name: &'static str, schedule: &'static str, overlap: &'static str, bare: bool| {
+        PolicySpec {
+            name,
+            schedule,
+            overlap,
+            destinations: vec![file_dest("local", name, bare)],
+            sources: file_sources(root, "store", name, bare),
+        }
+    };
+    let mut two = one("bravo", r#"{ interval = "4s" }"#, "1s", true);
+    two.destinations.push(file_dest("other", "bravo", true));
+    two.sources
+        .extend(file_sources(root, "other", "bravo", true));
+    vec![
+        one("alpha", r#"{ interval = "3s" }"#, "1s", true),
+        two,
+        one("cron", r#"{ cron = "*/5 * * * * *" }"#, "1s", true),
+        one("delta", r#"{ interval = "5s" }"#, "2s", false),
+        one("echo", r#"{ interval = "6s" }"#, "500ms", true),
+    ]
+}
+
+/// Three policies on OpenBao KV v2 and moto: Vault alone, AWS alone, and
+/// Vault (holding the lock) plus AWS.
+fn remote_policies(bao: &OpenBao, moto: &Moto) -> Vec<PolicySpec> {
+    let vault = |path: &str| {
+        (
+            format!(r#"{{ store = "vault", path = "{path}" }}"#),
+            (
+                format!("vault:{path}"),
+                Source::Vault {
+                    url: format!("{}/v1/secret/data/{path}", bao.addr),
+                    token: bao.root_token.clone(),
+                },
+            ),
+        )
+    };
+    let aws = |name: &str| {
+        (
+            format!(r#"{{ store = "aws", path = "{name}" }}"#),
+            (
+                format!("aws:{name}"),
+                Source::Aws {
+                    endpoint: moto.endpoint.clone(),
+                    secret: name.to_owned(),
+                },
+            ),
+        )
+    };
+    let spec = |name, schedule, parts: Vec<(String, (String, Source))>| {
+        let (destinations, sources) = parts.into_iter().unzip();
+        PolicySpec {
+            name,
+            schedule,
+            overlap: "1s",
+            destinations,
+            sources,
+        }
+    };
+    vec![
+        spec("vone", r#"{ interval = "4s" }"#, vec![vault("chaos/vone")]),
+        spec("aone", r#"{ interval = "5s" }"#, vec![aws("chaos/aone")]),
+        spec(
+            "both",
+            r#"{ cron = "*/6 * * * * *" }"#,
+            vec![vault("chaos/both"), aws("chaos/both")],
+        ),
+    ]
+}
+
+/// The figures of one run.
+#[derive(Debug, Default)]
+struct Figures {
+    kills: u32,
+    aimed: u32,
+    rotations: usize,
+    reads: u64,
+    dead: u64,
+}
+
+fn seconds(default: u64) -> Duration {
+    let s = std::env::var("CHAOS_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default);
+    Duration::from_secs(s)
+}
+
+/// The rotation ids of every `rotation complete` line in `log`, by policy.
+fn completions(log: &str, into: &mut BTreeMap<String, Vec<String>>) {
+    for line in log.lines() {
+        if !line.contains(r#""message":"rotation complete""#) {
+            continue;
+        }
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let field = |k: &str| find_key(&v, k).unwrap_or_default();
+        into.entry(field("policy"))
+            .or_default()
+            .push(field("rotation_id"));
+    }
+}
+
+/// The first string value of key `k` anywhere in `v`.
+fn find_key(v: &Value, k: &str) -> Option<String> {
+    match v {
+        Value::Object(m) => m
+            .get(k)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .or_else(|| m.values().find_map(|x| find_key(x, k))),
+        Value::Array(a) => a.iter().find_map(|x| find_key(x, k)),
+        _ => None,
+    }
+}
+
+fn sigkill(child: &tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        // SAFETY: kill(2) on a child we started; no memory is involved.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    }
+}
+
+fn sigterm(child: &tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        // SAFETY: as above.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGTERM);
+        }
+    }
+}
+
+async fn run_chaos(remote: bool, default_secs: u64) -> Figures {
+    let what = if remote { "openbao+moto" } else { "file" };
+    let chaos = Chaos::new(remote).await;
+    let config = chaos.config(false);
+    let settle_config = chaos.config(true);
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sources: Vec<(String, Source)> = chaos
+        .policies
+        .iter()
+        .flat_map(|p| p.sources.clone())
+        .collect();
+    let consumer = tokio::spawn(consume(
+        sources,
+        chaos.sim.sim.clone(),
+        tally.clone(),
+        stop.clone(),
+    ));
+
+    // Kills.
+    let mut figures = Figures::default();
+    let mut names: Vec<String> = Vec::new();
+    let end = tokio::time::Instant::now() + seconds(default_secs);
+    while tokio::time::Instant::now() < end {
+        let name = format!("run-{:04}", names.len());
+        let mut child = chaos.spawn(&config, &name);
+        names.push(name.clone());
+        if fastrand::bool() {
+            figures.aimed += 1;
+            let step = STEPS[fastrand::usize(..STEPS.len())];
+            let needle = format!(r#""message":"{step}""#);
+            let give_up = tokio::time::Instant::now() + Duration::from_secs(8);
+            while tokio::time::Instant::now() < give_up && !chaos.log(&name).contains(&needle) {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        } else {
+            tokio::time::sleep(Duration::from_millis(fastrand::u64(50..3000))).await;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            stop.store(true, Ordering::Relaxed);
+            panic!(
+                "chaos[{what}]: the daemon exited by itself: {status}\n{}",
+                chaos.recent_logs(&names)
+            );
+        }
+        sigkill(&child);
+        let _ = child.wait().await;
+        figures.kills += 1;
+    }
+
+    // After the last kill every policy must rotate again.
+    let mut last = chaos.spawn(&config, "final");
+    names.push("final".into());
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(45);
+    let stuck = loop {
+        let mut done = BTreeMap::new();
+        completions(&chaos.log("final"), &mut done);
+        let stuck: Vec<&str> = chaos
+            .policies
+            .iter()
+            .map(|p| p.name)
+            .filter(|n| !done.contains_key(*n))
+            .collect();
+        if stuck.is_empty() || tokio::time::Instant::now() > give_up {
+            break stuck.into_iter().map(str::to_owned).collect::<Vec<_>>();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    sigterm(&last);
+    let _ = tokio::time::timeout(Duration::from_secs(20), last.wait()).await;
+    sigkill(&last);
+    let _ = last.wait().await;
+
+    // Settle: schedules a day away; what is under way finishes, orphans
+    // are swept.
+    let mut settle = chaos.spawn(&settle_config, "settle");
+    names.push("settle".into());
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let converged = loop {
+        let r = chaos.converged(&settle_config, &http).await;
+        if r.is_ok() || tokio::time::Instant::now() > give_up {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Let the consumers read the settled state a few more times.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    consumer.await.unwrap();
+    sigterm(&settle);
+    let _ = tokio::time::timeout(Duration::from_secs(20), settle.wait()).await;
+
+    let mut done = BTreeMap::new();
+    for n in &names {
+        completions(&chaos.log(n), &mut done);
+    }
+    let mut twice: HashMap<String, usize> = HashMap::new();
+    for ids in done.values() {
+        for id in ids {
+            *twice.entry(id.clone()).or_default() += 1;
+        }
+    }
+    twice.retain(|_, n| *n > 1);
+    figures.rotations = done.values().map(Vec::len).sum();
+    let t = tally.lock().unwrap();
+    figures.reads = t.reads;
+    figures.dead = t.dead;
+    let temps = chaos.temp_files();
+    eprintln!(
+        "chaos[{what}]: {:?} of kills: {} kills ({} aimed after a logged step), {} rotations completed, {} consumer reads ({} before a first token, {} read errors), {} dead reads, {} reads of something not a token, stuck policies {:?}, rotations completed twice {}, temp files left {}",
+        seconds(default_secs),
+        figures.kills,
+        figures.aimed,
+        figures.rotations,
+        t.reads,
+        t.empty,
+        t.errors,
+        t.dead,
+        t.unknown,
+        stuck,
+        twice.len(),
+        temps.len(),
+    );
+    let logs = || chaos.recent_logs(&names);
+    assert!(
+        t.dead == 0 && t.unknown == 0,
+        "chaos[{what}]: consumers read dead tokens: {:#?}\n{}",
+        t.examples,
+        logs()
+    );
+    assert!(
+        stuck.is_empty(),
+        "chaos[{what}]: policies stopped rotating after the last kill: {stuck:?}\n{}",
+        logs()
+    );
+    assert!(
+        twice.is_empty(),
+        "chaos[{what}]: rotations completed more than once: {twice:?}\n{}",
+        logs()
+    );
+    if let Err(e) = converged {
+        panic!(
+            "chaos[{what}]: not converged after settling: {e}\n{}",
+            logs()
+        );
+    }
+    assert!(
+        temps.is_empty(),
+        "chaos[{what}]: temporary files left: {temps:?}"
+    );
+    assert!(t.reads > 0, "chaos[{what}]: the consumers read nothing");
+    assert!(figures.rotations > 0, "chaos[{what}]: nothing rotated");
+    figures
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_file_store_kill_9_anywhere() {
+    run_chaos(false, 60).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_openbao_and_moto_kill_9_anywhere() {
+    run_chaos(true, 20).await;
+}
