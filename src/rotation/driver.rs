@@ -339,10 +339,7 @@ impl Driver {
                 });
             }
             Step::Inconsistent { reason } => {
-                return Err(DriveError::Inconsistent {
-                    policy: policy.name.clone(),
-                    reason,
-                });
+                return Err(self.inconsistent(policy, reason));
             }
             // A first token that failed has no record to carry its retry
             // time; this process remembers it (a forced pass ignores it).
@@ -394,6 +391,25 @@ impl Driver {
             .await;
         gauge.set(0);
         result
+    }
+
+    /// The records contradict each other: counted (as a failure of the
+    /// `plan` step), alerted on, and returned as the pass's error. Nothing
+    /// is written; an operator must look.
+    fn inconsistent(&self, policy: &Policy, reason: String) -> DriveError {
+        self.metrics
+            .rotation_step_failures_total
+            .with_label_values(&[policy.name.as_str(), "plan", "inconsistent"])
+            .inc();
+        self.alerts.fire(
+            AlertKind::RotationFailed,
+            &policy.name,
+            format!("the stored records are inconsistent: {reason}"),
+        );
+        DriveError::Inconsistent {
+            policy: policy.name.clone(),
+            reason,
+        }
     }
 
     /// Removes the temporary files killed writes left in the policy's
@@ -474,10 +490,28 @@ impl Driver {
                     });
                 }
                 Step::Inconsistent { reason } => {
-                    return Err(DriveError::Inconsistent {
-                        policy: policy.name.clone(),
-                        reason,
-                    });
+                    return Err(self.inconsistent(policy, reason));
+                }
+                // Bringing a lagging destination up to a verified rotation:
+                // a failure there is retried by a later pass; it never
+                // undoes a rotation consumers already verified.
+                Step::Stage { journal, dests } if journal.state == JournalState::Verified => {
+                    let secret = self.secret_for(policy, &views, &journal, &fresh).await?;
+                    warn!(policy = %policy.name, rotation_id = %journal.rotation_id, destinations = ?dests, "a destination lacks the verified token; writing it there before the old token is revoked");
+                    if let Err(e) = self.stage(policy, &journal, &dests, &secret, cancel).await {
+                        return Err(DriveError::Step {
+                            policy: policy.name.clone(),
+                            message: e.to_string(),
+                        });
+                    }
+                }
+                Step::Promote { journal, dests } if journal.state == JournalState::Verified => {
+                    if let Err(e) = self.promote(policy, &journal, &dests, cancel).await {
+                        return Err(DriveError::Step {
+                            policy: policy.name.clone(),
+                            message: e.to_string(),
+                        });
+                    }
                 }
                 Step::Begin {
                     previous_token_id,
@@ -1063,6 +1097,34 @@ impl Driver {
                     },
                 );
         }
+        // Invariant 10: once the new token may be current somewhere, the
+        // rollback would make the previous token current again; never if
+        // that token no longer works (an operator revoked it after a leak,
+        // or it expired meanwhile).
+        if let Some(old) = journal.previous_token_id.clone()
+            && matches!(error.step, "promote" | "verify" | "journal")
+        {
+            match self.token_alive(policy, &old, cancel).await {
+                Ok(true) => {}
+                Ok(false) => return self.keep_new(policy, journal, error, &old, cancel).await,
+                Err(e) => {
+                    self.metrics
+                        .rotations_total
+                        .with_label_values(&[policy.name.as_str(), "failed"])
+                        .inc();
+                    let message = format!(
+                        "rotation {} failed at {}: {error}; not rolled back, because whether the previous token {old} still works could not be checked ({e}); the next pass decides again",
+                        journal.rotation_id, error.step
+                    );
+                    self.alerts
+                        .fire(AlertKind::RotationFailed, &policy.name, message.clone());
+                    return Err(DriveError::Step {
+                        policy: policy.name.clone(),
+                        message,
+                    });
+                }
+            }
+        }
         let rolled = Journal {
             state: JournalState::RolledBack,
             updated_at: now,
@@ -1098,6 +1160,79 @@ impl Driver {
         }
         rolled_back?;
         Ok(retry_at)
+    }
+
+    /// Whether token `id` of the policy's service account still works: it
+    /// is listed (MotherDuck lists live tokens only) and not expired.
+    async fn token_alive(
+        &self,
+        policy: &Policy,
+        id: &str,
+        cancel: &CancellationToken,
+    ) -> Result<bool, StepError> {
+        let tokens = self
+            .retrying(policy, cancel, || async {
+                self.client
+                    .list_tokens(&policy.service_account)
+                    .await
+                    .map_err(|e| api_err("check_previous", &e))
+            })
+            .await?;
+        let now = self.clock.now();
+        Ok(tokens
+            .iter()
+            .any(|t| t.id == id && t.expire_at.is_none_or(|e| e > now)))
+    }
+
+    /// A rotation failed after its new token may have become current, and
+    /// the previous token no longer works: restoring it would hand every
+    /// consumer a dead token. The new token stays. After a failed
+    /// verification the rotation is recorded as verified with no overlap
+    /// (the dead token is "revoked" next, a 404 that counts as done); after
+    /// a failed promotion or journal write it stays as it is and the next
+    /// pass carries it forward. Either way it is counted as failed and
+    /// alerted on.
+    async fn keep_new(
+        &self,
+        policy: &Policy,
+        journal: Journal,
+        error: StepError,
+        old: &str,
+        cancel: &CancellationToken,
+    ) -> Result<DateTime<Utc>, DriveError> {
+        let now = self.clock.now();
+        let summary = format!(
+            "rotation {} failed at {}: {error}; the previous token {old} is revoked or expired, so the new token {} stays current",
+            journal.rotation_id, error.step, journal.new_token_id
+        );
+        tracing::error!(policy = %policy.name, rotation_id = %journal.rotation_id, step = error.step, error = %error, previous_token_id = %old, "rotation failed, but the previous token no longer works; keeping the new token current");
+        self.metrics
+            .rotations_total
+            .with_label_values(&[policy.name.as_str(), "failed"])
+            .inc();
+        self.alerts
+            .fire(AlertKind::RotationFailed, &policy.name, summary.clone());
+        if error.step != "verify" {
+            return Err(DriveError::Step {
+                policy: policy.name.clone(),
+                message: summary,
+            });
+        }
+        let kept = Journal {
+            state: JournalState::Verified,
+            updated_at: now,
+            revoke_after: Some(now),
+            last_error: Some(truncate(&summary, 500)),
+            ..journal
+        };
+        let all: Vec<usize> = (0..policy.destinations.len()).collect();
+        if let Err(e) = self.write_journal(policy, &kept, &all, cancel).await {
+            return Err(DriveError::Step {
+                policy: policy.name.clone(),
+                message: format!("{summary}; recording that failed: {e}"),
+            });
+        }
+        Ok(now)
     }
 
     /// Restores the old token in `dests`, then revokes the new one.

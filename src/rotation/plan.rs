@@ -287,16 +287,25 @@ pub fn decide(views: &[DestinationView], now: DateTime<Utc>, due: (DateTime<Utc>
                     dests: unsettled,
                 };
             }
-            let behind = where_status(&st, &[Staged, Promoted, Absent]);
+            // A destination that lost its record, was restored from a
+            // backup, or was added by a reload: the verified token is
+            // staged and promoted there too before the old one goes.
+            let absent = where_status(&st, &[Absent]);
+            if !absent.is_empty() {
+                return Step::Stage {
+                    journal,
+                    dests: absent,
+                };
+            }
+            let staged = where_status(&st, &[Staged]);
+            if !staged.is_empty() {
+                return Step::Promote {
+                    journal,
+                    dests: staged,
+                };
+            }
+            let behind = where_status(&st, &[Promoted]);
             if !behind.is_empty() {
-                if st.contains(&Absent) || st.contains(&Staged) {
-                    return Step::Inconsistent {
-                        reason: format!(
-                            "rotation `{}` is verified but not promoted in every destination",
-                            journal.rotation_id
-                        ),
-                    };
-                }
                 return Step::MarkVerified {
                     journal,
                     dests: behind,
@@ -773,12 +782,45 @@ mod tests {
             ],
             "inconsistent: rotations `r2` and `r3` are both unfinished",
         );
+    }
+
+    /// Regression (issue: a destination that falls behind is never
+    /// repaired): a verified rotation with a destination that lost its
+    /// record, was restored from a backup or was added by a reload was
+    /// "inconsistent" at every pass; the old token was never revoked and no
+    /// rotation started again. The verified token is staged and promoted
+    /// there, and only then is the old one revoked.
+    #[test]
+    fn a_verified_rotation_repairs_a_lagging_destination() {
+        // Restored from a backup: it holds the token before.
         check(
             &[
                 dest(Some(("r2", Verified)), None),
                 dest(Some(("r1", Done)), None),
             ],
-            "inconsistent: rotation `r2` is verified but not promoted in every destination",
+            "stage r2 [1]",
+        );
+        // Lost its record, or added by a reload.
+        check(
+            &[
+                dest(Some(("r2", Verified)), None),
+                DestinationView::default(),
+            ],
+            "stage r2 [1]",
+        );
+        check(
+            &[
+                dest(Some(("r2", Verified)), None),
+                dest(Some(("r1", Done)), Some(("r2", Verified))),
+            ],
+            "promote r2 [1]",
+        );
+        check(
+            &[
+                dest(Some(("r2", Verified)), None),
+                dest(Some(("r2", Verified)), None),
+            ],
+            "revoke-old r2 Some(\"tok-r0\")",
         );
     }
 

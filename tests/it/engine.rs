@@ -59,6 +59,8 @@ struct PolicySpec {
     verify: String,
     destinations: String,
     retry: &'static str,
+    /// `token_ttl`, when set.
+    ttl: Option<&'static str>,
 }
 
 impl PolicySpec {
@@ -68,7 +70,13 @@ impl PolicySpec {
             verify: "[]".to_owned(),
             destinations: ONE_DEST.to_owned(),
             retry: FAST_RETRY,
+            ttl: None,
         }
+    }
+
+    fn ttl(mut self, ttl: &'static str) -> PolicySpec {
+        self.ttl = Some(ttl);
+        self
     }
 
     fn verify(mut self, hooks: impl Into<String>) -> PolicySpec {
@@ -180,7 +188,12 @@ overlap = "{overlap}"
 verify = {verify}
 destinations = {destinations}
 retry = {retry}
+{ttl}
 "#,
+            ttl = spec
+                .ttl
+                .map(|t| format!("token_ttl = \"{t}\""))
+                .unwrap_or_default(),
             url = self.running.base_url(),
             age = self.orphan_min_age,
             store = self.store().display(),
@@ -735,6 +748,59 @@ async fn failed_verification_restores_the_old_token_revokes_the_new_and_backs_of
     fx.assert_settled(&driver, &policy).await;
 }
 
+/// Regression (invariant 10): a failed verification restored the previous
+/// token without asking whether it still worked. When an operator had
+/// revoked it (a leak), the rollback made a dead token current everywhere
+/// and revoked the only live one.
+#[tokio::test]
+async fn a_failed_verification_keeps_the_new_token_when_the_old_one_is_dead() {
+    let fx = Fixture::new().await;
+    let probe = Probe::start(|| {}).await;
+    let (ok, failing) = probe_specs(&probe);
+    let (driver, policy) = fx.restart(&ok);
+    let old = first_token(&fx, &driver, &policy).await;
+    // The old token leaked and an operator revoked it; the application is
+    // down, so the replacement fails verification.
+    fx.admin.revoke_token(SA, &old).await.unwrap();
+    probe.set_status(500);
+    let (driver, policy) = fx.restart(&failing);
+    fx.advance(HOUR);
+    pass(&driver, &policy).await;
+    let issued = fx.issued();
+    assert_eq!(issued.len(), 2, "one attempt");
+    let new = issued[1].id.clone();
+    assert!(fx.is_live(&new), "the new token is not revoked");
+    let cur = fx.current();
+    assert_eq!(str_of(&cur, "token_id"), new, "the new token stays current");
+    assert_eq!(fx.bare(), str_of(&cur, "token"));
+    assert_eq!(journal_state(&cur), "done");
+    fx.assert_stored_token_works().await;
+    fx.assert_settled(&driver, &policy).await;
+}
+
+/// The same when the old token expired meanwhile: the rollback checks its
+/// expiry, not only whether it was revoked.
+#[tokio::test]
+async fn a_failed_verification_keeps_the_new_token_when_the_old_one_expired() {
+    let fx = Fixture::new().await;
+    let probe = Probe::start(|| {}).await;
+    let (ok, failing) = probe_specs(&probe);
+    let ok = ok.ttl("2h");
+    let failing = failing.ttl("2h");
+    let (driver, policy) = fx.restart(&ok);
+    let old = first_token(&fx, &driver, &policy).await;
+    probe.set_status(500);
+    let (driver, policy) = fx.restart(&failing);
+    fx.advance(2 * HOUR + MINUTE);
+    assert!(!fx.is_live(&old), "the old token expired");
+    pass(&driver, &policy).await;
+    let new = fx.issued()[1].id.clone();
+    assert!(fx.is_live(&new), "the new token is not revoked");
+    let cur = fx.current();
+    assert_eq!(str_of(&cur, "token_id"), new, "the new token stays current");
+    assert_eq!(journal_state(&cur), "done");
+}
+
 #[tokio::test]
 async fn consecutive_failed_verifications_back_off_longer() {
     let fx = Fixture::new().await;
@@ -935,6 +1001,45 @@ async fn builtin_check_failing_beyond_its_deadline_rolls_back() {
 fn two_dests() -> String {
     r#"[{ store = "local", path = "etl.json", bare_token_file = "etl.token" }, { store = "second", path = "etl.json" }]"#
         .to_owned()
+}
+
+/// Regression: a verified rotation whose second destination lost its
+/// record (a restored backup, a restarted dev server) was "inconsistent"
+/// at every pass: the old token was never revoked, no rotation started
+/// again, and nothing alerted. The verified token is written there too,
+/// and the old token is revoked only then.
+#[tokio::test]
+async fn a_verified_rotation_repairs_a_destination_that_lost_its_record() {
+    let fx = Fixture::new().await;
+    let spec = PolicySpec::new("30m").destinations(two_dests());
+    let (driver, policy) = fx.restart(&spec);
+    let old = first_token(&fx, &driver, &policy).await;
+
+    // A rotation, verified, waiting out its overlap.
+    fx.advance(HOUR);
+    pass(&driver, &policy).await;
+    let new = fx.issued()[1].id.clone();
+    assert_eq!(journal_state(&fx.current()), "verified");
+    // The second destination loses everything.
+    for f in ["etl.json", "etl.json.previous"] {
+        let _ = std::fs::remove_file(fx.store2().join(f));
+    }
+    let tick = pass(&driver, &policy).await;
+    assert!(matches!(tick, Tick::Wait { .. }), "{tick:?}");
+    let second = read_json(&fx.store2().join("etl.json")).expect("written again");
+    assert_eq!(str_of(&second, "token_id"), new);
+    assert_eq!(str_of(&second, "token"), str_of(&fx.current(), "token"));
+    assert!(fx.is_live(&old), "the overlap still runs");
+
+    // The overlap ends (before the next rotation is due): the old token
+    // goes, both hold the new one.
+    fx.advance(31 * MINUTE);
+    pass(&driver, &policy).await;
+    assert!(fx.revoked(&old));
+    let second = read_json(&fx.store2().join("etl.json")).unwrap();
+    assert_eq!(journal_state(&second), "done");
+    assert_eq!(journal_state(&fx.current()), "done");
+    fx.assert_settled(&driver, &policy).await;
 }
 
 #[tokio::test]

@@ -564,9 +564,30 @@ async fn kv2_a_crash_between_record_and_journal_is_recovered() {
         now,
         (now + chrono::Duration::days(1), "interval".into()),
     );
+    // Not promoted yet: the journal and the removal of the staged copy
+    // are part of the promotion, which is repeated and finishes them.
+    assert!(
+        matches!(&step, plan::Step::Promote { dests, .. } if dests == &[0]),
+        "{step:?}"
+    );
+    d.promote(&journal(&r2, JournalState::Promoted))
+        .await
+        .unwrap();
+    let v = d.load().await.unwrap();
+    assert!(v.pending.is_none(), "the staged copy is gone");
+    assert!(v.current_settled());
+    assert_eq!(
+        v.current.as_ref().unwrap().journal,
+        Some(journal(&r2, JournalState::Promoted))
+    );
+    let step = plan::decide(
+        std::slice::from_ref(&v),
+        now,
+        (now + chrono::Duration::days(1), "interval".into()),
+    );
     assert!(matches!(step, plan::Step::Verify { .. }), "{step:?}");
-    // The driver goes on: verified, then done. The staged copy goes away
-    // and the previous record is the version before.
+    // The driver goes on: verified, then done. The previous record is the
+    // version before.
     let verified = journal(&r2, JournalState::Verified);
     d.set_journal(&verified).await.unwrap();
     let v = d.load().await.unwrap();
