@@ -24,7 +24,7 @@ use crate::motherduck::{Client, CreateTokenRequest, TokenInfo};
 use crate::schedule::{self, TokenTimes};
 use crate::secret::SecretString;
 use crate::stores::{
-    DestinationView, Journal, JournalState, NewRecord, Slot, StoreError, TokenMeta,
+    DestinationView, Fence, Journal, JournalState, NewRecord, Slot, StoreError, TokenMeta,
 };
 use crate::verify::{self, HookSpec, VerifyContext, VerifyDeps};
 
@@ -90,7 +90,27 @@ pub enum DriveError {
     Inconsistent { policy: String, reason: String },
     #[error("policy `{policy}`: {message}")]
     Step { policy: String, message: String },
+    /// The pass stopped writing because its lease ended (invariant 9).
+    #[error("policy `{policy}`: stopped: {reason}; another replica may carry on")]
+    LeaseLost { policy: String, reason: String },
 }
+
+tokio::task_local! {
+    /// The lease of the rotation pass running in this task. Every write to
+    /// a store or to MotherDuck goes through [`Driver::retrying`], which
+    /// checks it first; a failed step checks it before rolling anything
+    /// back. Set by [`Driver::reconcile`] and [`Driver::sweep`] around the
+    /// work they do under the lock.
+    static FENCE: Fence;
+}
+
+/// Whether the pass in this task may still write: `Ok` outside a pass.
+fn fence_check() -> Result<(), String> {
+    FENCE.try_with(Fence::check).unwrap_or(Ok(()))
+}
+
+/// How often a pass waiting on something looks at its lease.
+const FENCE_WATCH: Duration = Duration::from_millis(100);
 
 /// Executes rotations. Cheap to clone.
 #[derive(Clone)]
@@ -366,7 +386,7 @@ impl Driver {
                 policy: policy.name.clone(),
                 source,
             })?;
-        let Some(_lease) = lease else {
+        let Some(lease) = lease else {
             info!(policy = %policy.name, "another replica holds the lock; looking again later");
             return Ok(Tick::Busy {
                 until: now
@@ -385,12 +405,50 @@ impl Driver {
             policy = %policy.name,
             rotation_id = tracing::field::Empty
         );
-        let result = self
-            .locked(policy, force, cancel, &span)
-            .instrument(span.clone())
+        // Waiting (verification, retry sleeps) ends when the lease does.
+        let fence = lease.fence();
+        let pass_cancel = cancel.child_token();
+        let watch = fence.expires().then(|| {
+            let (f, c) = (fence.clone(), pass_cancel.clone());
+            tokio::spawn(async move {
+                while f.check().is_ok() {
+                    tokio::time::sleep(FENCE_WATCH).await;
+                }
+                c.cancel();
+            })
+        });
+        let result = FENCE
+            .scope(
+                fence.clone(),
+                self.locked(policy, force, &pass_cancel, &span)
+                    .instrument(span.clone()),
+            )
             .await;
+        if let Some(w) = watch {
+            w.abort();
+        }
         gauge.set(0);
-        result
+        match (fence.check(), result) {
+            // Cut short by the lease, not by a shutdown.
+            (Err(reason), Ok(Tick::Stopped)) if !cancel.is_cancelled() => {
+                Err(self.lease_lost(policy, reason))
+            }
+            (_, result) => result,
+        }
+    }
+
+    /// The pass stops: its lease ended. Logged; nothing more is written and
+    /// nothing is counted as a failed rotation (the new holder carries on).
+    fn lease_lost(&self, policy: &Policy, reason: String) -> DriveError {
+        warn!(policy = %policy.name, reason = %reason, "the lease ended during the pass; writing nothing more");
+        self.metrics
+            .rotation_step_failures_total
+            .with_label_values(&[policy.name.as_str(), "lease", "lease_lost"])
+            .inc();
+        DriveError::LeaseLost {
+            policy: policy.name.clone(),
+            reason,
+        }
     }
 
     /// The records contradict each other: counted (as a failure of the
@@ -455,6 +513,9 @@ impl Driver {
         let mut recorded: Option<String> = None;
         self.remove_leftovers(policy).await;
         loop {
+            if let Err(reason) = fence_check() {
+                return Err(self.lease_lost(policy, reason));
+            }
             if cancel.is_cancelled() {
                 return Ok(Tick::Stopped);
             }
@@ -582,6 +643,10 @@ impl Driver {
                             crate::crash::point("after-verify");
                             self.record_success(policy, started.take());
                         }
+                        Err(_) if fence_check().is_err() => {
+                            let reason = fence_check().err().unwrap_or_default();
+                            return Err(self.lease_lost(policy, reason));
+                        }
                         Err(e) if cancel.is_cancelled() => {
                             info!(policy = %policy.name, error = %e, "verification interrupted by shutdown; it resumes on restart");
                             return Ok(Tick::Stopped);
@@ -654,6 +719,14 @@ impl Driver {
         let mut attempts = 0;
         loop {
             attempts += 1;
+            if let Err(why) = fence_check() {
+                return Err(StepError {
+                    step: "lease",
+                    reason: "lease_lost",
+                    retryable: false,
+                    message: why,
+                });
+            }
             let e = match f().await {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
@@ -662,6 +735,12 @@ impl Driver {
                 .rotation_step_failures_total
                 .with_label_values(&[policy.name.as_str(), e.step, e.reason])
                 .inc();
+            // Check-and-set refused the write: someone else wrote since the
+            // records were read. Writing the same again would act on a
+            // stale view; the caller reads the records and decides again.
+            if e.reason == "store_conflict" {
+                return Err(e);
+            }
             match policy.retry.on_failure(attempts, e.retryable) {
                 OnFailure::Retry(d) if !cancel.is_cancelled() => {
                     let d = jitter(d);
@@ -1075,6 +1154,23 @@ impl Driver {
         error: StepError,
         cancel: &CancellationToken,
     ) -> Result<DateTime<Utc>, DriveError> {
+        // A step that failed because the lease ended (or failed while it
+        // ended) is not this replica's to undo: the new holder decides.
+        if let Err(reason) = fence_check() {
+            return Err(self.lease_lost(policy, reason));
+        }
+        // A check-and-set conflict means the records changed under this
+        // pass: nothing is rolled back on a stale view. The pass ends and
+        // the next one reads the records and decides again.
+        if error.reason == "store_conflict" {
+            warn!(policy = %policy.name, rotation_id = %journal.rotation_id, step = error.step, error = %error, "the records changed during the pass; reading them again before anything else");
+            return Err(DriveError::Step {
+                policy: policy.name.clone(),
+                message: format!(
+                    "{error}; the records changed during the pass, the next pass decides again"
+                ),
+            });
+        }
         let now = self.clock.now();
         let failures = journal.failures + 1;
         let retry_at = policy.retry.retry_at(now, failures);
@@ -1428,6 +1524,9 @@ impl Driver {
             );
         }
         for t in &orphans {
+            if let Some(Err(reason)) = _lease.as_ref().map(|l| l.fence().check()) {
+                return Err(self.lease_lost(policy, reason));
+            }
             self.metrics
                 .orphans_found_total
                 .with_label_values(&[policy.name.as_str()])

@@ -1169,6 +1169,8 @@ impl AwsDestination {
         let op = StoreOp::Lock;
         let lock = self.lock_secret_name();
         let now = self.clock.now();
+        // The lease is counted from before any write that may take it.
+        let sent = tokio::time::Instant::now();
         let lease_id = uuid::Uuid::new_v4().hyphenated().to_string();
         let doc = LockDoc {
             holder: holder.to_owned(),
@@ -1187,7 +1189,7 @@ impl AwsDestination {
             .create_secret(op, &lock, description, Some((&body, &lease_id)))
             .await?
         {
-            return Ok(Some(self.lease(doc, lease_id)));
+            return Ok(Some(self.lease(doc, lease_id, sent)));
         }
         let Some((seen, text)) = self.get_value(op, &lock, Which::Stage(CURRENT)).await? else {
             return Err(self.err(
@@ -1229,7 +1231,7 @@ impl AwsDestination {
                 if !current.released && !reclaimed {
                     info!(destination = %self.label(), previous_holder = %current.holder, expired_at = %current.expires_at, "took over an expired lock");
                 }
-                Ok(Some(self.lease(doc, lease_id)))
+                Ok(Some(self.lease(doc, lease_id, sent)))
             }
             Err(e) if e.code() == Some("InvalidParameterException") => {
                 debug!(destination = %self.label(), reason = e.message().unwrap_or(""), "lost the race for the lock");
@@ -1239,8 +1241,9 @@ impl AwsDestination {
         }
     }
 
-    fn lease(&self, doc: LockDoc, version: String) -> AwsLease {
+    fn lease(&self, doc: LockDoc, version: String, sent: tokio::time::Instant) -> AwsLease {
         let shared = Arc::new(LeaseShared {
+            fence: super::Fence::expiring(self.label(), sent, self.lock_ttl),
             dest: self.clone(),
             holder: doc.holder,
             lease_id: doc.lease_id,
@@ -1325,6 +1328,7 @@ struct LeaseShared {
     /// Set when the release starts: a renewal already under way must not
     /// move `AWSCURRENT` on from the released version.
     releasing: std::sync::atomic::AtomicBool,
+    fence: super::Fence,
 }
 
 impl std::fmt::Debug for AwsLease {
@@ -1344,6 +1348,11 @@ impl AwsLease {
 
     pub fn holder(&self) -> &str {
         &self.shared.holder
+    }
+
+    /// What the holder checks before each write.
+    pub fn fence(&self) -> super::Fence {
+        self.shared.fence.clone()
     }
 
     /// Extends the lease by the lock TTL from now. `Ok(false)`: the lease
@@ -1436,7 +1445,38 @@ impl LeaseShared {
     }
 
     async fn renew(&self) -> Result<bool, StoreError> {
+        if self.renew_once().await? {
+            return Ok(true);
+        }
+        if self.releasing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(false);
+        }
+        // Our version is no longer current. A renewal whose answer was lost
+        // may have moved `AWSCURRENT` to a version of ours: read the lock
+        // before calling the lease lost.
+        let op = StoreOp::Lock;
+        let lock = self.dest.lock_secret_name();
+        if let Some((seen, text)) = self
+            .dest
+            .get_value(op, &lock, Which::Stage(CURRENT))
+            .await?
+            && serde_json::from_str::<LockDoc>(&text)
+                .is_ok_and(|l| l.lease_id == self.lease_id && !l.released)
+        {
+            info!(destination = %self.dest.label(), lease_id = %self.lease_id, "a renewal whose answer was lost had been applied; the lock is still ours");
+            *self.version.lock().await = seen;
+            if self.renew_once().await? {
+                return Ok(true);
+            }
+        }
+        self.fence.lost();
+        Ok(false)
+    }
+
+    /// One renewal from the version we believe is ours.
+    async fn renew_once(&self) -> Result<bool, StoreError> {
         let now = self.dest.clock.now();
+        let sent = tokio::time::Instant::now();
         let doc = LockDoc {
             holder: self.holder.clone(),
             lease_id: self.lease_id.clone(),
@@ -1445,7 +1485,11 @@ impl LeaseShared {
             released: false,
         };
         let next = uuid::Uuid::new_v4().hyphenated().to_string();
-        self.swap(StoreOp::Lock, &doc.json(), next, PENDING).await
+        let swapped = self.swap(StoreOp::Lock, &doc.json(), next, PENDING).await?;
+        if swapped {
+            self.fence.renewed(sent, self.dest.lock_ttl);
+        }
+        Ok(swapped)
     }
 
     /// Swaps `AWSCURRENT` to the lock's fixed released version: written

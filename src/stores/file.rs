@@ -72,6 +72,8 @@ const LOCK_ATTEMPTS: u32 = 5;
 #[derive(Debug)]
 pub struct FileLease {
     _file: File,
+    /// An `flock` lasts while the process holds it: never lost.
+    pub(crate) fence: super::Fence,
 }
 
 /// The record on disk. Fields are listed explicitly (no `flatten`) so the
@@ -613,7 +615,10 @@ impl FileDestination {
                         // Who holds it, for an operator looking at the file.
                         let _ = file.set_len(0);
                         let _ = writeln!(file, "{holder} pid={}", std::process::id());
-                        return Ok(Some(FileLease { _file: file }));
+                        return Ok(Some(FileLease {
+                            _file: file,
+                            fence: super::Fence::unbounded(d.label()),
+                        }));
                     }
                     Err(std::fs::TryLockError::WouldBlock) if attempt + 1 < LOCK_ATTEMPTS => {
                         std::thread::sleep(std::time::Duration::from_millis(10));

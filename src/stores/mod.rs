@@ -335,12 +335,120 @@ pub async fn wait_for_releases(limit: std::time::Duration) -> bool {
     tokio::time::timeout(limit, RELEASES.wait()).await.is_ok()
 }
 
+/// What a lease holder checks before each write (invariant 9): whether
+/// its lease is still its own and valid for long enough. The lease updates
+/// it (each renewal moves `valid_until`; a renewal that finds the lease
+/// taken over marks it lost); the driver reads it. Time is the monotonic
+/// clock measured from before the renewal was sent, so a process paused
+/// past its lease sees it expired the moment it resumes, whatever the wall
+/// clock or an injected clock says.
+#[derive(Clone, Debug)]
+pub struct Fence(std::sync::Arc<FenceState>);
+
+#[derive(Debug)]
+struct FenceState {
+    /// `None`: valid for as long as the process lives (an `flock`).
+    valid_until: std::sync::Mutex<Option<tokio::time::Instant>>,
+    lost: std::sync::atomic::AtomicBool,
+    /// How long before `valid_until` the holder stops writing: a write
+    /// under way when the lease ends would be one no lease covers.
+    margin: std::time::Duration,
+    /// The lock's place, for messages.
+    label: String,
+}
+
+impl Fence {
+    /// A lease that lasts as long as the process holds it (a file lock).
+    pub fn unbounded(label: String) -> Fence {
+        Fence(std::sync::Arc::new(FenceState {
+            valid_until: std::sync::Mutex::new(None),
+            lost: std::sync::atomic::AtomicBool::new(false),
+            margin: std::time::Duration::ZERO,
+            label,
+        }))
+    }
+
+    /// A lease valid for `ttl` from `sent` (when the write that took it
+    /// was sent), renewed in the background every third of it; writes stop
+    /// a quarter of the TTL before it ends.
+    pub fn expiring(label: String, sent: tokio::time::Instant, ttl: std::time::Duration) -> Fence {
+        Fence(std::sync::Arc::new(FenceState {
+            valid_until: std::sync::Mutex::new(Some(sent + ttl)),
+            lost: std::sync::atomic::AtomicBool::new(false),
+            margin: ttl / 4,
+            label,
+        }))
+    }
+
+    /// A renewal sent at `sent` succeeded.
+    pub(crate) fn renewed(&self, sent: tokio::time::Instant, ttl: std::time::Duration) {
+        let mut v = self
+            .0
+            .valid_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if v.is_some_and(|until| until < sent + ttl) {
+            *v = Some(sent + ttl);
+        }
+    }
+
+    /// Another holder took the lease over.
+    pub(crate) fn lost(&self) {
+        self.0.lost.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the holder may still write.
+    ///
+    /// # Errors
+    /// Why not: the lease was taken over, or ends within the margin.
+    pub fn check(&self) -> Result<(), String> {
+        if self.0.lost.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(format!(
+                "the lease on {} was taken over by another holder",
+                self.0.label
+            ));
+        }
+        let until = *self
+            .0
+            .valid_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match until {
+            Some(until) if tokio::time::Instant::now() + self.0.margin >= until => Err(format!(
+                "the lease on {} was not renewed in time and may have been taken over",
+                self.0.label
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the lease can end at all (a file lock cannot while held).
+    pub fn expires(&self) -> bool {
+        self.0
+            .valid_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
+    }
+}
+
 /// Proof of holding a policy's coordination lock; released on drop.
 #[derive(Debug)]
 pub enum Lease {
     File(file::FileLease),
     Vault(vault::VaultLease),
     Aws(aws::AwsLease),
+}
+
+impl Lease {
+    /// What the holder checks before each write; see [`Fence`].
+    pub fn fence(&self) -> Fence {
+        match self {
+            Lease::File(l) => l.fence.clone(),
+            Lease::Vault(l) => l.fence(),
+            Lease::Aws(l) => l.fence(),
+        }
+    }
 }
 
 /// Dispatches a method call to the destination's store.

@@ -2701,12 +2701,14 @@ impl VaultDestination {
             ttl_seconds: self.lease_ttl.as_secs(),
         };
         let data = serde_json::to_value(&lock).unwrap_or(Value::Null);
+        let sent = tokio::time::Instant::now();
         match self.v2_write(op, &lp, &data, cas).await {
             Ok(version) => Ok(Some(VaultLease::start(
                 self.clone(),
                 holder.to_owned(),
                 version,
                 lock.expires_at,
+                sent,
             ))),
             // Another replica wrote first.
             Err(e) if e.kind == StoreErrorKind::Conflict => Ok(None),
@@ -2941,6 +2943,7 @@ struct LeaseShared {
     holder: String,
     state: tokio::sync::Mutex<LeaseState>,
     lost: AtomicBool,
+    fence: super::Fence,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -2949,6 +2952,10 @@ struct LeaseState {
     version: u64,
     expires_at: DateTime<Utc>,
     released: bool,
+    /// The `expires_at` of a renewal whose outcome is unknown (the request
+    /// failed without an answer): if Vault applied it, the record is ours
+    /// at a newer version, and a conflict must not be taken for a loss.
+    unanswered: Option<DateTime<Utc>>,
 }
 
 impl fmt::Debug for VaultLease {
@@ -2969,8 +2976,10 @@ impl VaultLease {
         holder: String,
         version: u64,
         expires_at: DateTime<Utc>,
+        sent: tokio::time::Instant,
     ) -> VaultLease {
         let every = (dest.lease_ttl / 3).max(Duration::from_millis(100));
+        let fence = super::Fence::expiring(dest.label(), sent, dest.lease_ttl);
         let shared = Arc::new(LeaseShared {
             dest,
             holder,
@@ -2978,8 +2987,10 @@ impl VaultLease {
                 version,
                 expires_at,
                 released: false,
+                unanswered: None,
             }),
             lost: AtomicBool::new(false),
+            fence,
         });
         let weak = Arc::downgrade(&shared);
         let keepalive = tokio::spawn(async move {
@@ -3013,6 +3024,11 @@ impl VaultLease {
     /// When the lease expires unless renewed.
     pub async fn expires_at(&self) -> DateTime<Utc> {
         self.shared.state.lock().await.expires_at
+    }
+
+    /// What the holder checks before each write.
+    pub fn fence(&self) -> super::Fence {
+        self.shared.fence.clone()
     }
 
     /// Whether a renewal found the lease taken over by another holder; the
@@ -3113,6 +3129,7 @@ impl LeaseShared {
             ttl_seconds: d.lease_ttl.as_secs(),
         };
         let data = serde_json::to_value(&lock).unwrap_or(Value::Null);
+        let sent = tokio::time::Instant::now();
         match d
             .v2_write(op, &d.sib(Sibling::Lock), &data, st.version)
             .await
@@ -3120,10 +3137,55 @@ impl LeaseShared {
             Ok(v) => {
                 st.version = v;
                 st.expires_at = lock.expires_at;
+                st.unanswered = None;
+                self.fence.renewed(sent, d.lease_ttl);
                 Ok(lock.expires_at)
+            }
+            Err(e) if e.kind == StoreErrorKind::Conflict && st.unanswered.is_some() => {
+                // An earlier renewal may have been applied without its
+                // answer reaching us: the record is then ours at a newer
+                // version. Read it before calling the lease lost.
+                let lp = d.sib(Sibling::Lock);
+                let ours = match d.v2_meta(op, &lp).await? {
+                    Some(meta) if meta.version > 0 => d
+                        .v2_data(op, &lp, meta.version)
+                        .await?
+                        .and_then(|data| LockData::deserialize(&data.0).ok())
+                        .filter(|l| l.holder == self.holder && Some(l.expires_at) == st.unanswered)
+                        .map(|l| (meta.version, l.expires_at)),
+                    _ => None,
+                };
+                st.unanswered = None;
+                match ours {
+                    Some((version, expires_at)) => {
+                        info!(destination = %d.label(), "a renewal whose answer was lost had been applied; the lease is still ours");
+                        st.version = version;
+                        st.expires_at = expires_at;
+                        Err(d.err(
+                            op,
+                            StoreErrorKind::Transient,
+                            "the lease record moved on by our own earlier renewal; renewing again"
+                                .into(),
+                        ))
+                    }
+                    None => {
+                        self.lost.store(true, Ordering::SeqCst);
+                        self.fence.lost();
+                        warn!(destination = %d.label(), holder = %self.holder, "the lease was taken over by another holder");
+                        Err(d.err(
+                            op,
+                            StoreErrorKind::Conflict,
+                            format!(
+                                "the lease `{}` was taken over by another holder after it expired; stop changing this destination",
+                                d.api("data", &lp)
+                            ),
+                        ))
+                    }
+                }
             }
             Err(e) if e.kind == StoreErrorKind::Conflict => {
                 self.lost.store(true, Ordering::SeqCst);
+                self.fence.lost();
                 warn!(destination = %d.label(), holder = %self.holder, "the lease was taken over by another holder");
                 Err(d.err(
                     op,
@@ -3134,7 +3196,12 @@ impl LeaseShared {
                     ),
                 ))
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                if e.kind == StoreErrorKind::Transient {
+                    st.unanswered = Some(lock.expires_at);
+                }
+                Err(e)
+            }
         }
     }
 

@@ -53,7 +53,7 @@ const READ_EVERY: Duration = Duration::from_millis(100);
 
 /// A place a consumer reads a token from.
 #[derive(Clone)]
-enum Source {
+pub(crate) enum Source {
     /// The `token` field of a JSON record file.
     Json(PathBuf),
     /// A bare token file.
@@ -66,7 +66,7 @@ enum Source {
 
 impl Source {
     /// The token read, `None` when nothing is stored yet.
-    async fn read(&self, http: &reqwest::Client) -> Result<Option<String>, String> {
+    pub(crate) async fn read(&self, http: &reqwest::Client) -> Result<Option<String>, String> {
         let field = |v: &Value| {
             v["token"]
                 .as_str()
@@ -160,18 +160,18 @@ async fn aws_call(
 
 /// What the consumers saw.
 #[derive(Default)]
-struct Tally {
-    reads: u64,
-    dead: u64,
-    unknown: u64,
+pub(crate) struct Tally {
+    pub(crate) reads: u64,
+    pub(crate) dead: u64,
+    pub(crate) unknown: u64,
     empty: u64,
     errors: u64,
     /// The first few failures, by token id (never a secret).
-    examples: Vec<String>,
+    pub(crate) examples: Vec<String>,
 }
 
 /// Reads every source every [`READ_EVERY`] until `stop`.
-async fn consume(
+pub(crate) async fn consume(
     sources: Vec<(String, Source)>,
     sim: Simulator,
     tally: Arc<Mutex<Tally>>,

@@ -11,6 +11,7 @@ mod crash_remote;
 mod deploy;
 mod e2e_observability;
 mod engine;
+mod fencing;
 mod harness;
 mod http_endpoints;
 mod leak;

@@ -1,0 +1,363 @@
+//! A lost lease fences its holder (invariant 9), against the real binary:
+//! two `run` daemons share a policy whose lock lives on OpenBao KV v2 and
+//! one whose lock lives on a moto secret. Verification takes a few
+//! seconds. The daemon that holds a lease in the middle of verification is
+//! stopped (SIGSTOP) for several lease TTLs, so the other takes over and
+//! finishes the rotation, then it is resumed (SIGCONT). Consumers read
+//! every destination every 100 ms throughout.
+//!
+//! The resumed daemon must write nothing more for the pass it was in (it
+//! logs that its lease ended), consumers never read a dead token, no
+//! rotation completes twice, and afterwards exactly the stored tokens are
+//! live.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use motherduck_rotator::secret::ExposeSecret;
+use motherduck_rotator::simulator::{RunningSimulator, Simulator, SimulatorOptions};
+
+use crate::chaos::{Source, Tally, consume};
+use crate::support::services::{Moto, OpenBao};
+
+const BIN: &str = env!("CARGO_BIN_EXE_motherduck-rotator");
+
+struct World {
+    root: PathBuf,
+    sim: RunningSimulator,
+    bao: OpenBao,
+    moto: Moto,
+}
+
+impl World {
+    async fn new() -> World {
+        let root =
+            std::env::temp_dir().join(format!("mdr-fencing-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&root).unwrap();
+        let bao = OpenBao::start().await;
+        let moto = Moto::start().await;
+        let sim = Simulator::spawn(SimulatorOptions::default())
+            .await
+            .expect("simulator starts");
+        sim.sim.add_service_account("svc_vfence");
+        sim.sim.add_service_account("svc_afence");
+        std::fs::write(root.join("admin.token"), sim.admin_token.expose_secret()).unwrap();
+        std::fs::write(root.join("vault.token"), &bao.root_token).unwrap();
+        World {
+            root,
+            sim,
+            bao,
+            moto,
+        }
+    }
+
+    fn config(&self) -> PathBuf {
+        let path = self.root.join("config.toml");
+        let verify = r#"[{ type = "command", command = ["/bin/sh", "-c", "sleep 3"], interval = "100ms", deadline = "30s", timeout = "10s" }]"#;
+        let src = format!(
+            r#"
+[motherduck]
+api_url = "{api}"
+admin_token = {{ file = "admin.token" }}
+request_timeout = "5s"
+rate_limit_per_second = 1000
+
+[daemon]
+listen = "127.0.0.1:0"
+log_format = "json"
+orphan_min_age = "2s"
+sweep_interval = "5s"
+shutdown_timeout = "10s"
+lock_retry_interval = "300ms"
+recheck_interval = "1s"
+
+[stores.vault]
+type = "vault"
+address = "{vault}"
+auth = {{ method = "token", token = {{ file = "vault.token" }} }}
+lease_ttl = "2s"
+
+[stores.aws]
+type = "aws"
+region = "us-east-1"
+endpoint_url = "{aws}"
+create_if_missing = true
+lock_ttl = "3s"
+
+[[policy]]
+name = "vfence"
+service_account = "svc_vfence"
+schedule = {{ interval = "6s" }}
+overlap = "1s"
+verify = {verify}
+destinations = [{{ store = "vault", path = "fence/v" }}]
+retry = {{ max_attempts = 3, initial_backoff = "100ms", max_backoff = "1s" }}
+
+[[policy]]
+name = "afence"
+service_account = "svc_afence"
+schedule = {{ interval = "6s" }}
+overlap = "1s"
+verify = {verify}
+destinations = [{{ store = "aws", path = "fence/a" }}]
+retry = {{ max_attempts = 3, initial_backoff = "100ms", max_backoff = "1s" }}
+"#,
+            api = self.sim.base_url(),
+            vault = self.bao.addr,
+            aws = self.moto.endpoint,
+        );
+        std::fs::write(&path, src).unwrap();
+        path
+    }
+
+    fn spawn(&self, config: &Path, name: &str) -> tokio::process::Child {
+        let out = std::fs::File::create(self.root.join(format!("{name}.out"))).unwrap();
+        let err = std::fs::File::create(self.root.join(format!("{name}.err"))).unwrap();
+        tokio::process::Command::new(BIN)
+            .arg("--config")
+            .arg(config)
+            .arg("run")
+            .current_dir(&self.root)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env_remove("AWS_PROFILE")
+            .env_remove("MDR_CRASH_AT")
+            .env_remove("MOTHERDUCK_ROTATOR_CONFIG")
+            .env("MDR_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the binary starts")
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.root.join(format!("{name}.err"))).unwrap_or_default()
+    }
+
+    fn logs(&self) -> String {
+        ["a", "b"]
+            .iter()
+            .map(|n| format!("--- {n}.err\n{}", self.log(n)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// `(policy, rotation id)` of each line of `log` with `message`.
+    fn events(&self, log: &str, message: &str) -> Vec<(String, String)> {
+        let needle = format!(r#""message":"{message}""#);
+        self.log(log)
+            .lines()
+            .filter(|l| l.contains(&needle))
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .map(|v| {
+                let field = |k: &str| {
+                    v[k].as_str()
+                        .or_else(|| v["span"][k].as_str())
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                (field("policy"), field("rotation_id"))
+            })
+            .collect()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+}
+
+fn signal(child: &tokio::process::Child, sig: i32) {
+    if let Some(pid) = child.id() {
+        // SAFETY: kill(2) on a child we started; no memory is involved.
+        unsafe {
+            libc::kill(pid as i32, sig);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_paused_past_its_lease_writes_nothing_when_it_resumes() {
+    let w = World::new().await;
+    let config = w.config();
+    let sources = vec![
+        (
+            "vault:fence/v".to_owned(),
+            Source::Vault {
+                url: format!("{}/v1/secret/data/fence/v", w.bao.addr),
+                token: w.bao.root_token.clone(),
+            },
+        ),
+        (
+            "aws:fence/a".to_owned(),
+            Source::Aws {
+                endpoint: w.moto.endpoint.clone(),
+                secret: "fence/a".to_owned(),
+            },
+        ),
+    ];
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let consumer = tokio::spawn(consume(
+        sources.clone(),
+        w.sim.sim.clone(),
+        tally.clone(),
+        stop.clone(),
+    ));
+
+    let mut a = w.spawn(&config, "a");
+    let mut b = w.spawn(&config, "b");
+    let daemons = [("a", &mut a), ("b", &mut b)];
+
+    // Wait for each policy's first verification after both run, then stop
+    // whichever daemon is verifying it; one policy at a time.
+    let mut stopped_in = Vec::new();
+    for policy in ["vfence", "afence"] {
+        let verifying = |n: &str| {
+            w.events(n, "verifying the new token")
+                .iter()
+                .filter(|(p, _)| p == policy)
+                .count()
+        };
+        let before: Vec<usize> = daemons.iter().map(|(n, _)| verifying(n)).collect();
+        let (name, child) = {
+            let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let found = daemons
+                    .iter()
+                    .zip(&before)
+                    .find(|((n, _), b)| verifying(n) > **b)
+                    .map(|(d, _)| d);
+                if let Some((n, c)) = found {
+                    break (*n, &**c);
+                }
+                assert!(
+                    tokio::time::Instant::now() < give_up,
+                    "no verification of {policy}\n{}",
+                    w.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        // Mid-verification (the hook takes 3 s): stop it for over three
+        // lease TTLs of either store.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        signal(child, libc::SIGSTOP);
+        let resumed_at_line = {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            let lines = w.log(name).lines().count();
+            signal(child, libc::SIGCONT);
+            lines
+        };
+        stopped_in.push((policy, name, resumed_at_line));
+        // Let both run on for a while.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+    }
+    let other = |n: &str| if n == "a" { "b" } else { "a" };
+
+    // Stop both, let the consumers see the end state.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    signal(&a, libc::SIGTERM);
+    signal(&b, libc::SIGTERM);
+    let _ = tokio::time::timeout(Duration::from_secs(20), a.wait()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(20), b.wait()).await;
+    stop.store(true, Ordering::Relaxed);
+    consumer.await.unwrap();
+
+    {
+        let t = tally.lock().unwrap();
+        assert!(t.reads > 0, "the consumers read nothing");
+        assert!(
+            t.dead == 0 && t.unknown == 0,
+            "consumers read dead tokens: {:#?}\n{}",
+            t.examples,
+            w.logs()
+        );
+    }
+    for (policy, name, from_line) in &stopped_in {
+        // The resumed daemon's lines after SIGCONT for this policy.
+        let after: Vec<String> = w
+            .log(name)
+            .lines()
+            .skip(*from_line)
+            .filter(|l| l.contains(&format!(r#""policy":"{policy}""#)))
+            .map(str::to_owned)
+            .collect();
+        // Up to that line, nothing of the interrupted pass was written.
+        for l in after
+            .iter()
+            .take_while(|l| !l.contains("the lease ended during the pass"))
+        {
+            for forbidden in [
+                r#""step":"journal""#,
+                "a destination lacks the verified token",
+                "rolling back",
+                "rotation rolled back",
+                "old token revoked",
+                "rotation complete",
+                "new token is current",
+            ] {
+                assert!(
+                    !l.contains(forbidden),
+                    "{name} wrote after resuming ({forbidden}): {l}\n{}",
+                    w.logs()
+                );
+            }
+        }
+        assert!(
+            after
+                .iter()
+                .any(|l| l.contains("the lease ended during the pass; writing nothing more")),
+            "{name} resumed without noticing its lease on {policy} ended; its lines after resuming:\n{}",
+            after.join("\n")
+        );
+        // The other daemon took over and finished that rotation.
+        assert!(
+            w.events(other(name), "rotation complete")
+                .iter()
+                .any(|(p, _)| p == policy),
+            "{} did not finish {policy}\n{}",
+            other(name),
+            w.logs()
+        );
+    }
+    // No rotation completed twice, across both daemons.
+    let mut done: HashMap<String, usize> = HashMap::new();
+    for n in ["a", "b"] {
+        for (_, rid) in w.events(n, "rotation complete") {
+            *done.entry(rid).or_default() += 1;
+        }
+    }
+    done.retain(|_, c| *c > 1);
+    assert!(done.is_empty(), "completed twice: {done:?}\n{}", w.logs());
+    // Nothing live beyond what the stores hold (the newest token and, in
+    // a rotation's overlap, the one before).
+    let http = reqwest::Client::new();
+    for ((label, src), sa) in sources.iter().zip(["svc_vfence", "svc_afence"]) {
+        let secret = src.read(&http).await.unwrap().expect("a token is stored");
+        let stored = w.sim.sim.token_by_secret(&secret).unwrap().id;
+        let live: Vec<String> = w
+            .sim
+            .sim
+            .live_tokens(sa)
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        assert!(
+            live.contains(&stored) && live.len() <= 2,
+            "{label}: live {live:?}, stored {stored}\n{}",
+            w.logs()
+        );
+    }
+}
