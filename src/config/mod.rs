@@ -362,6 +362,9 @@ struct Validator<'a> {
 
 const DEFAULT_API_URL: &str = "https://api.motherduck.com";
 
+/// The longest duration any setting accepts (100 years of 365 days).
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 fn root() -> FieldPath {
     FieldPath::default()
 }
@@ -393,7 +396,8 @@ impl Validator<'_> {
         ));
     }
 
-    /// A humantime duration, or `default` when absent.
+    /// A humantime duration (at most [`MAX_DURATION`]), or `default` when
+    /// absent.
     fn duration(&mut self, raw: &Option<String>, path: &FieldPath, default: Duration) -> Duration {
         self.opt_duration(raw, path).unwrap_or(default)
     }
@@ -401,6 +405,17 @@ impl Validator<'_> {
     fn opt_duration(&mut self, raw: &Option<String>, path: &FieldPath) -> Option<Duration> {
         let s = raw.as_ref()?;
         match humantime::parse_duration(s.trim()) {
+            // Every duration is added to timestamps; beyond this, the
+            // arithmetic would overflow instead of meaning anything.
+            Ok(d) if d > MAX_DURATION => {
+                self.error(
+                    path,
+                    format!(
+                        "`{s}` is longer than 100 years, the longest duration any setting takes"
+                    ),
+                );
+                None
+            }
             Ok(d) => Some(d),
             Err(e) => {
                 self.error(

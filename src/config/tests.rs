@@ -1300,6 +1300,25 @@ destinations = [{ store = "local", path = "a.json" }]
         ],
     },
     Case {
+        // Regression: `overlap = "300000y"` passed and panicked at the
+        // first verified rotation (a timestamp past the year 262143).
+        name: "durations beyond a hundred years",
+        toml: r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+stores.local = { type = "file", directory = "store" }
+[[policy]]
+name = "app"
+service_account = "svc_app"
+schedule = { interval = "1000000000y" }
+overlap = "300000y"
+destinations = [{ store = "local", path = "a.json" }]
+"#,
+        errors: &[
+            ("6:14", "policy[0].schedule.interval", "`1000000000y` is longer than 100 years, the longest duration any setting takes"),
+            ("7:1", "policy[0].overlap", "`300000y` is longer than 100 years, the longest duration any setting takes"),
+        ],
+    },
+    Case {
         name: "token ttl too short",
         toml: r#"
 motherduck = { admin_token = { env = "MD_TOKEN" } }
