@@ -65,6 +65,22 @@ fn is_uuid_simple(s: &str) -> bool {
     s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// Reads a whole file without following a symbolic link at `path`: the
+/// directory may be shared with the application (a sidecar's volume), and
+/// a link planted there must not make the daemon read, or with the lock
+/// file truncate, a file elsewhere.
+fn read_nofollow(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut opts = OpenOptions::new();
+    opts.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut opts, libc::O_NOFOLLOW);
+    let mut f = opts.open(path)?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
 /// Attempts at taking a busy lock, 10 ms apart.
 const LOCK_ATTEMPTS: u32 = 5;
 
@@ -195,6 +211,17 @@ impl FileDestination {
     }
 
     fn io_err(&self, op: StoreOp, path: &Path, e: &std::io::Error) -> StoreError {
+        #[cfg(unix)]
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            return self.err(
+                op,
+                StoreErrorKind::Permanent,
+                format!(
+                    "`{}` is a symbolic link; the store does not follow links (another process sharing the directory could point it anywhere): replace it with a plain file or remove it",
+                    path.display()
+                ),
+            );
+        }
         let kind = match e.kind() {
             std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
                 StoreErrorKind::Permanent
@@ -265,7 +292,7 @@ impl FileDestination {
     }
 
     fn read_record(&self, op: StoreOp, path: &Path) -> Result<Option<DiskRecord>, StoreError> {
-        let bytes = match std::fs::read(path) {
+        let bytes = match read_nofollow(path) {
             Ok(b) => Zeroizing::new(b),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.io_err(op, path, &e)),
@@ -340,7 +367,7 @@ impl FileDestination {
         let Some(bare) = self.bare_path() else {
             return Ok(true);
         };
-        let held = match std::fs::read(&bare) {
+        let held = match read_nofollow(&bare) {
             Ok(b) => Zeroizing::new(b),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(self.io_err(op, &bare, &e)),
@@ -601,7 +628,10 @@ impl FileDestination {
             let mut opts = OpenOptions::new();
             opts.read(true).write(true).create(true).truncate(false);
             #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                opts.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+            }
             let mut file = opts.open(&path).map_err(|e| d.io_err(op, &path, &e))?;
             // A flock is shared with any child forked while the lock file
             // was open, until that child execs (the descriptor is
@@ -890,6 +920,36 @@ mod tests {
             std::fs::read_to_string(dir.join("etl.token")).unwrap(),
             "eyJone\n"
         );
+        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+    }
+
+    /// Regression: the lock file, records and bare file were opened
+    /// following symbolic links. In a directory shared with the
+    /// application, a link at `P.lock` made `try_lock` truncate whatever
+    /// it pointed to.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn symbolic_links_in_the_store_are_refused_not_followed() {
+        let dir = tmpdir();
+        let d = dest(&dir);
+        let r1 = record("r1", "eyJone", None);
+        d.stage(&r1).await.unwrap();
+        d.promote(&journal(&r1, JournalState::Promoted))
+            .await
+            .unwrap();
+        let victim = dir.parent().unwrap().join("victim.txt");
+        std::fs::write(&victim, "precious\n").unwrap();
+
+        std::os::unix::fs::symlink(&victim, dir.join("etl.json.lock")).unwrap();
+        let e = d.try_lock("a").await.unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert_eq!(e.kind, StoreErrorKind::Permanent);
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+
+        std::fs::rename(dir.join("etl.json"), dir.join("real.json")).unwrap();
+        std::os::unix::fs::symlink(dir.join("real.json"), dir.join("etl.json")).unwrap();
+        let e = d.load().await.unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
         std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }
 
