@@ -503,6 +503,10 @@ impl Validator<'_> {
                 self.error(&path.key("file"), "the secret file path is empty");
                 return None;
             }
+            if let Some(problem) = path_problem(f) {
+                self.error(&path.key("file"), problem);
+                return None;
+            }
             if looks_like_token(&f.to_string_lossy()) {
                 self.error(&path.key("file"), pasted("file path"));
                 return None;
@@ -1055,9 +1059,25 @@ impl Validator<'_> {
             }
             let def = match s {
                 Err(kind) => StoreDef::Invalid { kind: *kind },
-                Ok(RawStore::File(f)) => StoreDef::File {
-                    directory: self.path(&f.directory),
-                },
+                Ok(RawStore::File(f)) => {
+                    let problem = if f.directory.as_os_str().is_empty() {
+                        Some(
+                            "must not be empty: name the directory that holds the records"
+                                .to_owned(),
+                        )
+                    } else {
+                        path_problem(&f.directory)
+                    };
+                    match problem {
+                        Some(problem) => {
+                            self.error(&path.key("directory"), problem);
+                            StoreDef::Invalid { kind: Some("file") }
+                        }
+                        None => StoreDef::File {
+                            directory: self.path(&f.directory),
+                        },
+                    }
+                }
                 Ok(RawStore::Vault(v)) => self.vault_store(v, &path).map_or(
                     StoreDef::Invalid {
                         kind: Some("vault"),
@@ -1639,7 +1659,10 @@ impl Validator<'_> {
                 if !plain_file_name(place) {
                     self.error(
                         &ppath,
-                        format!("`{place}` must be a plain file name inside the store's directory"),
+                        format!(
+                            "`{}` must be a plain file name inside the store's directory",
+                            place.escape_debug()
+                        ),
                     );
                 }
                 if let Some(b) = bare_token_file
@@ -1647,7 +1670,10 @@ impl Validator<'_> {
                 {
                     self.error(
                         &dpath.key("bare_token_file"),
-                        format!("`{b}` must be a plain file name, different from `path`"),
+                        format!(
+                            "`{}` must be a plain file name, different from `path`",
+                            b.escape_debug()
+                        ),
                     );
                 }
             }
@@ -2405,8 +2431,22 @@ fn plain_file_name(s: &str) -> bool {
         && s != "."
         && s != ".."
         && !s.contains('/')
-        && !s.contains('\0')
+        && !s.chars().any(char::is_control)
         && !s.starts_with('.')
+}
+
+/// Why a configured path cannot be used: a NUL byte cannot be passed to
+/// the operating system, and newlines or other control characters in a
+/// path are a pasting mistake that would also garble every message naming
+/// it.
+fn path_problem(p: &Path) -> Option<String> {
+    let text = p.to_string_lossy();
+    text.chars().any(char::is_control).then(|| {
+        format!(
+            "`{}` contains a control character (NUL, newline, tab, ...); paths must not",
+            text.escape_debug()
+        )
+    })
 }
 
 fn default_instance_id() -> String {

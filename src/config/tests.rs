@@ -1300,6 +1300,29 @@ destinations = [{ store = "local", path = "a.json" }]
         ],
     },
     Case {
+        // Regression: an empty directory (the config file's own), a NUL
+        // byte or a newline in a path or file name were accepted.
+        name: "empty directory, control characters in paths",
+        toml: r#"
+motherduck = { admin_token = { file = "admin\ntoken" } }
+stores.empty = { type = "file", directory = "" }
+stores.nul = { type = "file", directory = "var/\u0000lib" }
+stores.local = { type = "file", directory = "store" }
+[[policy]]
+name = "app"
+service_account = "svc_app"
+schedule = { interval = "1d" }
+destinations = [{ store = "local", path = "app\n.json", bare_token_file = "app\t.token" }]
+"#,
+        errors: &[
+            ("1:32", "motherduck.admin_token.file", "`admin\\ntoken` contains a control character (NUL, newline, tab, ...); paths must not"),
+            ("2:33", "stores.empty.directory", "must not be empty: name the directory that holds the records"),
+            ("3:31", "stores.nul.directory", "`var/\\0lib` contains a control character"),
+            ("9:36", "policy[0].destinations[0].path", "`app\\n.json` must be a plain file name inside the store's directory"),
+            ("9:57", "policy[0].destinations[0].bare_token_file", "`app\\t.token` must be a plain file name, different from `path`"),
+        ],
+    },
+    Case {
         // Regression: `overlap = "300000y"` passed and panicked at the
         // first verified rotation (a timestamp past the year 262143).
         name: "durations beyond a hundred years",
