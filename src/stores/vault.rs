@@ -866,6 +866,13 @@ impl VaultConnection {
             Err(f @ (Failure::Transport(_) | Failure::BadResponse(_) | Failure::Unexplained)) => {
                 Err(self.failure_as_auth("token renewal", f))
             }
+            // Vault answered, and refused: OpenBao says `500 past the max
+            // TTL, cannot renew` for a token at its maximum TTL. Whatever
+            // the status, a fresh login is the way on when there is one.
+            Err(Failure::Status { code, errors }) if is_transient_status(code) && can_login => {
+                info!(vault = %self.inner.address, status = code, error = %self.redact(clean_errors(&errors)), "Vault refused to renew the token; logging in again");
+                self.login(now).await.map(|()| TokenAction::LoggedIn)
+            }
             Err(Failure::Status { code, errors }) if is_transient_status(code) => {
                 Err(self.failure_as_auth("token renewal", Failure::Status { code, errors }))
             }

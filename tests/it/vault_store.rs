@@ -1820,3 +1820,68 @@ async fn a_renewed_client_certificate_is_used_without_a_restart() {
     std::fs::write(&live_key, "not a key").unwrap();
     d.load().await.unwrap();
 }
+
+/// Regression: OpenBao answers the renewal of a token past its maximum TTL
+/// with `500 past the max TTL, cannot renew`. A 5xx was taken for a passing
+/// fault and failed the pass (a stall, readiness flipping, once a
+/// rollback) instead of logging in again. Any refused renewal logs in again
+/// when the method can. A wiremock stand-in answers exactly that way.
+#[tokio::test]
+async fn a_renewal_refused_past_the_max_ttl_logs_in_again() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let server = MockServer::start().await;
+    let login = |token: &str| {
+        json!({
+            "request_id": "r", "lease_id": "", "lease_duration": 0, "renewable": false,
+            "data": null, "wrap_info": null, "warnings": null,
+            "auth": {
+                "client_token": token, "accessor": format!("acc-{token}"),
+                "policies": ["rotator"], "token_policies": ["rotator"], "metadata": null,
+                "lease_duration": 4, "renewable": true, "entity_id": "",
+                "token_type": "service", "orphan": true
+            }
+        })
+    };
+    Mock::given(method("POST"))
+        .and(path("/v1/auth/approle/login"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(login("hvs.first")))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/auth/approle/login"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(login("hvs.second")))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/auth/token/renew-self"))
+        .respond_with(
+            ResponseTemplate::new(500)
+                .set_body_json(json!({ "errors": ["past the max TTL, cannot renew"] })),
+        )
+        .mount(&server)
+        .await;
+    let conn = connect(
+        &server.uri(),
+        VaultAuth::AppRole {
+            mount: "approle".into(),
+            role_id: SecretString::from("role".to_owned()),
+            secret_id: SecretString::from("secret".to_owned()),
+        },
+    );
+    let t0 = Instant::now();
+    assert_eq!(conn.ensure_token(t0).await.unwrap(), TokenAction::LoggedIn);
+    let first = conn.token_status().accessor;
+    // Past two thirds of the 4 s TTL: the renewal is refused, so it logs in.
+    let later = t0 + Duration::from_secs(3);
+    assert_eq!(
+        conn.ensure_token(later).await.unwrap(),
+        TokenAction::LoggedIn
+    );
+    assert_ne!(conn.token_status().accessor, first);
+    assert_eq!(
+        conn.token_status().accessor.as_deref(),
+        Some("acc-hvs.second")
+    );
+}
