@@ -22,7 +22,7 @@ use crate::config::Policy;
 use crate::metrics::Metrics;
 use crate::motherduck::{Client, CreateTokenRequest, TokenInfo};
 use crate::schedule::{self, TokenTimes};
-use crate::secret::SecretString;
+use crate::secret::{ExposeSecret, SecretString};
 use crate::stores::{
     DestinationView, Fence, Journal, JournalState, NewRecord, Slot, StoreError, TokenMeta,
 };
@@ -615,7 +615,19 @@ impl Driver {
                     if self.wants_ack(policy, &journal, &ack_waiter) {
                         ack_waiter = self.register_ack(&journal, &secret);
                     }
-                    let result = self.verify(policy, &journal, secret.0, cancel).await;
+                    // An acknowledgement recorded before a restart counts:
+                    // the consumer has switched and will not send it again.
+                    if journal.acknowledged_at.is_some()
+                        && let Some(ack) = &secret.1
+                    {
+                        let _ = self
+                            .verify
+                            .acks
+                            .acknowledge(&journal.rotation_id, ack.expose_secret());
+                    }
+                    let result = self
+                        .verify_recording_ack(policy, &journal, secret.0, &mut ack_waiter, cancel)
+                        .await;
                     // Acknowledgements end with verification.
                     drop(ack_waiter.take());
                     match result {
@@ -789,6 +801,7 @@ impl Driver {
                 last_error: None,
                 failures,
                 retry_at: None,
+                acknowledged_at: None,
             };
             // A store that will refuse the new token is found before the
             // token exists, not by creating and revoking it.
@@ -1053,6 +1066,52 @@ impl Driver {
             .1
             .as_ref()
             .map(|ack| self.verify.acks.register(journal.rotation_id.clone(), ack))
+    }
+
+    /// [`verify`](Self::verify), and meanwhile, when a consumer's
+    /// acknowledgement arrives, records it in the journal of every
+    /// destination (invariant 11): a restart before the rotation is
+    /// recorded verified then counts it instead of waiting for it again.
+    async fn verify_recording_ack(
+        &self,
+        policy: &Policy,
+        journal: &Journal,
+        token: SecretString,
+        waiter: &mut Option<verify::AckWaiter>,
+        cancel: &CancellationToken,
+    ) -> Result<(), StepError> {
+        let verification = self.verify(policy, journal, token, cancel);
+        tokio::pin!(verification);
+        let mut unrecorded = journal.acknowledged_at.is_none();
+        loop {
+            let Some(w) = waiter.as_mut().filter(|_| unrecorded) else {
+                return verification.await;
+            };
+            tokio::select! {
+                r = &mut verification => return r,
+                acked = w.acknowledged() => {
+                    unrecorded = false;
+                    if acked.is_err() {
+                        continue;
+                    }
+                    let now = self.clock.now();
+                    let recorded = Journal {
+                        acknowledged_at: Some(now),
+                        updated_at: now,
+                        ..journal.clone()
+                    };
+                    let all: Vec<usize> = (0..policy.destinations.len()).collect();
+                    match self.write_journal(policy, &recorded, &all, cancel).await {
+                        Ok(()) => {
+                            info!(policy = %policy.name, rotation_id = %journal.rotation_id, step = "verify", "acknowledgement recorded");
+                        }
+                        Err(e) => {
+                            warn!(policy = %policy.name, rotation_id = %journal.rotation_id, error = %e, "could not record the acknowledgement; it still counts in this pass");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     async fn verify(

@@ -482,6 +482,7 @@ mod tests {
             last_error: None,
             failures: 0,
             retry_at: None,
+            acknowledged_at: None,
         }
     }
 

@@ -97,6 +97,12 @@ pub struct Journal {
     /// No new rotation before this instant (backoff after a rollback).
     #[serde(default)]
     pub retry_at: Option<DateTime<Utc>>,
+    /// When a consumer acknowledged the new token (the `ack` hook). Kept
+    /// in the journal as soon as it arrives, so a restart before the
+    /// rotation is recorded verified does not wait for an acknowledgement
+    /// the consumer already sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged_at: Option<DateTime<Utc>>,
 }
 
 /// A record as written: the secret, its metadata and the journal.

@@ -129,6 +129,7 @@ const K_REVOKE_AFTER: &str = "rotation_revoke_after";
 const K_LAST_ERROR: &str = "rotation_last_error";
 const K_FAILURES: &str = "rotation_failures";
 const K_RETRY_AT: &str = "rotation_retry_at";
+const K_ACKED_AT: &str = "rotation_acknowledged_at";
 
 // ---------------------------------------------------------------------------
 // Settings
@@ -1403,6 +1404,10 @@ fn journal_metadata(
     put(K_FAILURES, journal.failures.to_string());
     put(K_RETRY_AT, journal.retry_at.map(ts).unwrap_or_default());
     put(
+        K_ACKED_AT,
+        journal.acknowledged_at.map(ts).unwrap_or_default(),
+    );
+    put(
         K_PREVIOUS_VERSION,
         previous_version.map(|v| v.to_string()).unwrap_or_default(),
     );
@@ -1470,6 +1475,7 @@ fn decode_tag(custom: &HashMap<String, String>, version: u64) -> Result<Tag, Str
             .transpose()?
             .unwrap_or(0),
         retry_at: time(K_RETRY_AT)?,
+        acknowledged_at: time(K_ACKED_AT)?,
     };
     let previous_version = custom
         .get(K_PREVIOUS_VERSION)
@@ -3259,6 +3265,7 @@ mod tests {
             last_error: None,
             failures: 2,
             retry_at: None,
+            acknowledged_at: None,
         }
     }
 

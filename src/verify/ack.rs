@@ -9,8 +9,10 @@
 //! `POST /v1/rotations/{rotation_id}/ack` with `Authorization: Bearer
 //! <secret>` on the daemon's HTTP server ([`ack_router`]).
 //!
-//! One acknowledgement completes the rotation's [`AckHook`]; the secret is
-//! then spent, and a repeat answers 409. The registry keeps only a SHA-256
+//! One acknowledgement completes the rotation's [`AckHook`]; a repeat with
+//! the same secret, while the rotation is still being verified, answers 200
+//! again (the consumer may retry after a lost answer). The driver records
+//! the acknowledgement in the rotation's journal, so it survives a restart. The registry keeps only a SHA-256
 //! digest of each secret and compares digests in constant time, so neither
 //! a memory dump of the registry nor response timing reveals a secret.
 
@@ -190,9 +192,9 @@ impl AckRegistry {
     /// handler calls.
     ///
     /// # Errors
-    /// [`AckRejection::UnknownRotation`] when nothing is registered,
-    /// [`AckRejection::WrongSecret`] when the secret differs, and
-    /// [`AckRejection::AlreadyAcknowledged`] for a second acknowledgement.
+    /// [`AckRejection::UnknownRotation`] when nothing is registered (the
+    /// rotation is not being verified), [`AckRejection::WrongSecret`] when
+    /// the secret differs. A repeated acknowledgement is accepted.
     pub fn acknowledge(&self, rotation_id: &str, secret: &str) -> Result<(), AckRejection> {
         let presented = digest(secret);
         let inner = self.lock();
@@ -203,10 +205,11 @@ impl AckRegistry {
         if !constant_time_eq(&entry.digest, &presented) {
             return Err(AckRejection::WrongSecret);
         }
-        if *entry.acked.borrow() {
-            return Err(AckRejection::AlreadyAcknowledged);
+        // A repeat (the consumer retried after a lost answer, or the daemon
+        // restarted and counted a recorded one) is accepted as it was.
+        if !*entry.acked.borrow() {
+            entry.acked.send_replace(true);
         }
-        entry.acked.send_replace(true);
         Ok(())
     }
 
@@ -279,8 +282,9 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 /// merge. Answers (all JSON):
 /// - 200 `{"status": "acknowledged", "rotation_id": …}`;
 /// - 401 `{"error": …}` without or with a wrong bearer secret;
-/// - 404 for a rotation that is not waiting for an acknowledgement;
-/// - 409 when the rotation was already acknowledged.
+/// - 200 again for a repeat while the rotation is being verified;
+/// - 404 for a rotation that is not waiting for an acknowledgement (not
+///   being verified, or verified already).
 pub fn ack_router(registry: AckRegistry) -> Router {
     Router::new()
         .route("/v1/rotations/{rotation_id}/ack", post(ack_handler))
@@ -400,13 +404,11 @@ mod tests {
         verified.unwrap();
         assert!(waiter.is_acknowledged());
 
-        // The secret is spent.
+        // A repeat while the rotation is still registered (a consumer
+        // retrying after a lost answer) is accepted again.
         let (status, body) = post(&base, &ctx.rotation_id, Some(secret.expose_secret())).await;
-        assert_eq!(status, 409);
-        assert_eq!(
-            body["error"],
-            format!("rotation `{}` was already acknowledged", ctx.rotation_id)
-        );
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["status"], "acknowledged");
 
         // Once the driver is done, the rotation is unknown.
         drop(waiter);

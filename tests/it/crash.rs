@@ -141,6 +141,14 @@ retry = {{ max_attempts = 2, initial_backoff = "10ms", max_backoff = "20ms" }}
         ids
     }
 
+    fn sim_revoked(&self, id: &str) -> bool {
+        self.running
+            .sim
+            .issued_tokens()
+            .iter()
+            .any(|t| t.id == id && t.revoked_at.is_some())
+    }
+
     fn issued_count(&self) -> usize {
         self.running
             .sim
@@ -655,6 +663,115 @@ async fn crash_in_the_second_of_two_promotes_after_the_bare_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_in_the_second_of_two_promotes_after_removing_the_pending_record() {
     crash_inside_promote("promote-after-pending#2", true).await;
+}
+
+/// Regression (invariant 11): an acknowledgement lived only in memory. A
+/// daemon restarted (kill -9, an upgrade) after a consumer acknowledged the
+/// new token but before the rotation was recorded verified waited for an
+/// acknowledgement the consumer would not send again, and rolled back a
+/// rotation consumers had already switched to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledgement_survives_a_restart() {
+    let w = World::new().await;
+    let first_cfg = w.config("first", VERIFY_OK);
+    let status = w
+        .run(
+            "first",
+            &["--config", first_cfg.to_str().unwrap(), "rotate", "etl"],
+            None,
+        )
+        .await;
+    assert!(status.success(), "{}", w.logs());
+    let first = w.converged().unwrap()["token_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Verification needs the consumer's acknowledgement and a second hook
+    // that passes only once a file exists.
+    let gate = w.root.join("go");
+    let port = crate::support::services::free_port();
+    let verify = format!(
+        r#"[{{ type = "ack", deadline = "4s" }}, {{ type = "command", command = ["/bin/sh", "-c", "test -e '{}'"], interval = "20ms", deadline = "60s", timeout = "5s" }}]"#,
+        gate.display()
+    );
+    let listen = format!(r#"listen = "127.0.0.1:{port}""#);
+    let cfg = w.config_edited(
+        "acked",
+        &verify,
+        &[
+            (r#"listen = "127.0.0.1:0""#, &listen),
+            (
+                r#"schedule = { interval = "1d" }"#,
+                r#"schedule = { interval = "2s" }"#,
+            ),
+        ],
+    );
+    let mut daemon = w.spawn("daemon", &["--config", &cfg, "run"], None);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let (rid, ack) = loop {
+        if let Some(cur) = w.current()
+            && cur["token_id"] != first.as_str()
+            && cur["rotation"]["state"] == "promoted"
+            && let Some(ack) = cur["ack_secret"].as_str()
+        {
+            break (
+                cur["rotation_id"].as_str().unwrap().to_owned(),
+                ack.to_owned(),
+            );
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no promotion\n{}",
+            w.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/v1/rotations/{rid}/ack");
+    let resp = http.post(&url).bearer_auth(&ack).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", w.logs());
+    // Recorded in the journal, then the daemon dies.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while w.current().unwrap()["rotation"]["acknowledged_at"].is_null() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the acknowledgement was not recorded\n{}",
+            w.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    daemon.start_kill().unwrap();
+    let _ = daemon.wait().await;
+
+    // Restarted; the other hook passes now. No new acknowledgement comes.
+    let mut daemon = w.spawn("again", &["--config", &cfg, "run"], None);
+    std::fs::write(&gate, "").unwrap();
+    let needle = format!(r#""message":"rotation complete","policy":"etl","rotation_id":"{rid}""#);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !w.log("again.err").contains(&needle) {
+        assert!(
+            !w.log("again.err").contains("rotation rolled back"),
+            "the acknowledged rotation was rolled back\n{}",
+            w.logs()
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not completed\n{}",
+            w.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        w.sim_revoked(&first),
+        "the old token is revoked\n{}",
+        w.logs()
+    );
+    // Verified: the rotation no longer takes acknowledgements.
+    let resp = http.post(&url).bearer_auth(&ack).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    sigterm(&daemon);
+    let _ = tokio::time::timeout(PATIENCE, daemon.wait()).await;
 }
 
 /// Two `rotate` processes on one store: the second finds the first inside

@@ -205,6 +205,7 @@ fn record(rid: &str, token: &str, prev: Option<&str>) -> NewRecord {
             last_error: None,
             failures: 0,
             retry_at: None,
+            acknowledged_at: None,
         },
         ack_secret: None,
     }
