@@ -1605,6 +1605,38 @@ impl Validator<'_> {
         };
 
         let retry = self.retry(p.retry.as_ref(), &path.key("retry"));
+        // An expiring token is replaced `rotate_before_expiry` ahead of its
+        // expiry; the rotation then verifies (up to its longest deadline),
+        // may retry a step, and keeps the old token for `overlap`. All of
+        // it has to fit, or a rollback would restore a token about to
+        // expire and the overlap would end after it.
+        if let (Some(_), Some(ahead)) = (
+            token_ttl,
+            schedule.as_ref().and_then(|s| s.rotate_before_expiry),
+        ) && ahead > overlap
+        {
+            let longest = hooks
+                .iter()
+                .map(HookSpec::deadline)
+                .max()
+                .unwrap_or_default();
+            let budget: Duration = (1..retry.max_attempts).map(|n| retry.backoff(n)).sum();
+            let needed = overlap.saturating_add(longest).saturating_add(budget);
+            if ahead <= needed {
+                let fmt = |d: Duration| humantime::format_duration(d).to_string();
+                self.error(
+                    &path.key("rotate_before_expiry"),
+                    format!(
+                        "`{}` must be longer than `overlap` (`{}`) + the longest verification deadline (`{}`) + the step retries (`{}`) = `{}`: otherwise the old token can expire before the rotation is verified and its overlap is over",
+                        fmt(ahead),
+                        fmt(overlap),
+                        fmt(longest),
+                        fmt(budget),
+                        fmt(needed)
+                    ),
+                );
+            }
+        }
         if self.errors.len() > before || !all_built {
             return None;
         }

@@ -1323,6 +1323,28 @@ destinations = [{ store = "local", path = "app\n.json", bare_token_file = "app\t
         ],
     },
     Case {
+        // Regression: a 30m token rotated 10m before expiry, with a 10m
+        // acknowledgement deadline, passed: a failed verification could
+        // then restore a token about to expire, and the overlap could end
+        // after it.
+        name: "rotate_before_expiry shorter than a rotation can take",
+        toml: r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+stores.local = { type = "file", directory = "store" }
+[[policy]]
+name = "app"
+service_account = "svc_app"
+token_ttl = "30m"
+rotate_before_expiry = "10m"
+overlap = "1m"
+verify = [{ type = "ack", deadline = "10m" }]
+destinations = [{ store = "local", path = "a.json" }]
+"#,
+        errors: &[
+            ("7:1", "policy[0].rotate_before_expiry", "`10m` must be longer than `overlap` (`1m`) + the longest verification deadline (`10m`) + the step retries"),
+        ],
+    },
+    Case {
         // Regression: `overlap = "300000y"` passed and panicked at the
         // first verified rotation (a timestamp past the year 262143).
         name: "durations beyond a hundred years",
