@@ -128,24 +128,8 @@ async fn aws_call(
     action: &str,
     body: Value,
 ) -> Result<Option<Value>, String> {
-    let resp = http
-        .post(format!("{endpoint}/"))
-        .header("X-Amz-Target", format!("secretsmanager.{action}"))
-        .header("Content-Type", "application/x-amz-json-1.1")
-        .header("X-Amz-Date", "20260101T000000Z")
-        .header(
-            "Authorization",
-            "AWS4-HMAC-SHA256 \
-             Credential=AKIDEXAMPLE/20260101/us-east-1/secretsmanager/aws4_request, \
-             SignedHeaders=content-type;host;x-amz-date;x-amz-target, \
-             Signature=0000000000000000000000000000000000000000000000000000000000000000",
-        )
-        .body(body.to_string())
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = resp.status();
-    let text = resp.text().await.map_err(|e| e.to_string())?;
+    let (status, text) =
+        crate::smoke_services::secrets_manager_raw(http, endpoint, action, &body).await?;
     if text.contains("ResourceNotFoundException") {
         return Ok(None);
     }
@@ -234,6 +218,46 @@ struct PolicySpec {
     destinations: Vec<String>,
     /// Where consumers read it.
     sources: Vec<(String, Source)>,
+}
+
+/// The binary with `--config config`, run in `cwd`, with static AWS test
+/// credentials and `MDR_LOG=log`, nothing inherited that changes it.
+fn rotator_env(
+    mut cmd: tokio::process::Command,
+    config: &Path,
+    cwd: &Path,
+    log: &str,
+) -> tokio::process::Command {
+    cmd.arg("--config")
+        .arg(config)
+        .current_dir(cwd)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env_remove("AWS_PROFILE")
+        .env_remove("MDR_CRASH_AT")
+        .env_remove("MOTHERDUCK_ROTATOR_CONFIG")
+        .env("MDR_LOG", log);
+    cmd
+}
+
+/// `rotator_env` running `args`, its output in `<logs>/<name>.out` and
+/// `.err`, killed when dropped.
+pub(crate) fn rotator(
+    config: &Path,
+    cwd: &Path,
+    logs: &Path,
+    name: &str,
+    args: &[&str],
+) -> tokio::process::Command {
+    let out = std::fs::File::create(logs.join(format!("{name}.out"))).unwrap();
+    let err = std::fs::File::create(logs.join(format!("{name}.err"))).unwrap();
+    let mut cmd = rotator_env(tokio::process::Command::new(BIN), config, cwd, "info");
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .kill_on_drop(true);
+    cmd
 }
 
 /// Which stores the run uses.
@@ -369,23 +393,7 @@ retry = {{ max_attempts = 3, initial_backoff = "100ms", max_backoff = "1s" }}
     }
 
     fn spawn(&self, config: &Path, log: &str) -> tokio::process::Child {
-        let out = std::fs::File::create(self.root.join("logs").join(format!("{log}.out"))).unwrap();
-        let err = std::fs::File::create(self.root.join("logs").join(format!("{log}.err"))).unwrap();
-        tokio::process::Command::new(BIN)
-            .arg("--config")
-            .arg(config)
-            .arg("run")
-            .current_dir(&self.root)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env_remove("AWS_PROFILE")
-            .env_remove("MDR_CRASH_AT")
-            .env_remove("MOTHERDUCK_ROTATOR_CONFIG")
-            .env("MDR_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .kill_on_drop(true)
+        rotator(config, &self.root, &self.root.join("logs"), log, &["run"])
             .spawn()
             .expect("the binary starts")
     }
@@ -418,21 +426,17 @@ retry = {{ max_attempts = 3, initial_backoff = "100ms", max_backoff = "1s" }}
     /// bare files, Vault's current version, `AWSCURRENT`) holds it. Returns
     /// a reason when not.
     async fn converged(&self, config: &Path, http: &reqwest::Client) -> Result<(), String> {
-        let out = tokio::process::Command::new(BIN)
-            .arg("--config")
-            .arg(config)
-            .args(["status", "--json"])
-            .current_dir(&self.root)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env_remove("AWS_PROFILE")
-            .env_remove("MDR_CRASH_AT")
-            .env_remove("MOTHERDUCK_ROTATOR_CONFIG")
-            .env("MDR_LOG", "error")
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .map_err(|e| e.to_string())?;
+        let out = rotator_env(
+            tokio::process::Command::new(BIN),
+            config,
+            &self.root,
+            "error",
+        )
+        .args(["status", "--json"])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| e.to_string())?;
         let status: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
             format!(
                 "status --json: {e}: {}",

@@ -13,7 +13,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,10 +22,8 @@ use serde_json::Value;
 use motherduck_rotator::secret::ExposeSecret;
 use motherduck_rotator::simulator::{RunningSimulator, Simulator, SimulatorOptions};
 
-use crate::chaos::{Source, Tally, consume};
+use crate::chaos::{Source, Tally, consume, rotator};
 use crate::support::services::{Moto, OpenBao};
-
-const BIN: &str = env!("CARGO_BIN_EXE_motherduck-rotator");
 
 struct World {
     root: PathBuf,
@@ -117,23 +114,7 @@ retry = {{ max_attempts = 3, initial_backoff = "100ms", max_backoff = "1s" }}
     }
 
     fn spawn(&self, config: &Path, name: &str) -> tokio::process::Child {
-        let out = std::fs::File::create(self.root.join(format!("{name}.out"))).unwrap();
-        let err = std::fs::File::create(self.root.join(format!("{name}.err"))).unwrap();
-        tokio::process::Command::new(BIN)
-            .arg("--config")
-            .arg(config)
-            .arg("run")
-            .current_dir(&self.root)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env_remove("AWS_PROFILE")
-            .env_remove("MDR_CRASH_AT")
-            .env_remove("MOTHERDUCK_ROTATOR_CONFIG")
-            .env("MDR_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .kill_on_drop(true)
+        rotator(config, &self.root, &self.root, name, &["run"])
             .spawn()
             .expect("the binary starts")
     }

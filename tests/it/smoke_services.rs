@@ -17,8 +17,24 @@ fn client() -> reqwest::Client {
 /// on the service named in the SigV4 credential scope, so the request carries
 /// a SigV4-shaped (unverified) `Authorization` header.
 pub(crate) async fn secrets_manager(moto: &Moto, action: &str, body: Value) -> Value {
-    let resp = client()
-        .post(format!("{}/", moto.endpoint))
+    let (status, text) = secrets_manager_raw(&client(), &moto.endpoint, action, &body)
+        .await
+        .unwrap_or_else(|e| panic!("{action}: {e}"));
+    assert!(status.is_success(), "{action}: HTTP {status}: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{action}: not JSON ({e}): {text}"))
+}
+
+/// [`secrets_manager`] without assertions: the status and the body, for
+/// callers that expect failures (a consumer reading a secret not written
+/// yet).
+pub(crate) async fn secrets_manager_raw(
+    http: &reqwest::Client,
+    endpoint: &str,
+    action: &str,
+    body: &Value,
+) -> Result<(reqwest::StatusCode, String), String> {
+    let resp = http
+        .post(format!("{endpoint}/"))
         .header("X-Amz-Target", format!("secretsmanager.{action}"))
         .header("Content-Type", "application/x-amz-json-1.1")
         .header("X-Amz-Date", "20260101T000000Z")
@@ -32,11 +48,10 @@ pub(crate) async fn secrets_manager(moto: &Moto, action: &str, body: Value) -> V
         .body(body.to_string())
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{action}: {e}"));
+        .map_err(|e| e.to_string())?;
     let status = resp.status();
-    let text = resp.text().await.expect("read response body");
-    assert!(status.is_success(), "{action}: HTTP {status}: {text}");
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{action}: not JSON ({e}): {text}"))
+    let text = resp.text().await.map_err(|e| e.to_string())?;
+    Ok((status, text))
 }
 
 #[tokio::test]
