@@ -216,7 +216,13 @@ pub async fn rotate(path: &Path, args: &RotateArgs) -> anyhow::Result<ExitCode> 
         Ok(p) => p,
         Err(code) => return Ok(code),
     };
-    let d = driver(&config)?;
+    let acks = AckRegistry::default();
+    let d = crate::daemon::driver_for(
+        &config,
+        Clock::System,
+        Arc::new(Metrics::new()),
+        acks.clone(),
+    )?;
     let cancel = CancellationToken::new();
     {
         let c = cancel.clone();
@@ -224,6 +230,36 @@ pub async fn rotate(path: &Path, args: &RotateArgs) -> anyhow::Result<ExitCode> 
             super::shutdown_signal().await;
             c.cancel();
         });
+    }
+    // A policy verified by a consumer's acknowledgement needs the route
+    // the consumer calls, on the address the configuration gives it.
+    let wants_acks = policies.iter().any(|p| {
+        p.hooks
+            .iter()
+            .any(|h| matches!(h, crate::verify::HookSpec::Ack(_)))
+    });
+    if wants_acks && !args.dry_run {
+        let listen = config.daemon.listen;
+        match tokio::net::TcpListener::bind(listen).await {
+            Ok(listener) => {
+                let app = crate::verify::ack_router(acks.clone());
+                let stop = cancel.clone();
+                println!(
+                    "receiving acknowledgements on http://{listen}/v1/rotations/{{rotation_id}}/ack"
+                );
+                tokio::spawn(async move {
+                    let _ = axum::serve(listener, app)
+                        .with_graceful_shutdown(async move { stop.cancelled().await })
+                        .await;
+                });
+            }
+            Err(e) => {
+                eprintln!(
+                    "error: a policy is verified by an acknowledgement, which consumers send to `{listen}` (`daemon.listen`), and that address cannot be used ({e}); a running daemon probably holds it: let it rotate, or stop it first. Nothing was rotated."
+                );
+                return Ok(ExitCode::from(EXIT_FAILURE));
+            }
+        }
     }
     let mut failed = 0;
     for p in policies {

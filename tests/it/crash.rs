@@ -774,6 +774,87 @@ async fn an_acknowledgement_survives_a_restart() {
     let _ = tokio::time::timeout(PATIENCE, daemon.wait()).await;
 }
 
+/// Regression: `rotate` of a policy verified by an acknowledgement served
+/// no acknowledgement route, so it could never be acknowledged and always
+/// rolled back, though the README's troubleshooting recommends it. It now
+/// serves the route on `daemon.listen` while it runs; when that address is
+/// taken (a daemon runs), it says so and rotates nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_receives_acknowledgements_on_the_listen_address() {
+    let w = World::new().await;
+    let first_cfg = w.config("first", VERIFY_OK);
+    let status = w
+        .run(
+            "first",
+            &["--config", first_cfg.to_str().unwrap(), "rotate", "etl"],
+            None,
+        )
+        .await;
+    assert!(status.success(), "{}", w.logs());
+    let first = w.converged().unwrap()["token_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let port = crate::support::services::free_port();
+    let listen = format!(r#"listen = "127.0.0.1:{port}""#);
+    let cfg = w.config_edited(
+        "acked",
+        r#"[{ type = "ack", deadline = "20s" }]"#,
+        &[(r#"listen = "127.0.0.1:0""#, &listen)],
+    );
+    let mut rotate = w.spawn("acked", &["--config", &cfg, "rotate", "etl"], None);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let (rid, ack) = loop {
+        if let Some(cur) = w.current()
+            && cur["token_id"] != first.as_str()
+            && let Some(ack) = cur["ack_secret"].as_str()
+        {
+            break (
+                cur["rotation_id"].as_str().unwrap().to_owned(),
+                ack.to_owned(),
+            );
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no promotion\n{}",
+            w.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let resp = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/v1/rotations/{rid}/ack"))
+        .bearer_auth(&ack)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("rotate serves no acknowledgement route: {e}\n{}", w.logs()));
+    assert_eq!(resp.status(), 200);
+    let status = w.out.wait("acked", &mut rotate, PATIENCE).await;
+    assert!(status.success(), "{status}\n{}", w.logs());
+    let cur = w
+        .converged()
+        .unwrap_or_else(|e| panic!("{e}\n{}", w.logs()));
+    assert_eq!(
+        cur["rotation_id"],
+        rid.as_str(),
+        "the acknowledged rotation is current"
+    );
+
+    // The address taken, as by a running daemon: nothing is rotated.
+    let _held = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let issued = w.issued_count();
+    let status = w
+        .run("taken", &["--config", &cfg, "rotate", "etl"], None)
+        .await;
+    assert_eq!(status.code(), Some(1), "{}", w.logs());
+    assert!(
+        w.log("taken.err").contains("cannot be used"),
+        "{}",
+        w.logs()
+    );
+    assert_eq!(w.issued_count(), issued, "no token created");
+}
+
 /// Two `rotate` processes on one store: the second finds the first inside
 /// its rotation (held in verification by a hook that waits for a file) and
 /// is refused the lock; exactly one rotation happens.
