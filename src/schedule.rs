@@ -417,7 +417,7 @@ pub fn next_due(
             slot: now,
             detail: "no token stored yet".to_owned(),
         };
-        return Some(apply_not_before(due, not_before));
+        return Some(apply_not_before(due, not_before, now, None));
     };
 
     let cadence = spec
@@ -430,7 +430,7 @@ pub fn next_due(
         .into_iter()
         .flatten()
         .map(|due| {
-            let due = apply_not_before(due, not_before);
+            let due = apply_not_before(due, not_before, now, token.expires_at);
             place_in_windows(due, &spec.windows, now, token.expires_at)
         })
         .min_by_key(|due| due.at)
@@ -702,7 +702,23 @@ fn expiry_due(before: Option<Duration>, token: &TokenTimes) -> Option<Due> {
     })
 }
 
-fn apply_not_before(due: Due, not_before: Option<DateTime<Utc>>) -> Due {
+fn apply_not_before(
+    due: Due,
+    not_before: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
+) -> Due {
+    // A backoff never runs past the expiry of a token that still works:
+    // the retry comes halfway between now (or the due time) and the expiry
+    // instead, so repeated failures retry more often as it nears, never
+    // after it. Once the token has expired the backoff applies as it is.
+    let not_before = match (not_before, expires_at) {
+        (Some(nb), Some(exp)) if nb >= exp && now < exp => {
+            let from = due.at.max(now);
+            Some(from + (exp - from) / 2)
+        }
+        (nb, _) => nb,
+    };
     match not_before {
         Some(nb) if nb > due.at => Due {
             at: nb,
@@ -1173,6 +1189,20 @@ mod tests {
                 not_before: None,
                 want_at: "2026-01-02T02:00:00Z",
                 want_reason: DueReason::Cron,
+            },
+            Case {
+                // Regression: a backoff after a failed rotation could end
+                // after the token's expiry: an outage planned by the retry.
+                name: "a retry backoff past the token's expiry comes before it",
+                spec: ScheduleSpec {
+                    rotate_before_expiry: Some(hours(1)),
+                    ..spec(None)
+                },
+                token: Some(token("2026-01-01T00:00:00Z", Some("2026-01-11T12:00:00Z"))),
+                now: "2026-01-11T11:10:00Z",
+                not_before: Some("2026-01-11T13:10:00Z"),
+                want_at: "2026-01-11T11:35:00Z",
+                want_reason: DueReason::Retry,
             },
             Case {
                 name: "retry backoff binds",
