@@ -1425,11 +1425,16 @@ impl Validator<'_> {
         if self.errors.len() > before {
             return None;
         }
+        if a.version_budget == Some(0) {
+            self.error(&path.key("version_budget"), "must be at least 1");
+            return None;
+        }
         Some(AwsStoreDef {
             conn: conn?,
             create_if_missing: a.create_if_missing,
             kms_key_id: a.kms_key_id.clone(),
             lock_ttl,
+            version_budget: a.version_budget.unwrap_or(aws::DEFAULT_VERSION_BUDGET),
         })
     }
 
@@ -1641,6 +1646,12 @@ impl Validator<'_> {
             return None;
         }
         let (lock, lock_target) = lock?;
+        if let (Destination::Aws(d), Some(schedule)) = (&lock, &schedule) {
+            self.aws_lock_budget(p, path, d, schedule, token_ttl, &hooks, &retry);
+            if self.errors.len() > before {
+                return None;
+            }
+        }
         let policy = Policy {
             name: p.name.clone(),
             service_account: p.service_account.clone(),
@@ -1655,6 +1666,70 @@ impl Validator<'_> {
             retry,
         };
         Some((policy, targets, lock_target))
+    }
+
+    /// Secrets Manager accepts about 100 new versions of a secret within 24
+    /// hours, and every lease on an AWS lock writes versions of
+    /// `<name>.lock`: one when taken (twice per rotation: the rotation, and
+    /// the revocation after the overlap) and one per renewal, every third
+    /// of `lock_ttl`, for as long as a pass can last (the longest
+    /// verification deadline plus the step retries). Refuses a policy whose
+    /// worst day exceeds the store's `version_budget`.
+    #[allow(clippy::too_many_arguments)]
+    fn aws_lock_budget(
+        &mut self,
+        p: &RawPolicy,
+        path: &FieldPath,
+        lock: &aws::AwsDestination,
+        schedule: &ScheduleSpec,
+        token_ttl: Option<Duration>,
+        hooks: &[HookSpec],
+        retry: &RetryPolicy,
+    ) {
+        let day = chrono::Duration::days(1);
+        let start = chrono::DateTime::UNIX_EPOCH + chrono::Duration::days(20_000);
+        let token = crate::schedule::TokenTimes {
+            created_at: start,
+            expires_at: token_ttl
+                .and_then(|t| chrono::Duration::from_std(t).ok())
+                .map(|t| start + t),
+        };
+        let budget = u64::from(lock.version_budget());
+        // Enough rotations to see any schedule over the budget.
+        let rotations = crate::schedule::upcoming(
+            &p.name,
+            schedule,
+            Some(&token),
+            start,
+            token_ttl,
+            usize::try_from(budget)
+                .unwrap_or(usize::MAX)
+                .saturating_add(1),
+        )
+        .iter()
+        .filter(|d| d.at.max(start) <= start + day)
+        .count() as u64;
+        let longest = hooks
+            .iter()
+            .map(HookSpec::deadline)
+            .max()
+            .unwrap_or_default();
+        let retries: Duration = (1..retry.max_attempts).map(|n| retry.backoff(n)).sum();
+        let pass = longest.saturating_add(retries);
+        let every = (lock.lock_ttl() / 3).max(Duration::from_millis(1));
+        let renewals =
+            u64::try_from(pass.as_nanos().div_ceil(every.as_nanos())).unwrap_or(u64::MAX);
+        let worst = rotations.saturating_mul(renewals.saturating_add(2));
+        if worst > budget {
+            self.error(
+                &path.key("name"),
+                format!(
+                    "in a day this policy can write about {worst} versions of the AWS lock secret `{}` ({rotations} rotations, each taking the lock twice and renewing it up to {renewals} times over a pass of up to {}), above the {budget} new versions Secrets Manager accepts within 24 hours: rotate less often, shorten verification deadlines or retries, or lengthen `lock_ttl` (or, for a service without that quota, raise the store's `version_budget`)",
+                    lock.lock_name(),
+                    humantime::format_duration(pass)
+                ),
+            );
+        }
     }
 
     /// A destination (or, without `bare_token_file`, a lock place) on the
@@ -1795,6 +1870,7 @@ impl Validator<'_> {
             StoreDef::Aws(a) => {
                 let dest = AwsDestination::new(store, a.conn.clone(), place).and_then(|d| {
                     d.create_if_missing(a.create_if_missing, a.kms_key_id.clone())
+                        .with_version_budget(a.version_budget)
                         .with_lock_ttl(a.lock_ttl)
                 });
                 let dest = match dest {
@@ -2234,6 +2310,7 @@ struct AwsStoreDef {
     create_if_missing: bool,
     kms_key_id: Option<String>,
     lock_ttl: Duration,
+    version_budget: u32,
 }
 
 /// The service-account token a pod gets, the default `jwt_file` of

@@ -221,6 +221,10 @@ pub struct RawAwsStore {
     pub create_if_missing: bool,
     pub kms_key_id: Option<String>,
     pub lock_ttl: Option<String>,
+    /// New versions a secret may get within 24 hours, for `validate`'s
+    /// worst case (Secrets Manager's quota; raise it only for a compatible
+    /// service without that quota).
+    pub version_budget: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

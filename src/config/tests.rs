@@ -1345,6 +1345,26 @@ destinations = [{ store = "local", path = "a.json" }]
         ],
     },
     Case {
+        // Regression: a policy locked on AWS that renews its lease through
+        // a long verification, rotating often, exceeded Secrets Manager's
+        // versions quota; `LimitExceededException` then let the lease
+        // expire mid-rotation.
+        name: "an AWS lock over the versions quota",
+        toml: r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+stores.aws = { type = "aws", region = "eu-west-1", lock_ttl = "3s" }
+[[policy]]
+name = "app"
+service_account = "svc_app"
+schedule = { interval = "1h" }
+verify = [{ type = "ack", deadline = "1m" }]
+destinations = [{ store = "aws", path = "prod/app" }]
+"#,
+        errors: &[
+            ("4:1", "policy[0].name", "in a day this policy can write about 3648 versions of the AWS lock secret `prod/app.lock` (24 rotations, each taking the lock twice and renewing it up to 150 times"),
+        ],
+    },
+    Case {
         // Regression: `overlap = "300000y"` passed and panicked at the
         // first verified rotation (a timestamp past the year 262143).
         name: "durations beyond a hundred years",

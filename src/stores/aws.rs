@@ -404,6 +404,9 @@ pub struct AwsDestination {
     /// How long a lease lasts without renewal; the holder renews every
     /// third of it.
     lock_ttl: Duration,
+    /// New versions a secret may get within 24 hours (Secrets Manager's
+    /// quota, about 100), which `validate` plans within.
+    version_budget: u32,
     /// Lease expiry is wall-clock time shared between replicas; tests move
     /// a manual clock instead of sleeping.
     clock: Clock,
@@ -455,6 +458,7 @@ impl AwsDestination {
             create_if_missing: false,
             kms_key_id: None,
             lock_ttl: DEFAULT_LOCK_TTL,
+            version_budget: DEFAULT_VERSION_BUDGET,
             clock: Clock::System,
         })
     }
@@ -472,6 +476,27 @@ impl AwsDestination {
     ///
     /// # Errors
     /// Shorter than 3 seconds: renewal every third of it would not keep up.
+    /// How long a lease on this destination's lock lasts unless renewed.
+    pub fn lock_ttl(&self) -> Duration {
+        self.lock_ttl
+    }
+
+    /// New versions a secret may get within 24 hours.
+    pub fn version_budget(&self) -> u32 {
+        self.version_budget
+    }
+
+    #[must_use]
+    pub fn with_version_budget(mut self, budget: u32) -> Self {
+        self.version_budget = budget;
+        self
+    }
+
+    /// The lock secret's name (`<name>.lock`), for messages.
+    pub fn lock_name(&self) -> String {
+        self.lock_secret_name()
+    }
+
     pub fn with_lock_ttl(mut self, ttl: Duration) -> Result<Self, AwsSetupError> {
         if ttl < Duration::from_secs(3) {
             return Err(AwsSetupError::LockTtl(ttl));
@@ -1520,6 +1545,9 @@ impl LeaseShared {
     }
 }
 
+/// Secrets Manager's quota of new versions of one secret within 24 hours.
+pub const DEFAULT_VERSION_BUDGET: u32 = 100;
+
 fn ttl(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
@@ -1820,6 +1848,9 @@ where
                     } else {
                         "; it is created on demand"
                     }
+                ),
+                "LimitExceededException" => format!(
+                    "{api} on secret `{secret}`: Secrets Manager refused another version ({code}: {aws_message}); it accepts about 100 new versions of a secret within 24 hours, so this clears only as older versions age out: rotate less often, shorten verification deadlines or lengthen `lock_ttl` (`validate` shows the policy's worst case)"
                 ),
                 "DecryptionFailure" | "EncryptionFailure" => format!(
                     "{api} on secret `{secret}`: KMS refused: {code}: {aws_message}; check the key policy"

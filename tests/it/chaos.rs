@@ -341,6 +341,8 @@ region = "us-east-1"
 endpoint_url = "{}"
 create_if_missing = true
 lock_ttl = "3s"
+# moto has no versions quota; these schedules rotate every few seconds.
+version_budget = 1000000
 "#,
                 remote.0.addr, remote.1.endpoint
             ),
