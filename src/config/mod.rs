@@ -253,16 +253,37 @@ impl Default for LoadOptions {
 /// # Errors
 /// Every problem found.
 pub fn load_with(path: &Path, opts: LoadOptions) -> Result<Config, ConfigErrors> {
-    let src = std::fs::read_to_string(path).map_err(|e| {
+    let error = |line, column, reason: String| {
         ConfigErrors(vec![ConfigError {
             file: path.to_path_buf(),
-            line: 0,
-            column: 0,
+            line,
+            column,
             field: String::new(),
-            reason: format!("failed to read the configuration file: {e}"),
+            reason,
         }])
+    };
+    let bytes = std::fs::read(path)
+        .map_err(|e| error(0, 0, format!("failed to read the configuration file: {e}")))?;
+    let src = decode_utf8(&bytes).map_err(|(line, column)| {
+        error(
+            line,
+            column,
+            "the configuration is not valid UTF-8 here (TOML files are UTF-8; was it saved in another encoding?)".to_owned(),
+        )
     })?;
-    parse_with(path, &src, &ProcessEnv, opts)
+    parse_with(path, src, &ProcessEnv, opts)
+}
+
+/// The text, or the line and column (1-based, in characters) of the first
+/// byte that is not UTF-8.
+fn decode_utf8(bytes: &[u8]) -> Result<&str, (usize, usize)> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        // Everything before `valid_up_to` is valid text.
+        let good = std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default();
+        let line = good.matches('\n').count() + 1;
+        let column = good.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (line, column)
+    })
 }
 
 /// Validates configuration text; `path` is for messages and for resolving

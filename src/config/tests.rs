@@ -3171,3 +3171,19 @@ fn shipped_configurations_validate_without_secrets() {
         "config/aws.toml shows create_if_missing with a KMS key"
     );
 }
+
+/// Regression: a file that is not UTF-8 was reported as "stream did not
+/// contain valid UTF-8", without saying where.
+#[test]
+fn invalid_utf8_is_reported_with_its_position() {
+    let bytes = b"[motherduck]\nadmin_token = { env = \"T\" }\n# caf\xe9 au lait\n";
+    assert_eq!(super::decode_utf8(bytes), Err((3, 6)));
+    let dir = std::env::temp_dir().join(format!("mdr-utf8-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("config.toml");
+    std::fs::write(&path, bytes).unwrap();
+    let e = super::load(&path).unwrap_err().to_string();
+    assert!(e.contains("config.toml:3:6"), "{e}");
+    assert!(e.contains("not valid UTF-8"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
