@@ -2023,7 +2023,19 @@ mod tests {
         );
         assert_eq!(status(&v, "r2"), DestStatus::Staged);
         assert!(matches!(step(&v), Step::Promote { .. }));
-        // AWSPENDING removed, journal not yet written: verify.
+        // Journal written for the new version, AWSPENDING still on it (the
+        // last part of promote): not promoted yet, promote again.
+        let promoted = doc("r2", journal("r2", JournalState::Promoted));
+        let v = interpret(
+            &labels(Some("r2"), Some("r2"), Some("r1")),
+            &recs,
+            Some(&promoted),
+        );
+        assert!(v.current_partial, "a leftover AWSPENDING is unfinished");
+        assert_eq!(status(&v, "r2"), DestStatus::Promoting);
+        assert!(matches!(step(&v), Step::Promote { .. }));
+        // AWSPENDING removed before the journal (the order of earlier
+        // versions): what consumers read is promoted; verify.
         let v = interpret(&labels(Some("r2"), None, Some("r1")), &recs, old.as_ref());
         assert_eq!(status(&v, "r2"), DestStatus::Promoted);
         assert!(matches!(step(&v), Step::Verify { .. }));
