@@ -62,24 +62,34 @@ impl fmt::Display for FieldPath {
 pub struct SourceMap<'a> {
     src: &'a str,
     root: Option<Spanned<DeTable<'a>>>,
+    /// Byte offset where each line starts, so a position costs a binary
+    /// search and one line, not a scan of the file: thousands of errors in
+    /// a large file stay linear.
+    line_starts: Vec<usize>,
 }
 
 impl<'a> SourceMap<'a> {
     pub fn new(src: &'a str) -> SourceMap<'a> {
+        let line_starts = std::iter::once(0)
+            .chain(src.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
         SourceMap {
             src,
             root: DeTable::parse(src).ok(),
+            line_starts,
         }
     }
 
-    /// 1-based line and column of a byte offset.
+    /// 1-based line and column (in characters) of a byte offset.
     pub fn line_col(&self, offset: usize) -> (usize, usize) {
-        let offset = offset.min(self.src.len());
-        let before = &self.src[..offset];
-        let line = before.matches('\n').count() + 1;
-        let col = before.rfind('\n').map_or(before.chars().count(), |nl| {
-            before[nl + 1..].chars().count()
-        }) + 1;
+        let mut offset = offset.min(self.src.len());
+        while !self.src.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        // The last line starting at or before `offset`.
+        let line = self.line_starts.partition_point(|&start| start <= offset);
+        let start = self.line_starts[line.saturating_sub(1)];
+        let col = self.src[start..offset].chars().count() + 1;
         (line, col)
     }
 
@@ -249,4 +259,24 @@ fn extent(v: &Spanned<DeValue<'_>>) -> Range<usize> {
         _ => {}
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SourceMap;
+
+    #[test]
+    fn line_and_column_count_characters_from_the_line_start() {
+        let src = "a = 1\n[t]\nnom = \"café\"\nx = 2";
+        let m = SourceMap::new(src);
+        assert_eq!(m.line_col(0), (1, 1));
+        assert_eq!(m.line_col(src.find("[t]").unwrap()), (2, 1));
+        assert_eq!(m.line_col(src.find("nom").unwrap()), (3, 1));
+        // After the two-byte `é`, columns are characters, not bytes.
+        assert_eq!(m.line_col(src.find("\"\nx").unwrap()), (3, 12));
+        assert_eq!(m.line_col(src.find("x = 2").unwrap()), (4, 1));
+        // Past the end, and inside a multi-byte character: clamped.
+        assert_eq!(m.line_col(src.len() + 10), (4, 6));
+        assert_eq!(m.line_col(src.find('é').unwrap() + 1), (3, 11));
+    }
 }
