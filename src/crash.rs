@@ -7,9 +7,8 @@
 //! destination. This is how the crash-safety tests stop the real binary
 //! at every step, and inside the steps that touch several files.
 
-/// How often each named point was reached, for `NAME#N`.
-static HITS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, u32>>> =
-    std::sync::LazyLock::new(Default::default);
+/// How often the armed point was reached, for `NAME#N`.
+static HITS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// Whether any crash point is armed; read once.
 static ARMED: std::sync::LazyLock<Option<(String, u32)>> = std::sync::LazyLock::new(|| {
@@ -29,14 +28,7 @@ pub fn point(point: &str) {
     if name != point {
         return;
     }
-    let hit = {
-        let mut hits = HITS
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let n = hits.entry(point.to_owned()).or_insert(0);
-        *n += 1;
-        *n
-    };
+    let hit = HITS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
     if hit != *nth {
         return;
     }

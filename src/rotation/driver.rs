@@ -109,6 +109,16 @@ fn fence_check() -> Result<(), String> {
     FENCE.try_with(Fence::check).unwrap_or(Ok(()))
 }
 
+/// A step failed where nothing is rolled back (the rotation is verified
+/// already, or only a journal was to be written): the pass ends and a
+/// later one tries again.
+fn step_failed(policy: &Policy, e: &StepError) -> DriveError {
+    DriveError::Step {
+        policy: policy.name.clone(),
+        message: e.to_string(),
+    }
+}
+
 /// How often a pass waiting on something looks at its lease.
 const FENCE_WATCH: Duration = Duration::from_millis(100);
 
@@ -471,8 +481,10 @@ impl Driver {
     }
 
     /// Removes the temporary files killed writes left in the policy's
-    /// destinations. Only under the policy's lock. A failure is logged: it
-    /// does not stop a rotation, and the next pass or sweep tries again.
+    /// destinations. Only under the policy's lock, from the sweep (at
+    /// start-up, then every `sweep_interval`): listing a directory is too
+    /// much work for every rotation pass. A failure is logged; the next
+    /// sweep tries again.
     async fn remove_leftovers(&self, policy: &Policy) {
         for d in &policy.destinations {
             match d.leftovers(true).await {
@@ -511,7 +523,6 @@ impl Driver {
         // `record` (a JSON line would repeat the key), so it is recorded
         // only when it changes.
         let mut recorded: Option<String> = None;
-        self.remove_leftovers(policy).await;
         loop {
             if let Err(reason) = fence_check() {
                 return Err(self.lease_lost(policy, reason));
@@ -559,20 +570,14 @@ impl Driver {
                 Step::Stage { journal, dests } if journal.state == JournalState::Verified => {
                     let secret = self.secret_for(policy, &views, &journal, &fresh).await?;
                     warn!(policy = %policy.name, rotation_id = %journal.rotation_id, destinations = ?dests, "a destination lacks the verified token; writing it there before the old token is revoked");
-                    if let Err(e) = self.stage(policy, &journal, &dests, &secret, cancel).await {
-                        return Err(DriveError::Step {
-                            policy: policy.name.clone(),
-                            message: e.to_string(),
-                        });
-                    }
+                    self.stage(policy, &journal, &dests, &secret, cancel)
+                        .await
+                        .map_err(|e| step_failed(policy, &e))?;
                 }
                 Step::Promote { journal, dests } if journal.state == JournalState::Verified => {
-                    if let Err(e) = self.promote(policy, &journal, &dests, cancel).await {
-                        return Err(DriveError::Step {
-                            policy: policy.name.clone(),
-                            message: e.to_string(),
-                        });
-                    }
+                    self.promote(policy, &journal, &dests, cancel)
+                        .await
+                        .map_err(|e| step_failed(policy, &e))?;
                 }
                 Step::Begin {
                     previous_token_id,
@@ -655,6 +660,8 @@ impl Driver {
                             crate::crash::point("after-verify");
                             self.record_success(policy, started.take());
                         }
+                        // The watcher cut verification short: the lease
+                        // ended, not a shutdown.
                         Err(_) if fence_check().is_err() => {
                             let reason = fence_check().err().unwrap_or_default();
                             return Err(self.lease_lost(policy, reason));
@@ -672,20 +679,14 @@ impl Driver {
                     // Repeats the promotion where the record already holds
                     // the token; the journal keeps its state.
                     warn!(policy = %policy.name, rotation_id = %journal.rotation_id, destinations = ?dests, "a promotion was left unfinished; finishing it");
-                    if let Err(e) = self.promote(policy, &journal, &dests, cancel).await {
-                        return Err(DriveError::Step {
-                            policy: policy.name.clone(),
-                            message: e.to_string(),
-                        });
-                    }
+                    self.promote(policy, &journal, &dests, cancel)
+                        .await
+                        .map_err(|e| step_failed(policy, &e))?;
                 }
                 Step::MarkVerified { journal, dests } => {
-                    if let Err(e) = self.write_journal(policy, &journal, &dests, cancel).await {
-                        return Err(DriveError::Step {
-                            policy: policy.name.clone(),
-                            message: e.to_string(),
-                        });
-                    }
+                    self.write_journal(policy, &journal, &dests, cancel)
+                        .await
+                        .map_err(|e| step_failed(policy, &e))?;
                 }
                 Step::RevokeOld { journal } => {
                     self.revoke_old(policy, journal, cancel).await?;

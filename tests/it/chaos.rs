@@ -260,6 +260,31 @@ pub(crate) fn rotator(
     cmd
 }
 
+/// `[stores.vault]` on OpenBao's `secret/` (root token in `vault.token`)
+/// and `[stores.aws]` on moto, with the shortest lease and lock TTLs and a
+/// version budget moto does not need (it has no quota; these schedules
+/// rotate every few seconds).
+pub(crate) fn remote_stores_toml(bao: &OpenBao, moto: &Moto) -> String {
+    format!(
+        r#"
+[stores.vault]
+type = "vault"
+address = "{}"
+auth = {{ method = "token", token = {{ file = "vault.token" }} }}
+lease_ttl = "2s"
+
+[stores.aws]
+type = "aws"
+region = "us-east-1"
+endpoint_url = "{}"
+create_if_missing = true
+lock_ttl = "3s"
+version_budget = 1000000
+"#,
+        bao.addr, moto.endpoint
+    )
+}
+
 /// Which stores the run uses.
 enum Stores {
     Files,
@@ -327,25 +352,7 @@ type = "file"
 directory = "other"
 "#
             .to_owned(),
-            Stores::Remote(remote) => format!(
-                r#"
-[stores.vault]
-type = "vault"
-address = "{}"
-auth = {{ method = "token", token = {{ file = "vault.token" }} }}
-lease_ttl = "2s"
-
-[stores.aws]
-type = "aws"
-region = "us-east-1"
-endpoint_url = "{}"
-create_if_missing = true
-lock_ttl = "3s"
-# moto has no versions quota; these schedules rotate every few seconds.
-version_budget = 1000000
-"#,
-                remote.0.addr, remote.1.endpoint
-            ),
+            Stores::Remote(remote) => remote_stores_toml(&remote.0, &remote.1),
         };
         let mut src = format!(
             r#"

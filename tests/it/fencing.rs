@@ -22,7 +22,7 @@ use serde_json::Value;
 use motherduck_rotator::secret::ExposeSecret;
 use motherduck_rotator::simulator::{RunningSimulator, Simulator, SimulatorOptions};
 
-use crate::chaos::{Source, Tally, consume, rotator};
+use crate::chaos::{Source, Tally, consume, remote_stores_toml, rotator};
 use crate::support::services::{Moto, OpenBao};
 
 struct World {
@@ -74,21 +74,7 @@ shutdown_timeout = "10s"
 lock_retry_interval = "300ms"
 recheck_interval = "1s"
 
-[stores.vault]
-type = "vault"
-address = "{vault}"
-auth = {{ method = "token", token = {{ file = "vault.token" }} }}
-lease_ttl = "2s"
-
-[stores.aws]
-type = "aws"
-region = "us-east-1"
-endpoint_url = "{aws}"
-create_if_missing = true
-lock_ttl = "3s"
-# moto has no versions quota; these schedules rotate every few seconds.
-version_budget = 1000000
-
+{stores}
 [[policy]]
 name = "vfence"
 service_account = "svc_vfence"
@@ -108,8 +94,7 @@ destinations = [{{ store = "aws", path = "fence/a" }}]
 retry = {{ max_attempts = 3, initial_backoff = "100ms", max_backoff = "1s" }}
 "#,
             api = self.sim.base_url(),
-            vault = self.bao.addr,
-            aws = self.moto.endpoint,
+            stores = remote_stores_toml(&self.bao, &self.moto),
         );
         std::fs::write(&path, src).unwrap();
         path
