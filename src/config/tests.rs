@@ -93,6 +93,21 @@ impl Scratch {
         std::fs::write(dir.join("not-a-cert.pem"), "not a certificate\n").unwrap();
         std::fs::write(dir.join("client.crt"), "not a certificate\n").unwrap();
         std::fs::write(dir.join("client.key"), "not a key\n").unwrap();
+        for secret in [
+            "admin.token",
+            "empty.token",
+            "broken.token",
+            "probe.key",
+            "credentials/md_admin",
+            "vault.token",
+            "vault-role-id",
+            "sa.jwt",
+            "client.key",
+        ] {
+            use std::os::unix::fs::PermissionsExt as _;
+            let owner_only = std::fs::Permissions::from_mode(0o600);
+            std::fs::set_permissions(dir.join(secret), owner_only).unwrap();
+        }
         Scratch { dir }
     }
 

@@ -311,15 +311,11 @@ impl Chaos {
         sim.sim.set_error_rate(Endpoint::CreateToken, 0.03);
         sim.sim.set_error_rate(Endpoint::RevokeToken, 0.03);
         let admin = root.join("admin.token");
-        std::fs::write(&admin, sim.admin_token.expose_secret()).unwrap();
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&admin, std::fs::Permissions::from_mode(0o600)).unwrap();
-        }
+        crate::support::write_secret(&admin, sim.admin_token.expose_secret());
         let (stores, policies) = if remote {
             let bao = OpenBao::start().await;
             let moto = Moto::start().await;
-            std::fs::write(root.join("vault.token"), &bao.root_token).unwrap();
+            crate::support::write_secret(root.join("vault.token"), &bao.root_token);
             let policies = remote_policies(&bao, &moto);
             (Stores::Remote(Box::new((bao, moto))), policies)
         } else {

@@ -146,3 +146,76 @@ fn validate_skip_secrets_accepts_the_example() {
         "stdout:\n{stdout}"
     );
 }
+
+#[test]
+fn validate_refuses_secret_files_that_others_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = Scratch::new();
+    let secret = "md-file-admin-token-value";
+    let token = scratch.0.join("admin.token");
+    crate::support::write_secret(&token, format!("{secret}\n"));
+    let hook_key = scratch.0.join("hook.key");
+    std::fs::write(&hook_key, "hook-hmac-key-value\n").unwrap();
+    std::fs::set_permissions(&hook_key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let path = scratch.0.join("exposed.toml");
+    std::fs::write(
+        &path,
+        "[motherduck]\n\
+         admin_token = { file = \"admin.token\" }\n\
+         \n\
+         [stores.local]\n\
+         type = \"file\"\n\
+         directory = \"state\"\n\
+         \n\
+         [[alerts.sink]]\n\
+         type = \"webhook\"\n\
+         url = \"http://127.0.0.1:9/alerts\"\n\
+         hmac_secret = { file = \"hook.key\" }\n\
+         \n\
+         [[policy]]\n\
+         name = \"orders\"\n\
+         service_account = \"svc_orders\"\n\
+         token_ttl = \"30d\"\n\
+         destinations = [{ store = \"local\", path = \"orders.json\" }]\n",
+    )
+    .unwrap();
+    let validate = || {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&path)
+            .arg("validate")
+            .output()
+            .expect("the binary runs")
+    };
+
+    // Readable by others: refused at the key that names the file.
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = validate();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "stderr:\n{stderr}");
+    let expected = format!("{}:2:", path.display());
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("`motherduck.admin_token.file`"))
+        .unwrap_or_else(|| panic!("no error for the admin token file:\n{stderr}"));
+    assert!(
+        line.contains(&expected)
+            && line.contains("admin.token")
+            && line.contains("readable by others (mode 644)")
+            && line.contains("chmod 600"),
+        "{line}"
+    );
+    // A file shared with this process's own group (Kubernetes' fsGroup
+    // mount) is accepted, so the webhook's key draws no error.
+    assert!(!stderr.contains("hook.key"), "{stderr}");
+    assert!(
+        !stderr.contains(secret) && !String::from_utf8_lossy(&out.stdout).contains(secret),
+        "the secret is echoed:\n{stderr}"
+    );
+
+    // Owner-only: valid.
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = validate();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{stderr}");
+}

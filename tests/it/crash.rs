@@ -53,11 +53,7 @@ impl World {
             std::env::temp_dir().join(format!("mdr-crash-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&root).unwrap();
         let token = root.join("admin.token");
-        std::fs::write(&token, running.admin_token.expose_secret()).unwrap();
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
-        }
+        crate::support::write_secret(&token, running.admin_token.expose_secret());
         World {
             out: ChildLogs::new(&root),
             root,

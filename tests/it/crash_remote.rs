@@ -52,8 +52,8 @@ impl World {
             .await
             .expect("simulator starts");
         sim.sim.add_service_account(SA);
-        std::fs::write(dir.join("admin.token"), sim.admin_token.expose_secret()).unwrap();
-        std::fs::write(dir.join("vault.token"), &bao.root_token).unwrap();
+        crate::support::write_secret(dir.join("admin.token"), sim.admin_token.expose_secret());
+        crate::support::write_secret(dir.join("vault.token"), &bao.root_token);
         World {
             out: ChildLogs::new(&dir),
             dir,

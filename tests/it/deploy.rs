@@ -459,15 +459,18 @@ async fn container_daemon_runs_on_a_read_only_root() {
             &state,
         ),
     );
-    for p in [&token, &config] {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o444)).unwrap();
-    }
+    // The configuration is world-readable, as a ConfigMap mount is; the
+    // admin token is mounted as the manifests mount a Secret: mode 0440,
+    // its group the pod's `fsGroup`, which the process is in.
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o444)).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o440)).unwrap();
 
     // SAFETY: geteuid has no preconditions.
     let as_root = unsafe { libc::geteuid() } == 0;
     if as_root {
         system_tool("/usr/bin/setpriv", "util-linux");
         std::os::unix::fs::chown(&state, Some(IMAGE_UID), Some(IMAGE_UID)).unwrap();
+        std::os::unix::fs::chown(&token, Some(0), Some(IMAGE_UID)).unwrap();
     }
     // In the new mount namespace: keep the state directory writable (its
     // own bind mount), make every other mount read-only except the kernel

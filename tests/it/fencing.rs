@@ -44,8 +44,8 @@ impl World {
             .expect("simulator starts");
         sim.sim.add_service_account("svc_vfence");
         sim.sim.add_service_account("svc_afence");
-        std::fs::write(root.join("admin.token"), sim.admin_token.expose_secret()).unwrap();
-        std::fs::write(root.join("vault.token"), &bao.root_token).unwrap();
+        crate::support::write_secret(root.join("admin.token"), sim.admin_token.expose_secret());
+        crate::support::write_secret(root.join("vault.token"), &bao.root_token);
         World {
             root,
             sim,

@@ -38,7 +38,7 @@ async fn metrics_health_and_readiness() {
     std::fs::create_dir_all(&dir).unwrap();
     let sim = Simulator::spawn(SimulatorOptions::default()).await.unwrap();
     sim.sim.add_service_account("svc_http");
-    std::fs::write(dir.join("admin.token"), sim.admin_token.expose_secret()).unwrap();
+    crate::support::write_secret(dir.join("admin.token"), sim.admin_token.expose_secret());
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -37,7 +37,7 @@ async fn no_token_secret_in_any_output() {
         running.sim.add_service_account(sa);
     }
     let token_file = dir.join("admin.token");
-    std::fs::write(&token_file, running.admin_token.expose_secret()).unwrap();
+    crate::support::write_secret(&token_file, running.admin_token.expose_secret());
     let config = dir.join("config.toml");
     std::fs::write(
         &config,

@@ -29,8 +29,8 @@ async fn setup(verify: &str) -> Setup {
     let moto = Moto::start().await;
     let sim = Simulator::spawn(SimulatorOptions::default()).await.unwrap();
     sim.sim.add_service_account("svc_mixed");
-    std::fs::write(dir.join("admin.token"), sim.admin_token.expose_secret()).unwrap();
-    std::fs::write(dir.join("vault.token"), &bao.root_token).unwrap();
+    crate::support::write_secret(dir.join("admin.token"), sim.admin_token.expose_secret());
+    crate::support::write_secret(dir.join("vault.token"), &bao.root_token);
     std::fs::write(
         dir.join("config.toml"),
         format!(

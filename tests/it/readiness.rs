@@ -50,8 +50,8 @@ async fn hung_servers_fail_readiness_within_one_deadline_and_the_lock_store_is_c
             .create(dir.join("store"))
             .unwrap();
     }
-    std::fs::write(dir.join("admin.token"), "md-admin-token-for-readiness").unwrap();
-    std::fs::write(dir.join("vault.token"), "vault-token-for-readiness").unwrap();
+    crate::support::write_secret(dir.join("admin.token"), "md-admin-token-for-readiness");
+    crate::support::write_secret(dir.join("vault.token"), "vault-token-for-readiness");
     let api = black_hole();
     let vault = black_hole();
     let src = format!(
@@ -179,9 +179,9 @@ async fn a_lock_on_its_own_vault_mount_is_checked() {
     }
     {
         use motherduck_rotator::secret::ExposeSecret;
-        std::fs::write(dir.join("admin.token"), sim.admin_token.expose_secret()).unwrap();
+        crate::support::write_secret(dir.join("admin.token"), sim.admin_token.expose_secret());
     }
-    std::fs::write(dir.join("vault.token"), &bao.root_token).unwrap();
+    crate::support::write_secret(dir.join("vault.token"), &bao.root_token);
     let config_for = |mount: &str| {
         let src = format!(
             r#"
@@ -250,8 +250,8 @@ lock = {{ store = "vault", path = "locks/c" }}
 async fn status_gives_up_on_a_hung_store_after_one_deadline() {
     let dir = std::env::temp_dir().join(format!("mdr-ready-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("admin.token"), "md-admin-token-for-status").unwrap();
-    std::fs::write(dir.join("vault.token"), "vault-token-for-status").unwrap();
+    crate::support::write_secret(dir.join("admin.token"), "md-admin-token-for-status");
+    crate::support::write_secret(dir.join("vault.token"), "vault-token-for-status");
     let mut src = format!(
         r#"
 [motherduck]

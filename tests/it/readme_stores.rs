@@ -126,7 +126,7 @@ impl World {
         std::fs::create_dir_all(dir.join("bin")).unwrap();
         let sim = Simulator::spawn(SimulatorOptions::default()).await.unwrap();
         sim.sim.add_service_account("svc_orders");
-        std::fs::write(dir.join("admin.token"), sim.admin_token.expose_secret()).unwrap();
+        crate::support::write_secret(dir.join("admin.token"), sim.admin_token.expose_secret());
         World { dir, sim }
     }
 
@@ -387,7 +387,7 @@ async fn the_readme_store_instructions_work_as_written() {
     let bao = OpenBao::start().await;
     let moto = Moto::start().await;
 
-    std::fs::write(w.dir.join("vault.token"), readme_vault_token(&bao).await).unwrap();
+    crate::support::write_secret(w.dir.join("vault.token"), readme_vault_token(&bao).await);
     // The operator creates the secret; the daemon (create_if_missing =
     // false, the README's setting) only writes versions of it.
     secrets_manager(&moto, "CreateSecret", json!({ "Name": SECRET })).await;
@@ -770,11 +770,10 @@ auth = {{ method = "token", token = {{ file = "vault.token" }} }}
             .json()
             .await
             .unwrap();
-        std::fs::write(
+        crate::support::write_secret(
             w.dir.join("vault.token"),
             v["auth"]["client_token"].as_str().unwrap(),
-        )
-        .unwrap();
+        );
         let out = w.run(&config, &["validate", "--online"], &[]).await;
         let text = printed(&out);
         assert_eq!(out.status.code(), Some(1), "without `{path}`: {text}");

@@ -57,7 +57,7 @@ impl Env {
         for sa in ["svc_alpha", "svc_beta"] {
             sim.sim.add_service_account(sa);
         }
-        std::fs::write(dir.join("admin.token"), sim.admin_token.expose_secret()).unwrap();
+        crate::support::write_secret(dir.join("admin.token"), sim.admin_token.expose_secret());
         Env {
             dir,
             sim,

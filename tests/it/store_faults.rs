@@ -975,8 +975,8 @@ async fn the_binary_reports_a_vault_503_with_store_and_step_and_no_secret() {
     sim.sim.add_service_account(SA);
     let dir = std::env::temp_dir().join(format!("mdr-faults-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("admin.token"), sim.admin_token.expose_secret()).unwrap();
-    std::fs::write(dir.join("vault.token"), &bao.root_token).unwrap();
+    crate::support::write_secret(dir.join("admin.token"), sim.admin_token.expose_secret());
+    crate::support::write_secret(dir.join("vault.token"), &bao.root_token);
     std::fs::write(
         dir.join("config.toml"),
         format!(
@@ -1361,8 +1361,8 @@ async fn rotate_exits_only_after_its_lock_is_released() {
     sim.sim.add_service_account(SA);
     let dir = std::env::temp_dir().join(format!("mdr-release-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("admin.token"), sim.admin_token.expose_secret()).unwrap();
-    std::fs::write(dir.join("vault.token"), &bao.root_token).unwrap();
+    crate::support::write_secret(dir.join("admin.token"), sim.admin_token.expose_secret());
+    crate::support::write_secret(dir.join("vault.token"), &bao.root_token);
     std::fs::write(
         dir.join("config.toml"),
         format!(

@@ -101,7 +101,7 @@ impl World {
         let bao = OpenBao::start().await;
         let sim = Simulator::spawn(SimulatorOptions::default()).await.unwrap();
         sim.sim.add_service_account("svc_k8s");
-        std::fs::write(dir.join("admin.token"), sim.admin_token.expose_secret()).unwrap();
+        crate::support::write_secret(dir.join("admin.token"), sim.admin_token.expose_secret());
         let review = TokenReview::default();
         let k8s = MockServer::start().await;
         Mock::given(method("POST"))
@@ -189,7 +189,7 @@ impl World {
     /// being valid.
     fn project(&self, jwt: &str) {
         *self.review.valid.lock().unwrap() = vec![jwt.to_owned()];
-        std::fs::write(self.dir.join("sa.token"), jwt).unwrap();
+        crate::support::write_secret(self.dir.join("sa.token"), jwt);
     }
 
     fn config(&self) -> std::path::PathBuf {
@@ -401,11 +401,10 @@ async fn a_namespaced_store_rotates_inside_its_namespace() {
         .json()
         .await
         .unwrap();
-    std::fs::write(
+    crate::support::write_secret(
         w.dir.join("ns.token"),
         created["auth"]["client_token"].as_str().unwrap(),
-    )
-    .unwrap();
+    );
     let config = w.config().with_file_name("ns.toml");
     std::fs::write(
         &config,

@@ -1663,8 +1663,8 @@ fn a_mismatched_or_unreadable_client_key_is_a_setup_error() {
 #[test]
 fn validate_reads_relative_mutual_tls_files() {
     let pki = Pki::new();
-    std::fs::write(pki.path("admin.token"), "md-admin-token\n").unwrap();
-    std::fs::write(pki.path("vault.token"), "vault-token\n").unwrap();
+    crate::support::write_secret(pki.path("admin.token"), "md-admin-token\n");
+    crate::support::write_secret(pki.path("vault.token"), "vault-token\n");
     let validate = |key: &str| {
         let config = pki.path(&format!("config-{key}.toml"));
         std::fs::write(

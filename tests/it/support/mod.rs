@@ -5,3 +5,23 @@ pub mod fault_proxy;
 pub mod log_lines;
 pub mod observability;
 pub mod services;
+
+/// Writes a secret file the way an operator must: owner-only (mode 0600).
+/// The daemon refuses a secret file that others can read.
+pub fn write_secret(path: impl AsRef<std::path::Path>, content: impl AsRef<[u8]>) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = path.as_ref();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+    f.write_all(content.as_ref())
+        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    // `mode` applies only on creation; an existing file is narrowed too.
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+}

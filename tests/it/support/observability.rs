@@ -60,10 +60,11 @@ impl TempDir {
         &self.0
     }
 
-    /// Writes `content` to `name` inside the directory; returns its path.
+    /// Writes `content` to `name` inside the directory, owner-only (mode
+    /// 0600, as it may be a secret); returns its path.
     pub fn write(&self, name: &str, content: &str) -> PathBuf {
         let path = self.0.join(name);
-        std::fs::write(&path, content).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        super::write_secret(&path, content);
         path
     }
 }
