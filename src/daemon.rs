@@ -277,6 +277,16 @@ async fn sweep_one(driver: &Driver, p: &Policy) -> Resweep {
     }
 }
 
+/// When a generation's first full sweep runs.
+#[derive(Debug, Clone, Copy)]
+enum SweepFirst {
+    /// At start-up: a crash's orphans are looked for at once (beside the
+    /// rotations, never before them).
+    Now,
+    /// After a reload: the previous generation swept recently.
+    AfterInterval,
+}
+
 /// Sweeps orphans of every policy every `every`, and sweeps a policy again
 /// sooner when its last sweep asked for it: every `retry_every` while it
 /// could not run, or once spared young tokens are old enough. So a crash's
@@ -286,13 +296,17 @@ async fn sweep_loop(
     policies: Vec<Arc<Policy>>,
     every: Duration,
     retry_every: Duration,
-    mut pending: Vec<(DateTime<Utc>, Arc<Policy>)>,
+    first: SweepFirst,
     cancel: CancellationToken,
 ) {
     let clock = driver.clock.clone();
     let every = chrono::Duration::from_std(every).unwrap_or_default();
     let retry_every = chrono::Duration::from_std(retry_every).unwrap_or_default();
-    let mut next_full = clock.now() + every;
+    let mut pending: Vec<(DateTime<Utc>, Arc<Policy>)> = Vec::new();
+    let mut next_full = match first {
+        SweepFirst::Now => clock.now(),
+        SweepFirst::AfterInterval => clock.now() + every,
+    };
     loop {
         let wake = pending
             .iter()
@@ -348,7 +362,7 @@ impl Generation {
         driver: Driver,
         shutdown: &CancellationToken,
         readiness: Arc<RwLock<Readiness>>,
-        unswept: &[(String, DateTime<Utc>)],
+        sweep_first: SweepFirst,
     ) -> Generation {
         let retire = shutdown.child_token();
         let mut tasks = JoinSet::new();
@@ -372,16 +386,14 @@ impl Generation {
             let every = config.daemon.sweep_interval;
             let retry_every = config.daemon.lock_retry_interval;
             let ps = policies.clone();
-            let pending: Vec<(DateTime<Utc>, Arc<Policy>)> = policies
-                .iter()
-                .filter_map(|p| {
-                    unswept
-                        .iter()
-                        .find(|(name, _)| *name == p.name)
-                        .map(|(_, at)| (*at, p.clone()))
-                })
-                .collect();
-            tasks.spawn(sweep_loop(d, ps, every, retry_every, pending, r));
+            tasks.spawn(crate::motherduck::background(sweep_loop(
+                d,
+                ps,
+                every,
+                retry_every,
+                sweep_first,
+                r,
+            )));
         }
         {
             let (d, r, cfg) = (driver, retire.clone(), config.clone());
@@ -481,25 +493,14 @@ pub async fn run(
     }
 
     let config = Arc::new(config);
-    // The first sweep runs before rotations start, so a crash's orphans are
-    // revoked before anything new is created.
-    let mut unswept = Vec::new();
-    let retry_every =
-        chrono::Duration::from_std(config.daemon.lock_retry_interval).unwrap_or_default();
-    for p in &config.policies {
-        if let Some(at) = sweep_one(&driver, p)
-            .await
-            .when(driver.clock.now(), retry_every)
-        {
-            unswept.push((p.name.clone(), at));
-        }
-    }
+    // Rotations start at once; the first full sweep runs beside them, at
+    // background priority (see `motherduck::background`).
     let mut current = Generation::start(
         config.clone(),
         driver,
         &shutdown,
         readiness.clone(),
-        &unswept,
+        SweepFirst::Now,
     );
     let mut retired: Vec<Generation> = Vec::new();
     crate::notify::ready(&format!(
@@ -542,7 +543,7 @@ pub async fn run(
                     Ok((config, driver)) => {
                         let old = std::mem::replace(
                             &mut current,
-                            Generation::start(config, driver, &shutdown, readiness.clone(), &[]),
+                            Generation::start(config, driver, &shutdown, readiness.clone(), SweepFirst::AfterInterval),
                         );
                         old.retire.cancel();
                         retired.push(old);

@@ -6,6 +6,7 @@
 mod client;
 mod error;
 mod rate;
+pub use rate::background;
 mod types;
 
 pub use client::{

@@ -22,6 +22,7 @@ mod readme_stores;
 mod signals;
 mod simulator_validation;
 mod smoke_services;
+mod startup;
 mod store_faults;
 mod support;
 mod vault_kubernetes;
