@@ -2,6 +2,7 @@
 
 mod demo;
 pub mod ops;
+mod progress;
 mod simulator_cmd;
 
 use std::io::IsTerminal;

@@ -9,6 +9,9 @@ use clap::Args;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use futures_util::StreamExt as _;
+
+use super::progress::Progress;
 use super::{EXIT_FAILURE, load_config};
 use crate::clock::Clock;
 use crate::config::{Config, LoadOptions, Policy};
@@ -261,157 +264,202 @@ pub async fn rotate(path: &Path, args: &RotateArgs) -> anyhow::Result<ExitCode> 
             }
         }
     }
-    let mut failed = 0;
-    for p in policies {
-        if args.dry_run {
-            let obs = d.observe(p).await?;
-            let what = match &obs.step {
-                Step::Wait { .. } | Step::Begin { .. } => {
-                    "would create a new token, stage and promote it in every destination, verify it, and revoke the old one after the overlap".to_owned()
-                }
-                other => format!("would resume the unfinished rotation: {}", describe_step(other)),
-            };
-            println!("{}: {what}", p.name);
-            continue;
-        }
-        println!("{}: rotating", p.name);
-        let before_journal = d
+    let out = Progress::new(
+        policies.len(),
+        if args.dry_run { "checked" } else { "rotated" },
+    );
+    // Policies rotate side by side, as many at once as the daemon would
+    // (`rotation_concurrency`), under the client's one rate limit; each
+    // policy's lines are printed as it gets there.
+    let results: Vec<bool> = futures_util::stream::iter(policies)
+        .map(|p| {
+            let (d, out, cancel) = (&d, &out, &cancel);
+            async move {
+                let ok = rotate_one(d, p, args, cancel, out).await;
+                out.finished(ok);
+                ok
+            }
+        })
+        .buffer_unordered(config.daemon.rotation_concurrency.get())
+        .collect()
+        .await;
+    out.done();
+    Ok(if results.iter().any(|ok| !ok) {
+        ExitCode::from(EXIT_FAILURE)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Rotates one policy for `rotate`, printing what happens; `false` when it
+/// did not rotate.
+async fn rotate_one(
+    d: &Driver,
+    p: &Policy,
+    args: &RotateArgs,
+    cancel: &CancellationToken,
+    out: &Progress,
+) -> bool {
+    let mut ok = true;
+    if args.dry_run {
+        let obs = match d.observe(p).await {
+            Ok(obs) => obs,
+            Err(e) => {
+                out.say(format!("{}: failed: {e}", p.name));
+                return false;
+            }
+        };
+        let what = match &obs.step {
+            Step::Wait { .. } | Step::Begin { .. } => {
+                "would create a new token, stage and promote it in every destination, verify it, and revoke the old one after the overlap".to_owned()
+            }
+            other => format!("would resume the unfinished rotation: {}", describe_step(other)),
+        };
+        out.say(format!("{}: {what}", p.name));
+        return true;
+    }
+    out.say(format!("{}: rotating", p.name));
+    let before_journal = d
+        .observe(p)
+        .await
+        .ok()
+        .and_then(|o| plan::last_journal(&o.views).cloned());
+    let before = before_journal.as_ref().map(|j| j.rotation_id.clone());
+    // Whether the last rotation had already verified its new token: a
+    // rotation this call resumes and verifies is this call's rotation.
+    let before_verified = before_journal
+        .as_ref()
+        .is_some_and(|j| j.state == JournalState::Verified);
+    // Whether the last rotation was unfinished short of its overlap:
+    // then this call resumes it, and that is the rotation it reports.
+    let resumes = before_journal.as_ref().is_some_and(|j| {
+        !matches!(
+            j.state,
+            JournalState::Verified | JournalState::Done | JournalState::RolledBack
+        )
+    });
+    let mut result = d.reconcile(p, true, cancel).await;
+    // An earlier rotation still in its overlap period comes first: its
+    // old token is revoked when the overlap ends, and only then can
+    // this rotation begin (with --wait, it does).
+    let mut behind_earlier = false;
+    if matches!(&result, Ok(Tick::Wait { why, .. }) if why.starts_with("overlap")) {
+        let last = d
             .observe(p)
             .await
             .ok()
-            .and_then(|o| plan::last_journal(&o.views).cloned());
-        let before = before_journal.as_ref().map(|j| j.rotation_id.clone());
-        // Whether the last rotation had already verified its new token: a
-        // rotation this call resumes and verifies is this call's rotation.
-        let before_verified = before_journal
-            .as_ref()
-            .is_some_and(|j| j.state == JournalState::Verified);
-        // Whether the last rotation was unfinished short of its overlap:
-        // then this call resumes it, and that is the rotation it reports.
-        let resumes = before_journal.as_ref().is_some_and(|j| {
-            !matches!(
-                j.state,
-                JournalState::Verified | JournalState::Done | JournalState::RolledBack
-            )
-        });
-        let mut result = d.reconcile(p, true, &cancel).await;
-        // An earlier rotation still in its overlap period comes first: its
-        // old token is revoked when the overlap ends, and only then can
-        // this rotation begin (with --wait, it does).
-        let mut behind_earlier = false;
-        if matches!(&result, Ok(Tick::Wait { why, .. }) if why.starts_with("overlap")) {
-            let last = d
-                .observe(p)
-                .await
-                .ok()
-                .and_then(|o| plan::last_journal(&o.views).map(|j| j.rotation_id.clone()));
-            behind_earlier = before_verified && last.is_some() && last == before;
-        }
-        loop {
-            match &result {
-                Ok(Tick::Wait { until, why }) if args.wait && why.starts_with("overlap") => {
-                    println!(
-                        "{}: waiting until {until} before revoking the old token",
-                        p.name
-                    );
-                    let clock = d.clock.clone();
-                    if !schedule::sleep_until_wall(
-                        *until,
-                        move || clock.now(),
-                        crate::daemon::WALL_CHECK,
-                        &cancel,
-                    )
-                    .await
-                    {
-                        break;
-                    }
-                    result = d.reconcile(p, behind_earlier, &cancel).await;
-                    behind_earlier = false;
-                }
-                _ => break,
-            }
-        }
-        match result {
-            Err(e) => {
-                failed += 1;
-                println!("{}: failed: {e}", p.name);
-            }
-            Ok(Tick::Busy { .. }) => {
-                failed += 1;
-                println!("{}: another replica holds the lock; not rotated", p.name);
-            }
-            Ok(Tick::Stopped) => {
-                failed += 1;
-                println!(
-                    "{}: interrupted; the rotation resumes on the next run",
+            .and_then(|o| plan::last_journal(&o.views).map(|j| j.rotation_id.clone()));
+        behind_earlier = before_verified && last.is_some() && last == before;
+    }
+    loop {
+        match &result {
+            Ok(Tick::Wait { until, why }) if args.wait && why.starts_with("overlap") => {
+                out.say(format!(
+                    "{}: waiting until {until} before revoking the old token",
                     p.name
-                );
+                ));
+                let clock = d.clock.clone();
+                if !schedule::sleep_until_wall(
+                    *until,
+                    move || clock.now(),
+                    crate::daemon::WALL_CHECK,
+                    cancel,
+                )
+                .await
+                {
+                    break;
+                }
+                result = d.reconcile(p, behind_earlier, cancel).await;
+                behind_earlier = false;
             }
-            Ok(Tick::Wait { until, why }) => {
-                let obs = d.observe(p).await?;
-                let last = plan::last_journal(&obs.views).cloned();
-                match last {
-                    Some(j)
-                        if Some(&j.rotation_id) != before.as_ref()
-                            || before.is_none()
-                            || resumes =>
-                    {
-                        match j.state {
-                            JournalState::RolledBack => {
-                                failed += 1;
-                                let kept = if j.previous_token_id.is_some() {
-                                    "the old token is current"
-                                } else {
-                                    "no token is stored yet"
-                                };
-                                println!(
-                                    "{}: rolled back, {kept}: {}",
-                                    p.name,
-                                    j.last_error.as_deref().unwrap_or("unknown error")
-                                );
-                            }
-                            JournalState::Done if j.previous_token_id.is_none() => println!(
-                                "{}: rotated: token {} is current (the policy's first token)",
-                                p.name, j.new_token_id
-                            ),
-                            JournalState::Done => println!(
-                                "{}: rotated: token {} is current, the old token is revoked",
-                                p.name, j.new_token_id
-                            ),
-                            _ => println!(
-                                "{}: rotated: token {} is current; the old token stays valid until {until} ({why}) and is revoked then by the daemon, or now with --wait",
-                                p.name, j.new_token_id
-                            ),
+            _ => break,
+        }
+    }
+    match result {
+        Err(e) => {
+            ok = false;
+            out.say(format!("{}: failed: {e}", p.name));
+        }
+        Ok(Tick::Busy { .. }) => {
+            ok = false;
+            out.say(format!(
+                "{}: another replica holds the lock; not rotated",
+                p.name
+            ));
+        }
+        Ok(Tick::Stopped) => {
+            ok = false;
+            out.say(format!(
+                "{}: interrupted; the rotation resumes on the next run",
+                p.name
+            ));
+        }
+        Ok(Tick::Wait { until, why }) => {
+            let obs = match d.observe(p).await {
+                Ok(obs) => obs,
+                Err(e) => {
+                    out.say(format!("{}: failed: {e}", p.name));
+                    return false;
+                }
+            };
+            let last = plan::last_journal(&obs.views).cloned();
+            match last {
+                Some(j)
+                    if Some(&j.rotation_id) != before.as_ref()
+                        || before.is_none()
+                        || resumes =>
+                {
+                    match j.state {
+                        JournalState::RolledBack => {
+                            ok = false;
+                            let kept = if j.previous_token_id.is_some() {
+                                "the old token is current"
+                            } else {
+                                "no token is stored yet"
+                            };
+                            out.say(format!(
+                                "{}: rolled back, {kept}: {}",
+                                p.name,
+                                j.last_error.as_deref().unwrap_or("unknown error")
+                            ));
                         }
+                        JournalState::Done if j.previous_token_id.is_none() => out.say(format!(
+                            "{}: rotated: token {} is current (the policy's first token)",
+                            p.name, j.new_token_id
+                        )),
+                        JournalState::Done => out.say(format!(
+                            "{}: rotated: token {} is current, the old token is revoked",
+                            p.name, j.new_token_id
+                        )),
+                        _ => out.say(format!(
+                            "{}: rotated: token {} is current; the old token stays valid until {until} ({why}) and is revoked then by the daemon, or now with --wait",
+                            p.name, j.new_token_id
+                        )),
                     }
-                    Some(j) if why.starts_with("overlap") => {
-                        failed += 1;
-                        println!(
-                            "{}: not rotated: rotation {} is in its overlap period until {until}; its old token is revoked then, and a new rotation can begin. Run `rotate` again after that, or `rotate --wait` to wait for it and rotate",
-                            p.name, j.rotation_id
-                        );
-                    }
-                    _ => {
-                        failed += 1;
-                        match d.unrecorded_failure(&p.name) {
-                            // A first token that failed leaves no record
-                            // to report it from.
-                            Some(f) if why.starts_with("retry after") => println!(
-                                "{}: failed: {}; no token is stored yet; the next attempt may begin at {}",
-                                p.name, f.last_error, f.retry_at
-                            ),
-                            _ => println!("{}: no rotation happened ({why})", p.name),
-                        }
+                }
+                Some(j) if why.starts_with("overlap") => {
+                    ok = false;
+                    out.say(format!(
+                        "{}: not rotated: rotation {} is in its overlap period until {until}; its old token is revoked then, and a new rotation can begin. Run `rotate` again after that, or `rotate --wait` to wait for it and rotate",
+                        p.name, j.rotation_id
+                    ));
+                }
+                _ => {
+                    ok = false;
+                    match d.unrecorded_failure(&p.name) {
+                        // A first token that failed leaves no record
+                        // to report it from.
+                        Some(f) if why.starts_with("retry after") => out.say(format!(
+                            "{}: failed: {}; no token is stored yet; the next attempt may begin at {}",
+                            p.name, f.last_error, f.retry_at
+                        )),
+                        _ => out.say(format!("{}: no rotation happened ({why})", p.name)),
                     }
                 }
             }
         }
     }
-    Ok(if failed > 0 {
-        ExitCode::from(EXIT_FAILURE)
-    } else {
-        ExitCode::SUCCESS
-    })
+    ok
 }
 
 fn describe_step(s: &Step) -> String {
@@ -642,38 +690,53 @@ pub async fn sweep(path: &Path, args: &SweepArgs) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let d = driver(&config)?;
-    let mut failed = false;
-    for p in policies {
-        match d.sweep(p, args.dry_run).await {
-            Ok(None) => println!("{}: skipped, a rotation holds the lock", p.name),
-            Ok(Some(found)) if found.is_empty() => println!("{}: no orphaned tokens", p.name),
-            Ok(Some(found)) => {
-                for t in found.iter() {
-                    println!(
-                        "{}: {} {} ({}, created {})",
-                        p.name,
-                        if args.dry_run {
-                            "orphan"
-                        } else {
-                            "revoked orphan"
-                        },
-                        t.id,
-                        t.name.as_deref().unwrap_or(""),
-                        t.created_ts.to_rfc3339()
-                    );
-                }
+    let out = Progress::new(policies.len(), "swept");
+    let results: Vec<bool> = futures_util::stream::iter(policies)
+        .map(|p| {
+            let (d, out) = (&d, &out);
+            async move {
+                let ok = sweep_one(d, p, args.dry_run, out).await;
+                out.finished(ok);
+                ok
             }
-            Err(e) => {
-                failed = true;
-                println!("{}: sweep failed: {e}", p.name);
-            }
-        }
-    }
-    Ok(if failed {
+        })
+        .buffer_unordered(config.daemon.rotation_concurrency.get())
+        .collect()
+        .await;
+    out.done();
+    Ok(if results.iter().any(|ok| !ok) {
         ExitCode::from(EXIT_FAILURE)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Sweeps one policy for `sweep`, printing what it finds; `false` when the
+/// sweep failed.
+async fn sweep_one(d: &Driver, p: &Policy, dry_run: bool, out: &Progress) -> bool {
+    match d.sweep(p, dry_run).await {
+        Ok(None) => out.say(format!("{}: skipped, a rotation holds the lock", p.name)),
+        Ok(Some(found)) if found.is_empty() => {
+            out.say(format!("{}: no orphaned tokens", p.name));
+        }
+        Ok(Some(found)) => {
+            for t in found.iter() {
+                out.say(format!(
+                    "{}: {} {} ({}, created {})",
+                    p.name,
+                    if dry_run { "orphan" } else { "revoked orphan" },
+                    t.id,
+                    t.name.as_deref().unwrap_or(""),
+                    t.created_ts.to_rfc3339()
+                ));
+            }
+        }
+        Err(e) => {
+            out.say(format!("{}: sweep failed: {e}", p.name));
+            return false;
+        }
+    }
+    true
 }
 
 /// "3h 5m", "42s": the two largest units.

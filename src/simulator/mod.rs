@@ -244,6 +244,18 @@ impl Simulator {
             .unwrap_or(0)
     }
 
+    /// The most API requests that were ever being served at once (since
+    /// [`Simulator::reset_max_in_flight`]).
+    pub fn max_in_flight(&self) -> u64 {
+        self.lock().counters.max_in_flight
+    }
+
+    /// Starts counting [`Simulator::max_in_flight`] afresh.
+    pub fn reset_max_in_flight(&self) {
+        let mut st = self.lock();
+        st.counters.max_in_flight = st.counters.in_flight;
+    }
+
     /// The axum router serving the API.
     pub fn router(&self) -> axum::Router {
         routes::router(self.clone())

@@ -116,6 +116,25 @@ fn parse_body(body: &Bytes) -> Result<Value, SimError> {
     })
 }
 
+/// Counts a request as being served while it lives.
+struct InFlight(Simulator);
+
+impl InFlight {
+    fn enter(sim: &Simulator) -> InFlight {
+        let mut st = sim.lock();
+        st.counters.in_flight += 1;
+        st.counters.max_in_flight = st.counters.max_in_flight.max(st.counters.in_flight);
+        InFlight(sim.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.counters.in_flight = st.counters.in_flight.saturating_sub(1);
+    }
+}
+
 /// Runs one API request: latency, faults, authentication, then `work`
 /// under the state lock.
 async fn handle(
@@ -124,6 +143,7 @@ async fn handle(
     headers: &HeaderMap,
     work: impl FnOnce(&mut State, Caller) -> Result<Value, SimError>,
 ) -> Response {
+    let _in_flight = InFlight::enter(sim);
     let latency = sim.lock().latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;

@@ -88,6 +88,9 @@ pub struct Knobs {
 #[derive(Debug, Clone, Default)]
 pub struct Counters {
     pub requests: HashMap<Endpoint, u64>,
+    /// API requests being served now, and the most there ever were at once.
+    pub in_flight: u64,
+    pub max_in_flight: u64,
 }
 
 pub struct State {
