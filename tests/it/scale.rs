@@ -221,3 +221,57 @@ async fn rotate_all_and_sweep_work_on_policies_side_by_side() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The benchmark harness runs (tiny sizes) and prints its table; the
+/// figures are not judged here.
+#[test]
+fn the_benchmark_harness_runs_and_prints_its_table() {
+    let out = std::process::Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bench.py"))
+        .args(["--smoke", "--bin", env!("CARGO_BIN_EXE_motherduck-rotator")])
+        .output()
+        .expect("python3 runs scripts/bench.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| what"))
+        .map(|l| l.trim_matches('|').split(" | ").map(str::trim).collect())
+        .collect();
+    let number = starts_with_number;
+    for (row, unit) in [
+        ("one rotation (`rotate`, overlap 0)", "ms"),
+        ("`rotate --all`, 5 policies, defaults", "s"),
+        ("`rotate --all`, 5 policies, 1,000 req/s", "s"),
+        ("20: start to first token created", "s"),
+        ("20: all rotated", "s"),
+        ("20: achieved rate / limit", ""),
+        ("20: memory peak / idle", "MiB"),
+        ("20: threads (max)", ""),
+        ("20: idle CPU", "% of a core"),
+        ("20: /metrics", "series"),
+        ("`validate`, 20 policies", "s"),
+    ] {
+        let found = rows
+            .iter()
+            .find(|r| r[0] == row)
+            .unwrap_or_else(|| panic!("no row `{row}` in:\n{stdout}"));
+        assert!(
+            number(found[1]) && found[1].ends_with(unit),
+            "row `{row}` has no figure in `{unit}`: {found:?}"
+        );
+    }
+}
+
+/// Whether `s` starts with a decimal number.
+fn starts_with_number(s: &str) -> bool {
+    let digits = s
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .count();
+    digits > 0 && s[..digits].parse::<f64>().is_ok()
+}
