@@ -24,6 +24,8 @@ use std::time::Duration;
 
 use raw::*;
 use span::{FieldPath, SourceMap};
+use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use crate::motherduck::{self, TokenType};
 use crate::rotation::plan::RetryPolicy;
@@ -326,8 +328,20 @@ pub fn parse_with(
         .keys()
         .map(|name| (name.clone(), v.raw_store(name)))
         .collect();
-    v.secret_envs = secret_env_names(&raw, &stores);
-    let config = v.config(raw, &stores);
+    // Each policy's hooks, in order; `None` for one with errors.
+    let hooks: Vec<Vec<Option<RawHook>>> = raw
+        .policies
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let path = root().key("policy").index(i).key("verify");
+            (0..p.verify.len())
+                .map(|j| v.raw_hook(&path.index(j)))
+                .collect()
+        })
+        .collect();
+    v.secret_envs = secret_env_names(&raw, &stores, &hooks);
+    let config = v.config(raw, &stores, &hooks);
     if v.errors.is_empty() {
         let mut config = config.expect("no errors means a config was built");
         config.warnings = v.warnings;
@@ -351,9 +365,8 @@ fn serde_error(file: &Path, map: &SourceMap<'_>, e: &toml::de::Error) -> ConfigE
     } else {
         map.path_at(&span)
     };
-    // Serde places an unknown field at its table (or, for the tagged hook
-    // tables, at the enclosing array); point at the key itself, where the
-    // typo is.
+    // Serde places an unknown field at its table; point at the key itself,
+    // where the typo is.
     if let Some((path, key_span)) = unknown_field(&reason).and_then(|k| map.find_key(&field, k)) {
         field = path;
         span = key_span;
@@ -390,7 +403,7 @@ fn root() -> FieldPath {
     FieldPath::default()
 }
 
-impl Validator<'_> {
+impl<'a> Validator<'a> {
     fn error(&mut self, path: &FieldPath, reason: impl Into<String>) {
         let (line, column) = self
             .map
@@ -605,72 +618,125 @@ impl Validator<'_> {
         }
     }
 
-    /// Reads the store `name` by its `type`. Serde's tagged enums would
-    /// buffer the table and lose every place inside it, so the variant's
-    /// table is deserialized from the document itself. `Err` holds the
-    /// store's kind when its `type` is valid (the error is reported).
+    /// Reads the store `name` by its `type`. `Err` holds the store's kind
+    /// when its `type` is valid (the error is reported).
     fn raw_store(&mut self, name: &str) -> Result<RawStore, Option<&'static str>> {
-        use serde::Deserialize;
-        use toml::de::{DeValue, ValueDeserializer};
-
         let path = root().key("stores").key(name);
-        let Some(value) = self.map.value(&path) else {
-            self.error(&path, "the store's table is missing");
-            return Err(None);
+        let (kind, table) = self
+            .tagged_table(
+                &path,
+                &RawStore::KINDS,
+                "store",
+                "{ type = \"file\", directory = \"...\" }",
+            )
+            .ok_or(None)?;
+        let store = match kind {
+            "file" => self.variant(table).map(RawStore::File),
+            "vault" => self.variant(table).map(|v| RawStore::Vault(Box::new(v))),
+            _ => self.variant(table).map(RawStore::Aws),
         };
+        store.ok_or(Some(kind))
+    }
+
+    /// Reads the verification hook at `path` by its `type`; `None` when it
+    /// has errors (reported).
+    fn raw_hook(&mut self, path: &FieldPath) -> Option<RawHook> {
+        let (kind, table) = self.tagged_table(
+            path,
+            &RawHook::KINDS,
+            "verification hook",
+            "{ type = \"motherduck\" }",
+        )?;
+        match kind {
+            "http" => self.variant(table).map(RawHook::Http),
+            "command" => self.variant(table).map(RawHook::Command),
+            "ack" => self.variant(table).map(RawHook::Ack),
+            _ => self.variant(table).map(RawHook::Motherduck),
+        }
+    }
+
+    /// The table at `path` split by its `type`, one of `kinds`: the kind,
+    /// and the rest of the table for [`Validator::variant`]. Serde's tagged
+    /// enums would buffer the table and lose every place inside it, so the
+    /// variant's table is deserialized from the document itself, where
+    /// every value keeps its span. `None` when there is no such table or
+    /// its `type` is not one of `kinds` (the error is reported); `what`
+    /// and `example` are for that message.
+    fn tagged_table<'k>(
+        &mut self,
+        path: &FieldPath,
+        kinds: &[&'k str],
+        what: &str,
+        example: &str,
+    ) -> Option<(&'k str, Spanned<DeValue<'a>>)> {
+        let Some(value) = self.map.value(path) else {
+            self.error(path, format!("the {what}'s table is missing"));
+            return None;
+        };
+        let span = value.span();
         let DeValue::Table(table) = value.get_ref() else {
             self.error(
-                &path,
-                "a store is a table with a `type`, such as { type = \"file\", directory = \"...\" }",
+                path,
+                format!("a {what} is a table with a `type`, such as {example}"),
             );
-            return Err(None);
+            return None;
         };
         let Some((_, tag)) = table.iter().find(|(k, _)| k.get_ref() == "type") else {
-            self.error(&path, "missing field `type`");
-            return Err(None);
+            self.error(path, "missing field `type`");
+            return None;
         };
-        let (kind_span, tag) = (tag.span(), tag.get_ref());
-        let kinds = RawStore::KINDS.map(|k| format!("`{k}`")).join(", ");
-        let Some(kind) = tag
+        let kind = tag
+            .get_ref()
             .as_str()
-            .and_then(|t| RawStore::KINDS.into_iter().find(|k| *k == t))
-        else {
-            let reason = match tag.as_str() {
-                Some(t) => format!("unknown variant `{t}`, expected one of {kinds}"),
-                None => format!("invalid type: {}, expected one of {kinds}", tag.type_str()),
-            };
-            let (line, column) = self.map.line_col(kind_span.start);
-            self.errors.push(ConfigError {
-                file: self.file.clone(),
-                line,
-                column,
-                field: path.key("type").to_string(),
-                reason,
-            });
-            return Err(None);
-        };
-        let rest: toml::de::DeTable<'_> = table
+            .and_then(|t| kinds.iter().copied().find(|k| *k == t));
+        if let Some(kind) = kind {
+            let rest: DeTable<'a> = table
+                .iter()
+                .filter(|(k, _)| k.get_ref() != "type")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            return Some((kind, Spanned::new(span, DeValue::Table(rest))));
+        }
+        // The message serde gives for a tagged enum, at the tag's value.
+        let expected = kinds
             .iter()
-            .filter(|(k, _)| k.get_ref() != "type")
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let de = || ValueDeserializer::from(toml::Spanned::new(value.span(), DeValue::Table(rest)));
-        let parsed = match kind {
-            "file" => RawFileStore::deserialize(de()).map(RawStore::File),
-            "vault" => RawVaultStore::deserialize(de()).map(|v| RawStore::Vault(Box::new(v))),
-            _ => RawAwsStore::deserialize(de()).map(RawStore::Aws),
+            .map(|k| format!("`{k}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let reason = match tag.get_ref().as_str() {
+            Some(t) => format!("unknown variant `{t}`, expected one of {expected}"),
+            None => format!(
+                "invalid type: {}, expected one of {expected}",
+                tag.get_ref().type_str()
+            ),
         };
-        parsed.map_err(|e| {
-            let e = serde_error(&self.file, &self.map, &e);
-            self.errors.push(e);
-            Some(kind)
-        })
+        let (line, column) = self.map.line_col(tag.span().start);
+        self.errors.push(ConfigError {
+            file: self.file.clone(),
+            line,
+            column,
+            field: path.key("type").to_string(),
+            reason,
+        });
+        None
+    }
+
+    /// Deserializes a table from [`Validator::tagged_table`]; serde's
+    /// errors keep their place in the document.
+    fn variant<T: serde::Deserialize<'a>>(&mut self, table: Spanned<DeValue<'a>>) -> Option<T> {
+        T::deserialize(ValueDeserializer::from(table))
+            .map_err(|e| {
+                let e = serde_error(&self.file, &self.map, &e);
+                self.errors.push(e);
+            })
+            .ok()
     }
 
     fn config(
         &mut self,
         raw: RawConfig,
         raw_stores: &BTreeMap<String, Result<RawStore, Option<&'static str>>>,
+        raw_hooks: &[Vec<Option<RawHook>>],
     ) -> Option<Config> {
         let md = self.motherduck(&raw.motherduck);
         let daemon = self.daemon(&raw.daemon);
@@ -693,7 +759,7 @@ impl Validator<'_> {
                     format!("duplicate policy name `{}`", p.name),
                 );
             }
-            if let Some((policy, targets, lock)) = self.policy(p, &path, &stores) {
+            if let Some((policy, targets, lock)) = self.policy(p, &raw_hooks[i], &path, &stores) {
                 for (j, t) in targets.iter().enumerate() {
                     self.claim(
                         &mut claims,
@@ -1474,6 +1540,7 @@ impl Validator<'_> {
     fn policy(
         &mut self,
         p: &RawPolicy,
+        raw_hooks: &[Option<RawHook>],
         path: &FieldPath,
         stores: &BTreeMap<String, StoreDef>,
     ) -> Option<(Policy, Vec<Target>, Target)> {
@@ -1555,8 +1622,10 @@ impl Validator<'_> {
         let schedule = self.schedule(p, path, token_ttl, overlap);
 
         let mut hooks = Vec::new();
-        for (i, h) in p.verify.iter().enumerate() {
-            if let Some(h) = self.hook(h, &path.key("verify").index(i)) {
+        for (i, h) in raw_hooks.iter().enumerate() {
+            if let Some(h) = h
+                && let Some(h) = self.hook(h, &path.key("verify").index(i))
+            {
                 hooks.push(h);
             }
         }
@@ -2449,6 +2518,7 @@ fn env_of(s: &RawSecret) -> Option<String> {
 fn secret_env_names(
     raw: &RawConfig,
     stores: &BTreeMap<String, Result<RawStore, Option<&'static str>>>,
+    hooks: &[Vec<Option<RawHook>>],
 ) -> BTreeSet<String> {
     let admin = env_of(&raw.motherduck.admin_token);
     let vault = stores.values().flat_map(|s| match s {
@@ -2459,12 +2529,11 @@ fn secret_env_names(
             .collect(),
         _ => Vec::new(),
     });
-    let headers = raw
-        .policies
+    let headers = hooks
         .iter()
-        .flat_map(|p| &p.verify)
+        .flatten()
         .filter_map(|h| match h {
-            RawHook::Http(h) => Some(h.headers.values()),
+            Some(RawHook::Http(h)) => Some(h.headers.values()),
             _ => None,
         })
         .flatten()

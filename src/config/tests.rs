@@ -860,42 +860,6 @@ directory = "store"
         errors: &[("2:1", "stores.local", "missing field `type`")],
     },
     Case {
-        name: "unknown field in an inline hook",
-        toml: r#"
-motherduck = { admin_token = { env = "MD_TOKEN" } }
-[[policy]]
-name = "app"
-service_account = "svc_app"
-verify = [{ type = "motherduck" }, { type = "http", url = "https://a.example.com/", timeout = "5s" }]
-"#,
-        errors: &[("5:85", "policy[0].verify[1].timeout", "unknown field `timeout`, expected one of `url`, `method`, `headers`")],
-    },
-    Case {
-        name: "unknown field in a hook table",
-        toml: r#"
-motherduck = { admin_token = { env = "MD_TOKEN" } }
-[[policy]]
-name = "app"
-service_account = "svc_app"
-[[policy.verify]]
-type = "command"
-command = ["true"]
-env = ["A=1"]
-"#,
-        errors: &[("8:1", "policy[0].verify[0].env", "unknown field `env`, expected one of `command`")],
-    },
-    Case {
-        name: "unknown hook type",
-        toml: r#"
-motherduck = { admin_token = { env = "MD_TOKEN" } }
-[[policy]]
-name = "app"
-service_account = "svc_app"
-verify = [{ type = "webhook", url = "https://a.example.com/" }]
-"#,
-        errors: &[("5:20", "policy[0].verify[0].type", "unknown variant `webhook`, expected one of `http`, `command`, `ack`, `motherduck`")],
-    },
-    Case {
         name: "unknown field in a destination",
         toml: r#"
 motherduck = { admin_token = { env = "MD_TOKEN" } }
@@ -1804,6 +1768,71 @@ fn policy_errors_name_the_place_and_field() {
 #[rustfmt::skip]
 const HOOK_ERRORS: &[Case] = &[
     Case {
+        name: "unknown field in an inline hook",
+        toml: r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+[[policy]]
+name = "app"
+service_account = "svc_app"
+verify = [{ type = "motherduck" }, { type = "http", url = "https://a.example.com/", timeout = "5s" }]
+"#,
+        // A hook's table is read on its own, so the rest of the file is
+        // still checked.
+        errors: &[
+            ("3:1", "policy[0].name", "nothing would ever make this policy due"),
+            ("3:1", "policy[0].name", "a policy needs at least one entry in `destinations`"),
+            ("5:85", "policy[0].verify[1].timeout", "unknown field `timeout`, expected one of `url`, `method`, `headers`"),
+        ],
+    },
+    Case {
+        name: "unknown field in a hook table",
+        toml: r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+stores.local = { type = "file", directory = "store" }
+[[policy]]
+name = "app"
+service_account = "svc_app"
+schedule = { interval = "1d" }
+destinations = [{ store = "local", path = "a.json" }]
+[[policy.verify]]
+type = "command"
+command = ["true"]
+env = ["A=1"]
+"#,
+        errors: &[("11:1", "policy[0].verify[0].env", "unknown field `env`, expected one of `command`")],
+    },
+    Case {
+        name: "unknown hook type",
+        toml: r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+stores.local = { type = "file", directory = "store" }
+[[policy]]
+name = "app"
+service_account = "svc_app"
+schedule = { interval = "1d" }
+destinations = [{ store = "local", path = "a.json" }]
+verify = [{ type = "webhook", url = "https://a.example.com/" }]
+"#,
+        errors: &[("8:20", "policy[0].verify[0].type", "unknown variant `webhook`, expected one of `http`, `command`, `ack`, `motherduck`")],
+    },
+    Case {
+        name: "hook without a type",
+        toml: r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+stores.local = { type = "file", directory = "store" }
+[[policy]]
+name = "app"
+service_account = "svc_app"
+schedule = { interval = "1d" }
+destinations = [{ store = "local", path = "a.json" }]
+verify = [{ url = "https://a.example.com/" }, "motherduck"]
+"#,
+        errors: &[
+            ("8:11", "policy[0].verify[0]", "missing field `type`"),
+            ("8:47", "policy[0].verify[1]", "a verification hook is a table with a `type`, such as { type = \"motherduck\" }"),
+        ],
+    },
+    Case {
         name: "command hook without a program",
         toml: r#"
 motherduck = { admin_token = { env = "MD_TOKEN" } }
@@ -1992,6 +2021,65 @@ verify = [{ type = "ack", deadline = "0s" }, { type = "motherduck", interval = "
 #[test]
 fn hook_errors_name_the_place_and_field() {
     run_cases(HOOK_ERRORS, &FakeEnv::new(), true);
+}
+
+/// A setting of the wrong type inside a hook table, for each kind of hook.
+/// Serde's tagged enum once buffered the table and put such errors at the
+/// `[[policy.verify]]` header, without the key.
+#[rustfmt::skip]
+const WRONG_TYPED_HOOK_SETTINGS: &[Case] = &[
+    Case {
+        name: "each kind of hook table",
+        toml: r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+stores.local = { type = "file", directory = "store" }
+[[policy]]
+name = "app"
+service_account = "svc_app"
+schedule = { interval = "1d" }
+destinations = [{ store = "local", path = "a.json" }]
+[[policy.verify]]
+type = "http"
+url = 3
+[[policy.verify]]
+type = "command"
+command = ["true"]
+timeout = 5
+[[policy.verify]]
+type = "ack"
+deadline = 5
+[[policy.verify]]
+type = "motherduck"
+interval = 5
+"#,
+        errors: &[
+            ("10:7", "policy[0].verify[0].url", "invalid type: integer `3`, expected a string"),
+            ("14:11", "policy[0].verify[1].timeout", "invalid type: integer `5`, expected a string"),
+            ("17:12", "policy[0].verify[2].deadline", "invalid type: integer `5`, expected a string"),
+            ("20:12", "policy[0].verify[3].interval", "invalid type: integer `5`, expected a string"),
+        ],
+    },
+    Case {
+        name: "inline hook tables",
+        toml: r#"
+motherduck = { admin_token = { env = "MD_TOKEN" } }
+stores.local = { type = "file", directory = "store" }
+[[policy]]
+name = "app"
+service_account = "svc_app"
+schedule = { interval = "1d" }
+destinations = [{ store = "local", path = "a.json" }]
+verify = [{ type = "motherduck" }, { type = "command", command = ["true"], pass_token = "yes" }]
+"#,
+        errors: &[
+            ("8:89", "policy[0].verify[1].pass_token", "invalid type: string \"yes\", expected a boolean"),
+        ],
+    },
+];
+
+#[test]
+fn a_wrong_typed_hook_setting_is_reported_at_its_own_key() {
+    run_cases(WRONG_TYPED_HOOK_SETTINGS, &FakeEnv::new(), true);
 }
 
 /// One problem in each section; none hides another.
