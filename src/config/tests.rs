@@ -11,9 +11,18 @@ use std::path::PathBuf;
 
 use chrono::{NaiveTime, Weekday};
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
 use super::*;
+use crate::motherduck::TokenType;
 use crate::schedule::Cadence;
-use crate::verify::HookKind;
+use crate::secret::ExposeSecret;
+use crate::stores::Destination;
+use crate::stores::vault::KvVersion;
+use crate::verify::{HookKind, HookSpec};
 
 /// The admin token the scratch directory's `admin.token` file holds.
 const FILE_TOKEN: &str = "md-admin-token-from-file";
