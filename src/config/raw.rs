@@ -241,8 +241,11 @@ pub struct RawPolicy {
     pub windows: Vec<RawWindow>,
     pub rotate_before_expiry: Option<String>,
     pub overlap: Option<String>,
+    /// Only how many: each hook is read separately, as a [`RawHook`]
+    /// picked by its `type`, so that errors inside it keep their exact
+    /// place (serde's own tagged enums lose it).
     #[serde(default)]
-    pub verify: Vec<RawHook>,
+    pub verify: Vec<serde::de::IgnoredAny>,
     #[serde(default)]
     pub destinations: Vec<RawDestination>,
     /// Where the policy's coordination lock lives, when not on its first
@@ -293,13 +296,19 @@ pub struct RawRetry {
     pub max_backoff: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+/// A verification hook, by its `type` (the `type` key itself is not part
+/// of the variant's table).
+#[derive(Debug)]
 pub enum RawHook {
     Http(RawHttpHook),
     Command(RawCommandHook),
     Ack(RawAckHook),
     Motherduck(RawBuiltinHook),
+}
+
+impl RawHook {
+    /// The `type` values.
+    pub const KINDS: [&str; 4] = ["http", "command", "ack", "motherduck"];
 }
 
 #[derive(Debug, Deserialize)]

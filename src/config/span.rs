@@ -200,11 +200,9 @@ impl<'a> SourceMap<'a> {
         path
     }
 
-    /// Whether the value at `path` is a table holding `key`, or an array
-    /// with such a table; in that case the path of that key and its span.
-    /// Serde reports an unknown field at the enclosing table (or, for the
-    /// tagged hook and store tables, at the enclosing array); this finds
-    /// the key itself.
+    /// Whether the value at `path` is a table holding `key`; in that case
+    /// the path of that key and its span. Serde reports an unknown field at
+    /// the enclosing table; this finds the key itself.
     pub fn find_key(&self, path: &FieldPath, key: &str) -> Option<(FieldPath, Range<usize>)> {
         let root = self.root.as_ref()?;
         // A clone of the root keeps the borrows simple; this runs once, on
@@ -221,17 +219,11 @@ impl<'a> SourceMap<'a> {
                 _ => return None,
             };
         }
-        let in_table = |t: &DeTable<'_>| {
-            t.iter()
-                .find(|(name, _)| name.get_ref().as_ref() == key)
-                .map(|(name, _)| name.span())
-        };
         match value {
-            DeValue::Table(t) => in_table(t).map(|s| (path.key(key), s)),
-            DeValue::Array(a) => a.iter().enumerate().find_map(|(i, v)| match v.get_ref() {
-                DeValue::Table(t) => in_table(t).map(|s| (path.index(i).key(key), s)),
-                _ => None,
-            }),
+            DeValue::Table(t) => t
+                .iter()
+                .find(|(name, _)| name.get_ref().as_ref() == key)
+                .map(|(name, _)| (path.key(key), name.span())),
             _ => None,
         }
     }
