@@ -72,7 +72,7 @@ impl Validator<'_> {
                 format!("`{max_retries}` is more than the maximum of 20"),
             );
         }
-        let rate = raw.rate_limit_per_second.unwrap_or(10);
+        let rate = raw.rate_limit_per_second.unwrap_or(100);
         let rate_limit_per_second = NonZeroU32::new(rate).or_else(|| {
             self.error(&path.key("rate_limit_per_second"), "must be at least 1");
             None

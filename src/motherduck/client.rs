@@ -56,7 +56,8 @@ pub struct ClientConfig {
     pub backoff_max: Duration,
     /// Largest wait honoured from a `Retry-After` header.
     pub retry_after_cap: Duration,
-    /// Client-side limit on requests per second (burst of the same size).
+    /// Client-side ceiling on requests per second; the rate starts lower
+    /// and adapts to the server's 429s (see `rate::RateGate`).
     pub rate_limit_per_second: NonZeroU32,
     /// How the client waits between attempts; tests record instead.
     pub sleep: RetrySleep,
@@ -75,7 +76,7 @@ impl ClientConfig {
             backoff_min: Duration::from_millis(250),
             backoff_max: Duration::from_secs(10),
             retry_after_cap: Duration::from_secs(30),
-            rate_limit_per_second: NonZeroU32::new(10).expect("10 is not zero"),
+            rate_limit_per_second: NonZeroU32::new(100).expect("100 is not zero"),
             sleep: RetrySleep::Tokio,
             metrics: None,
         }
@@ -256,6 +257,12 @@ impl Client {
                 limiter,
             }),
         })
+    }
+
+    /// The request rate the client allows itself now, in requests a
+    /// second: at most the configured ceiling.
+    pub fn current_rate(&self) -> u32 {
+        self.inner.limiter.rate()
     }
 
     pub fn base_url(&self) -> &Url {
@@ -678,6 +685,11 @@ impl Client {
             }
             Ok(Ok(r)) => r,
         };
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            self.inner.limiter.throttled();
+        } else if status.is_success() {
+            self.inner.limiter.answered();
+        }
         if status.is_success() {
             return serde_json::from_slice(&bytes).map_err(|e| Failure {
                 error: ApiError::Decode {

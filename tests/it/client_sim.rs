@@ -397,6 +397,17 @@ async fn rate_limit_bursts_honour_retry_after() {
     );
 }
 
+/// The configured rate is a ceiling: the client starts at ten a second and
+/// halves its rate when the server answers 429.
+#[tokio::test]
+async fn a_429_halves_the_client_rate() {
+    let (s, c, _) = sim().await;
+    assert_eq!(c.current_rate(), 10);
+    s.sim.burst_429(1, 0);
+    c.active_accounts().await.unwrap();
+    assert_eq!(c.current_rate(), 5);
+}
+
 /// An ambiguous create (the server made the token, the answer was lost)
 /// must not leave two live tokens.
 #[tokio::test]

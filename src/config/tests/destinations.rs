@@ -43,7 +43,7 @@ destinations = [
 ]
 "#,
         expect![[r#"
-            motherduck: api_url https://api.motherduck.com, admin_token md-admin-token-from-env (env MD_TOKEN), request_timeout 15s, max_retries 4, rate_limit_per_second 10
+            motherduck: api_url https://api.motherduck.com, admin_token md-admin-token-from-env (env MD_TOKEN), request_timeout 15s, max_retries 4, rate_limit_per_second 100
             daemon: listen 127.0.0.1:9464, metrics_bearer_token none, log_format Auto, rotation_concurrency 4, sweep_interval 1h, orphan_min_age 5m, shutdown_timeout 30s, lock_retry_interval 30s, recheck_interval 5m, instance_id <host>:<pid>
             alerts: repeat_interval 1h, expiry_warning 1day, max_per_minute 30, max_attempts 5, runbook_url none, sinks []
             vault connections: ["https://vault-2.example.com", "https://vault-1.example.com", "https://vault-1.example.com"]

@@ -106,32 +106,32 @@ fn vault_and_aws_stores_become_validated_types() {
     check(
         STORES,
         expect![[r#"
-        motherduck: api_url https://api.motherduck.com, admin_token md-admin-token-from-env (env MD_TOKEN), request_timeout 15s, max_retries 4, rate_limit_per_second 10
-        daemon: listen 127.0.0.1:9464, metrics_bearer_token none, log_format Auto, rotation_concurrency 4, sweep_interval 1h, orphan_min_age 5m, shutdown_timeout 30s, lock_retry_interval 30s, recheck_interval 5m, instance_id <host>:<pid>
-        alerts: repeat_interval 1h, expiry_warning 1day, max_per_minute 30, max_attempts 5, runbook_url none, sinks []
-        vault connections: ["https://vault.internal", "http://127.0.0.1:8200", "https://vault.example.com:8200"]
-        policy orders: service_account svc_orders, token_type ReadWrite, token_ttl none, token names rotator.orders.<rotation id>, overlap 5m
-          schedule: interval 1day, jitter 0s, rotate_before_expiry none
-          hook motherduck: interval 5s, deadline 1m
-          destination: vault store vault: vault:kv/motherduck/orders at https://vault.example.com:8200 (namespace admin/team-a, approle auth), mount kv, path motherduck/orders, V2, lease_ttl 2m
-          destination: vault store legacy: vault:kv1/motherduck/orders (kv v1) at http://127.0.0.1:8200 (namespace none, token auth), mount kv1, path motherduck/orders, V1, lease_ttl 10m
-          destination: aws store aws: aws:eu-central-1/prod/motherduck/orders, secret prod/motherduck/orders, lock_ttl 1m 30s, version_budget 100
-          lock: vault store vault: vault:kv/motherduck/orders at https://vault.example.com:8200 (namespace admin/team-a, approle auth), mount kv, path motherduck/orders, V2, lease_ttl 2m
-          retry: max_attempts 3, initial_backoff 30s, max_backoff 1h
-        policy reports: service_account svc_reports, token_type ReadWrite, token_ttl none, token names rotator.reports.<rotation id>, overlap 5m
-          schedule: interval 1day, jitter 0s, rotate_before_expiry none
-          hook motherduck: interval 5s, deadline 1m
-          destination: vault store legacy: vault:kv1/reports (kv v1) at http://127.0.0.1:8200 (namespace none, token auth), mount kv1, path reports, V1, lease_ttl 10m
-          destination: vault store k8s: vault:secret/reports at https://vault.internal (namespace none, kubernetes auth), mount secret, path reports, V2, lease_ttl 10m
-          lock: file store local: $DIR/store/reports.json, bare_token_file none
-          retry: max_attempts 3, initial_backoff 30s, max_backoff 1h
-        policy etl: service_account svc_etl, token_type ReadWrite, token_ttl none, token names rotator.etl.<rotation id>, overlap 5m
-          schedule: interval 1day, jitter 0s, rotate_before_expiry none
-          hook motherduck: interval 5s, deadline 1m
-          destination: aws store moto: aws:us-east-1/etl, secret etl, lock_ttl 10m, version_budget 100
-          lock: aws store moto: aws:us-east-1/etl, secret etl, lock_ttl 10m, version_budget 100
-          retry: max_attempts 3, initial_backoff 30s, max_backoff 1h
-    "#]],
+            motherduck: api_url https://api.motherduck.com, admin_token md-admin-token-from-env (env MD_TOKEN), request_timeout 15s, max_retries 4, rate_limit_per_second 100
+            daemon: listen 127.0.0.1:9464, metrics_bearer_token none, log_format Auto, rotation_concurrency 4, sweep_interval 1h, orphan_min_age 5m, shutdown_timeout 30s, lock_retry_interval 30s, recheck_interval 5m, instance_id <host>:<pid>
+            alerts: repeat_interval 1h, expiry_warning 1day, max_per_minute 30, max_attempts 5, runbook_url none, sinks []
+            vault connections: ["https://vault.internal", "http://127.0.0.1:8200", "https://vault.example.com:8200"]
+            policy orders: service_account svc_orders, token_type ReadWrite, token_ttl none, token names rotator.orders.<rotation id>, overlap 5m
+              schedule: interval 1day, jitter 0s, rotate_before_expiry none
+              hook motherduck: interval 5s, deadline 1m
+              destination: vault store vault: vault:kv/motherduck/orders at https://vault.example.com:8200 (namespace admin/team-a, approle auth), mount kv, path motherduck/orders, V2, lease_ttl 2m
+              destination: vault store legacy: vault:kv1/motherduck/orders (kv v1) at http://127.0.0.1:8200 (namespace none, token auth), mount kv1, path motherduck/orders, V1, lease_ttl 10m
+              destination: aws store aws: aws:eu-central-1/prod/motherduck/orders, secret prod/motherduck/orders, lock_ttl 1m 30s, version_budget 100
+              lock: vault store vault: vault:kv/motherduck/orders at https://vault.example.com:8200 (namespace admin/team-a, approle auth), mount kv, path motherduck/orders, V2, lease_ttl 2m
+              retry: max_attempts 3, initial_backoff 30s, max_backoff 1h
+            policy reports: service_account svc_reports, token_type ReadWrite, token_ttl none, token names rotator.reports.<rotation id>, overlap 5m
+              schedule: interval 1day, jitter 0s, rotate_before_expiry none
+              hook motherduck: interval 5s, deadline 1m
+              destination: vault store legacy: vault:kv1/reports (kv v1) at http://127.0.0.1:8200 (namespace none, token auth), mount kv1, path reports, V1, lease_ttl 10m
+              destination: vault store k8s: vault:secret/reports at https://vault.internal (namespace none, kubernetes auth), mount secret, path reports, V2, lease_ttl 10m
+              lock: file store local: $DIR/store/reports.json, bare_token_file none
+              retry: max_attempts 3, initial_backoff 30s, max_backoff 1h
+            policy etl: service_account svc_etl, token_type ReadWrite, token_ttl none, token names rotator.etl.<rotation id>, overlap 5m
+              schedule: interval 1day, jitter 0s, rotate_before_expiry none
+              hook motherduck: interval 5s, deadline 1m
+              destination: aws store moto: aws:us-east-1/etl, secret etl, lock_ttl 10m, version_budget 100
+              lock: aws store moto: aws:us-east-1/etl, secret etl, lock_ttl 10m, version_budget 100
+              retry: max_attempts 3, initial_backoff 30s, max_backoff 1h
+        "#]],
     );
 
     // What only `Debug` shows.
@@ -239,19 +239,19 @@ lock = { store = "aws", path = "app" }
     check_unresolved(
         src,
         expect![[r#"
-        motherduck: api_url https://api.motherduck.com, admin_token unresolved (env MD_TOKEN), request_timeout 15s, max_retries 4, rate_limit_per_second 10
-        daemon: listen 127.0.0.1:9464, metrics_bearer_token none, log_format Auto, rotation_concurrency 4, sweep_interval 1h, orphan_min_age 5m, shutdown_timeout 30s, lock_retry_interval 30s, recheck_interval 5m, instance_id <host>:<pid>
-        alerts: repeat_interval 1h, expiry_warning 1day, max_per_minute 30, max_attempts 5, runbook_url none, sinks []
-        vault connections: ["https://vault.example.com", "https://vault.example.com", "https://vault.example.com"]
-        policy app: service_account svc_app, token_type ReadWrite, token_ttl none, token names rotator.app.<rotation id>, overlap 5m
-          schedule: interval 1day, jitter 0s, rotate_before_expiry none
-          hook motherduck: interval 5s, deadline 1m
-          destination: vault store vault: vault:secret/a at https://vault.example.com (namespace none, approle auth), mount secret, path a, V2, lease_ttl 10m
-          destination: vault store token: vault:secret/b (kv v1) at https://vault.example.com (namespace none, token auth), mount secret, path b, V1, lease_ttl 10m
-          destination: vault store k8s: vault:secret/c at https://vault.example.com (namespace none, kubernetes auth), mount secret, path c, V2, lease_ttl 10m
-          lock: aws store aws: aws:us-east-1/app, secret app, lock_ttl 10m, version_budget 100
-          retry: max_attempts 3, initial_backoff 30s, max_backoff 1h
-    "#]],
+            motherduck: api_url https://api.motherduck.com, admin_token unresolved (env MD_TOKEN), request_timeout 15s, max_retries 4, rate_limit_per_second 100
+            daemon: listen 127.0.0.1:9464, metrics_bearer_token none, log_format Auto, rotation_concurrency 4, sweep_interval 1h, orphan_min_age 5m, shutdown_timeout 30s, lock_retry_interval 30s, recheck_interval 5m, instance_id <host>:<pid>
+            alerts: repeat_interval 1h, expiry_warning 1day, max_per_minute 30, max_attempts 5, runbook_url none, sinks []
+            vault connections: ["https://vault.example.com", "https://vault.example.com", "https://vault.example.com"]
+            policy app: service_account svc_app, token_type ReadWrite, token_ttl none, token names rotator.app.<rotation id>, overlap 5m
+              schedule: interval 1day, jitter 0s, rotate_before_expiry none
+              hook motherduck: interval 5s, deadline 1m
+              destination: vault store vault: vault:secret/a at https://vault.example.com (namespace none, approle auth), mount secret, path a, V2, lease_ttl 10m
+              destination: vault store token: vault:secret/b (kv v1) at https://vault.example.com (namespace none, token auth), mount secret, path b, V1, lease_ttl 10m
+              destination: vault store k8s: vault:secret/c at https://vault.example.com (namespace none, kubernetes auth), mount secret, path c, V2, lease_ttl 10m
+              lock: aws store aws: aws:us-east-1/app, secret app, lock_ttl 10m, version_budget 100
+              retry: max_attempts 3, initial_backoff 30s, max_backoff 1h
+        "#]],
     );
     // The same text fails when the secrets are read.
     check(
@@ -350,7 +350,7 @@ verify = [{ type = "motherduck" }]
 destinations = [{ store = "local", path = "app.json" }, { store = "v1", path = "app" }]
 "#,
         expect![[r#"
-            motherduck: api_url https://api.motherduck.com, admin_token md-admin-token-from-env (env MD_TOKEN), request_timeout 15s, max_retries 4, rate_limit_per_second 10
+            motherduck: api_url https://api.motherduck.com, admin_token md-admin-token-from-env (env MD_TOKEN), request_timeout 15s, max_retries 4, rate_limit_per_second 100
             daemon: listen 127.0.0.1:9464, metrics_bearer_token none, log_format Auto, rotation_concurrency 4, sweep_interval 1h, orphan_min_age 5m, shutdown_timeout 30s, lock_retry_interval 30s, recheck_interval 5m, instance_id <host>:<pid>
             alerts: repeat_interval 1h, expiry_warning 1day, max_per_minute 30, max_attempts 5, runbook_url none, sinks []
             vault connections: ["https://vault.example.com"]
