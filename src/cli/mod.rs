@@ -83,10 +83,23 @@ pub enum Command {
     Simulator(simulator_cmd::SimulatorArgs),
 }
 
+/// The most async worker threads, whatever the number of CPUs.
+const WORKER_THREADS: usize = 4;
+/// The most threads for blocking work (file IO), whatever the number of
+/// policies; more file operations than this wait their turn.
+const BLOCKING_THREADS: usize = 16;
+
 /// Parses arguments, runs the command, and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The work is waiting on the network and on stores, so a few workers
+    // do, and file IO gets a bounded pool: the thread count depends on
+    // neither the machine's size nor the number of policies.
+    let workers =
+        std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, WORKER_THREADS));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .max_blocking_threads(BLOCKING_THREADS)
         .enable_all()
         .build()
     {
