@@ -2,7 +2,8 @@
 
 use super::*;
 
-// Errors of verification hooks; each case's hook is on line 7.
+// Most cases start with the same seven lines, so their hooks start on
+// line 8.
 
 // A hook's table is read on its own, so the rest of the file is
 // still checked.
@@ -318,9 +319,9 @@ verify = [{ type = "ack", deadline = "0s" }, { type = "motherduck", interval = "
     );
 }
 
-// A setting of the wrong type inside a hook table, for each kind of hook.
-// Serde's tagged enum once buffered the table and put such errors at the
-// `[[policy.verify]]` header, without the key.
+// Regression: a setting of the wrong type inside a hook table (`url = 3`,
+// `timeout = 5`) was reported at the `[[policy.verify]]` header, without
+// its key, since serde's tagged enum buffered the table.
 
 #[test]
 fn a_wrong_typed_hook_setting_is_reported_at_its_own_key() {
