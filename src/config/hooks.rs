@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use super::raw::RawHeaderValue;
-use super::raw::RawHook;
+use super::raw::{RawHeaderValue, RawHook};
 use super::span::FieldPath;
 use super::validator::{Validator, root};
 use crate::verify::HookSpec;
@@ -27,6 +26,8 @@ impl Validator<'_> {
         }
     }
 
+    /// Builds the hook a [`RawHook`] describes; `None` when it has errors
+    /// (reported).
     pub(super) fn hook(&mut self, raw: &RawHook, path: &FieldPath) -> Option<HookSpec> {
         use crate::verify::{AckHook, BuiltinCheck, CommandHook, HeaderValueSpec, HttpProbe};
         // For telling which header a builder's error is about.

@@ -1,10 +1,11 @@
 //! Configuration validation, data-driven: every case is a TOML text fed to
 //! the pure [`parse_with`] through [`check`], with a fake environment and a
 //! scratch directory holding the secret files the cases refer to. The
-//! expectation is the rendered result: every error as
-//! `line:column: `field`: reason`, in order, or a summary of the valid
-//! configuration with its warnings (see [`render`]). `UPDATE_EXPECT=1 cargo
-//! test` rewrites the expectations; review each one before committing it.
+//! expectation is the rendered result: every error in order, as `validate`
+//! prints it but without the file (``3:1: `policy[0].name`: reason``), or
+//! a summary of the valid configuration with its warnings (see [`render`]).
+//! `UPDATE_EXPECT=1 cargo test` rewrites the expectations; review each one
+//! before committing it.
 //!
 //! One file a section of the configuration; the few tests that look at
 //! something a rendering cannot show (what `Debug` hides, several

@@ -3,8 +3,8 @@
 
 use super::*;
 
-// Errors of policies. Every case starts with the same two lines, so a
-// policy's first line is line 3.
+// Every case starts with the same two lines, so a policy's first line is
+// line 3.
 
 #[test]
 fn bad_policy_name() {

@@ -2,8 +2,6 @@
 
 use super::*;
 
-// Errors of the `[motherduck]` and `[daemon]` sections and of secrets.
-
 #[test]
 fn inline_admin_token() {
     check(
