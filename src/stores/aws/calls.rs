@@ -12,7 +12,6 @@ use zeroize::Zeroizing;
 use crate::stores::{DestinationView, StoreError, StoreErrorKind, StoreOp};
 
 use super::CURRENT;
-
 use super::destination::AwsDestination;
 use super::labels::{Labels, interpret};
 use super::record::{JournalDoc, StoredRecord};

@@ -9,9 +9,8 @@ use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use crate::clock::Clock;
 use crate::stores::{StoreError, StoreErrorKind, StoreOp};
 
-use super::{DEFAULT_LOCK_TTL, DEFAULT_VERSION_BUDGET};
-
 use super::connection::{AwsConnection, AwsSetupError, classify};
+use super::{DEFAULT_LOCK_TTL, DEFAULT_VERSION_BUDGET};
 
 const JOURNAL_SUFFIX: &str = ".journal";
 const LOCK_SUFFIX: &str = ".lock";

@@ -5,9 +5,8 @@ use std::collections::HashMap;
 
 use crate::stores::{DestinationView, JournalState, RecordView};
 
-use super::{CURRENT, PENDING, PREVIOUS};
-
 use super::record::JournalDoc;
+use super::{CURRENT, PENDING, PREVIOUS};
 
 /// Which version carries each staging label.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -12,10 +12,9 @@ use tracing::{debug, info, warn};
 
 use crate::stores::{StoreError, StoreErrorKind, StoreOp};
 
-use super::{CURRENT, PENDING};
-
 use super::calls::Which;
 use super::destination::AwsDestination;
+use super::{CURRENT, PENDING};
 
 /// The lock's released state: one fixed version, labelled with a label of
 /// its own so Secrets Manager never removes it.

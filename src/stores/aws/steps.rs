@@ -9,11 +9,10 @@ use crate::stores::{
     DestinationView, Journal, NewRecord, Slot, StoreError, StoreErrorKind, StoreOp,
 };
 
-use super::{CURRENT, PENDING, PREVIOUS};
-
 use super::destination::AwsDestination;
 use super::labels::Labels;
 use super::record::{JournalDoc, StoredRecord, version_id_for};
+use super::{CURRENT, PENDING, PREVIOUS};
 
 impl AwsDestination {
     /// Reads all records, without secrets.

@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use crate::stores::{StoreError, StoreErrorKind, StoreOp};
 
-use super::{DEFAULT_LEASE_TTL, MIN_LEASE_TTL};
-
 use super::connection::{Failure, VaultConnection, clean_errors, is_transient_status, unreachable};
 use super::settings::VaultSetupError;
+use super::{DEFAULT_LEASE_TTL, MIN_LEASE_TTL};
 
 /// The KV engine version of a mount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
