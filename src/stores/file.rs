@@ -89,7 +89,7 @@ const LOCK_ATTEMPTS: u32 = 5;
 pub struct FileLease {
     _file: File,
     /// An `flock` lasts while the process holds it: never lost.
-    pub(crate) fence: super::Fence,
+    pub(crate) fence: crate::stores::Fence,
 }
 
 /// The record on disk. Fields are listed explicitly (no `flatten`) so the
@@ -647,7 +647,7 @@ impl FileDestination {
                         let _ = writeln!(file, "{holder} pid={}", std::process::id());
                         return Ok(Some(FileLease {
                             _file: file,
-                            fence: super::Fence::unbounded(d.label()),
+                            fence: crate::stores::Fence::unbounded(d.label()),
                         }));
                     }
                     Err(std::fs::TryLockError::WouldBlock) if attempt + 1 < LOCK_ATTEMPTS => {

@@ -1,16 +1,15 @@
 //! The coordination lock on `N.lock`: a compare-and-swap on its
 //! `AWSCURRENT` label.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_secretsmanager::error::ProvideErrorMetadata;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use crate::stores::{StoreError, StoreErrorKind, StoreOp};
+use crate::stores::lease::{Claim, ExpiringLease, Held, abandoned_lease, claim};
+use crate::stores::{Fence, StoreError, StoreErrorKind, StoreOp};
 
 use super::calls::Which;
 use super::destination::AwsDestination;
@@ -91,14 +90,19 @@ impl AwsDestination {
                 format!("lock secret `{lock}` does not hold a lease: {e}"),
             )
         })?;
-        let reclaimed = !current.released
-            && current.expires_at > now
-            && crate::stores::reclaim_abandoned(&self.lock_location(), &seen);
-        if reclaimed {
-            info!(destination = %self.label(), expires_at = %current.expires_at, "taking back the lock this process could not release");
-        } else if !current.released && current.expires_at > now {
-            debug!(destination = %self.label(), holder = %current.holder, expires_at = %current.expires_at, "lock is held");
-            return Ok(None);
+        let mut reclaimed = false;
+        if !current.released {
+            match claim(&self.lock_location(), &seen, current.expires_at, now) {
+                Claim::Expired => {}
+                Claim::TakeBack => {
+                    info!(destination = %self.label(), expires_at = %current.expires_at, "taking back the lock this process could not release");
+                    reclaimed = true;
+                }
+                Claim::Held => {
+                    debug!(destination = %self.label(), holder = %current.holder, expires_at = %current.expires_at, "lock is held");
+                    return Ok(None);
+                }
+            }
         }
         // Free or expired: write our lease as an inert version, then swap
         // AWSCURRENT to it only if it still sits on the version we read.
@@ -128,41 +132,17 @@ impl AwsDestination {
     }
 
     fn lease(&self, doc: LockDoc, version: String, sent: tokio::time::Instant) -> AwsLease {
-        let shared = Arc::new(LeaseShared {
-            fence: crate::stores::Fence::expiring(self.label(), sent, self.lock_ttl),
+        let shared = LeaseShared {
+            fence: Fence::expiring(self.label(), sent, self.lock_ttl),
             dest: self.clone(),
             holder: doc.holder,
             lease_id: doc.lease_id,
             acquired_at: doc.acquired_at,
             version: tokio::sync::Mutex::new(version),
             releasing: std::sync::atomic::AtomicBool::new(false),
-        });
-        let stop = CancellationToken::new();
-        let every = self.lock_ttl / 3;
-        let (task_shared, task_stop) = (shared.clone(), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = task_stop.cancelled() => return,
-                    () = tokio::time::sleep(every) => {}
-                }
-                match task_shared.renew().await {
-                    Ok(true) => {}
-                    Ok(false) if task_stop.is_cancelled() => return,
-                    Ok(false) => {
-                        warn!(destination = %task_shared.dest.label(), lease_id = %task_shared.lease_id, "lost the lock: another holder took it over");
-                        return;
-                    }
-                    Err(e) => {
-                        warn!(destination = %task_shared.dest.label(), error = %e, "failed to renew the lock; retrying")
-                    }
-                }
-            }
-        });
+        };
         AwsLease {
-            shared,
-            stop,
-            released: false,
+            held: Held::start(shared, self.lock_ttl),
         }
     }
 }
@@ -170,10 +150,7 @@ impl AwsDestination {
 /// Holds a destination's coordination lock; renewed in the background
 /// every third of the lock TTL, and released (best-effort) when dropped.
 pub struct AwsLease {
-    shared: Arc<LeaseShared>,
-    /// Stops the renewal task.
-    stop: CancellationToken,
-    released: bool,
+    held: Held<LeaseShared>,
 }
 
 struct LeaseShared {
@@ -188,31 +165,32 @@ struct LeaseShared {
     /// Set when the release starts: a renewal already under way must not
     /// move `AWSCURRENT` on from the released version.
     releasing: std::sync::atomic::AtomicBool,
-    fence: crate::stores::Fence,
+    fence: Fence,
 }
 
 impl std::fmt::Debug for AwsLease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shared = self.held.lease();
         f.debug_struct("AwsLease")
-            .field("lock", &self.shared.dest.lock_secret_name())
-            .field("holder", &self.shared.holder)
-            .field("lease_id", &self.shared.lease_id)
+            .field("lock", &shared.dest.lock_secret_name())
+            .field("holder", &shared.holder)
+            .field("lease_id", &shared.lease_id)
             .finish()
     }
 }
 
 impl AwsLease {
     pub fn lease_id(&self) -> &str {
-        &self.shared.lease_id
+        &self.held.lease().lease_id
     }
 
     pub fn holder(&self) -> &str {
-        &self.shared.holder
+        &self.held.lease().holder
     }
 
     /// What the holder checks before each write.
-    pub fn fence(&self) -> crate::stores::Fence {
-        self.shared.fence.clone()
+    pub fn fence(&self) -> Fence {
+        self.held.lease().fence.clone()
     }
 
     /// Extends the lease by the lock TTL from now. `Ok(false)`: the lease
@@ -221,7 +199,7 @@ impl AwsLease {
     /// # Errors
     /// Service failures.
     pub async fn renew(&self) -> Result<bool, StoreError> {
-        self.shared.renew().await
+        self.held.lease().renew().await
     }
 
     /// Releases the lock now. Releasing a lease that was already lost is
@@ -229,33 +207,8 @@ impl AwsLease {
     ///
     /// # Errors
     /// Service failures; the lease then expires by itself.
-    pub async fn release(mut self) -> Result<(), StoreError> {
-        self.released = true;
-        self.stop.cancel();
-        let result = self.shared.release().await;
-        if result.is_err() {
-            self.shared.abandon().await;
-        }
-        result
-    }
-}
-
-impl Drop for AwsLease {
-    fn drop(&mut self) {
-        self.stop.cancel();
-        if self.released {
-            return;
-        }
-        let shared = self.shared.clone();
-        let abandoned = shared.clone();
-        crate::stores::release_in_background(
-            shared.dest.label(),
-            move || {
-                let shared = shared.clone();
-                async move { shared.release().await }
-            },
-            move || async move { abandoned.abandon().await },
-        );
+    pub async fn release(self) -> Result<(), StoreError> {
+        self.held.release().await
     }
 }
 
@@ -304,6 +257,31 @@ impl LeaseShared {
         }
     }
 
+    /// One renewal from the version we believe is ours.
+    async fn renew_once(&self) -> Result<bool, StoreError> {
+        let now = self.dest.clock.now();
+        let sent = tokio::time::Instant::now();
+        let doc = LockDoc {
+            holder: self.holder.clone(),
+            lease_id: self.lease_id.clone(),
+            acquired_at: self.acquired_at,
+            expires_at: now + ttl(self.dest.lock_ttl),
+            released: false,
+        };
+        let next = uuid::Uuid::new_v4().hyphenated().to_string();
+        let swapped = self.swap(StoreOp::Lock, &doc.json(), next, PENDING).await?;
+        if swapped {
+            self.fence.renewed(sent, self.dest.lock_ttl);
+        }
+        Ok(swapped)
+    }
+}
+
+impl ExpiringLease for LeaseShared {
+    fn label(&self) -> String {
+        self.dest.label()
+    }
+
     async fn renew(&self) -> Result<bool, StoreError> {
         if self.renew_once().await? {
             return Ok(true);
@@ -333,25 +311,6 @@ impl LeaseShared {
         Ok(false)
     }
 
-    /// One renewal from the version we believe is ours.
-    async fn renew_once(&self) -> Result<bool, StoreError> {
-        let now = self.dest.clock.now();
-        let sent = tokio::time::Instant::now();
-        let doc = LockDoc {
-            holder: self.holder.clone(),
-            lease_id: self.lease_id.clone(),
-            acquired_at: self.acquired_at,
-            expires_at: now + ttl(self.dest.lock_ttl),
-            released: false,
-        };
-        let next = uuid::Uuid::new_v4().hyphenated().to_string();
-        let swapped = self.swap(StoreOp::Lock, &doc.json(), next, PENDING).await?;
-        if swapped {
-            self.fence.renewed(sent, self.dest.lock_ttl);
-        }
-        Ok(swapped)
-    }
-
     /// Swaps `AWSCURRENT` to the lock's fixed released version: written
     /// once (a repeat with the same token and content is a no-op), so a
     /// release adds no version.
@@ -373,9 +332,9 @@ impl LeaseShared {
     }
 
     /// Notes the lease as given up by this process: see
-    /// [`crate::stores::abandoned_lease`].
+    /// [`abandoned_lease`].
     async fn abandon(&self) {
         let version = self.version.lock().await.clone();
-        crate::stores::abandoned_lease(self.dest.lock_location(), version);
+        abandoned_lease(self.dest.lock_location(), version);
     }
 }

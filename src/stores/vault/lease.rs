@@ -1,16 +1,14 @@
 //! The coordination lease on a KV v2 destination (`P.lock`).
 
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use crate::stores::{StoreError, StoreErrorKind, StoreOp};
+use crate::stores::lease::{Claim, ExpiringLease, Held, abandoned_lease, claim};
+use crate::stores::{Fence, StoreError, StoreErrorKind, StoreOp};
 
 use super::destination::{KvVersion, Sibling, VaultDestination};
 
@@ -71,16 +69,18 @@ impl VaultDestination {
                                 format!("`{}` is not a lease record: {e}", self.api("data", &lp)),
                             )
                         })?;
-                        if lock.expires_at <= now {
-                            info!(destination = %self.label(), previous_holder = %lock.holder, expired_at = %lock.expires_at, "taking over an expired lease");
-                        } else if crate::stores::reclaim_abandoned(
-                            &self.lease_location(),
-                            &abandoned_mark(meta.version, lock.expires_at),
-                        ) {
-                            info!(destination = %self.label(), expires_at = %lock.expires_at, "taking back the lease this process could not release");
-                        } else {
-                            debug!(destination = %self.label(), holder = %lock.holder, expires_at = %lock.expires_at, "the lease is held");
-                            return Ok(None);
+                        let mark = abandoned_mark(meta.version, lock.expires_at);
+                        match claim(&self.lease_location(), &mark, lock.expires_at, now) {
+                            Claim::Expired => {
+                                info!(destination = %self.label(), previous_holder = %lock.holder, expired_at = %lock.expires_at, "taking over an expired lease");
+                            }
+                            Claim::TakeBack => {
+                                info!(destination = %self.label(), expires_at = %lock.expires_at, "taking back the lease this process could not release");
+                            }
+                            Claim::Held => {
+                                debug!(destination = %self.label(), holder = %lock.holder, expires_at = %lock.expires_at, "the lease is held");
+                                return Ok(None);
+                            }
                         }
                     }
                 }
@@ -137,18 +137,14 @@ impl VaultDestination {
 /// [`is_lost`]: VaultLease::is_lost
 /// [`release`]: VaultLease::release
 pub struct VaultLease {
-    shared: Arc<LeaseShared>,
-    keepalive: Option<tokio::task::JoinHandle<()>>,
-    /// [`release`](Self::release) was called, so dropping it does nothing.
-    release_called: bool,
+    held: Held<LeaseShared>,
 }
 
 struct LeaseShared {
     dest: VaultDestination,
     holder: String,
     state: tokio::sync::Mutex<LeaseState>,
-    lost: AtomicBool,
-    fence: crate::stores::Fence,
+    fence: Fence,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -165,10 +161,11 @@ struct LeaseState {
 
 impl fmt::Debug for VaultLease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = self.shared.state.try_lock().map(|s| *s).ok();
+        let shared = self.held.lease();
+        let state = shared.state.try_lock().map(|s| *s).ok();
         f.debug_struct("VaultLease")
-            .field("destination", &self.shared.dest.label())
-            .field("holder", &self.shared.holder)
+            .field("destination", &shared.dest.label())
+            .field("holder", &shared.holder)
             .field("state", &state)
             .field("lost", &self.is_lost())
             .finish()
@@ -183,9 +180,9 @@ impl VaultLease {
         expires_at: DateTime<Utc>,
         sent: tokio::time::Instant,
     ) -> VaultLease {
-        let every = (dest.lease_ttl / 3).max(Duration::from_millis(100));
-        let fence = crate::stores::Fence::expiring(dest.label(), sent, dest.lease_ttl);
-        let shared = Arc::new(LeaseShared {
+        let ttl = dest.lease_ttl;
+        let fence = Fence::expiring(dest.label(), sent, ttl);
+        let shared = LeaseShared {
             dest,
             holder,
             state: tokio::sync::Mutex::new(LeaseState {
@@ -194,52 +191,32 @@ impl VaultLease {
                 released: false,
                 unanswered: None,
             }),
-            lost: AtomicBool::new(false),
             fence,
-        });
-        let weak = Arc::downgrade(&shared);
-        let keepalive = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                let Some(shared) = weak.upgrade() else { return };
-                match shared.renew_at(Utc::now()).await {
-                    Ok(_) => {}
-                    Err(e) if e.kind == StoreErrorKind::Conflict => return,
-                    Err(e) if e.kind == StoreErrorKind::Permanent && shared.is_released().await => {
-                        return;
-                    }
-                    Err(e) => {
-                        warn!(destination = %shared.dest.label(), error = %e, "renewing the lease failed; retrying");
-                    }
-                }
-            }
-        });
+        };
         VaultLease {
-            shared,
-            keepalive: Some(keepalive),
-            release_called: false,
+            held: Held::start(shared, ttl),
         }
     }
 
     /// Who holds it (the daemon's instance id).
     pub fn holder(&self) -> &str {
-        &self.shared.holder
+        &self.held.lease().holder
     }
 
     /// When the lease expires unless renewed.
     pub async fn expires_at(&self) -> DateTime<Utc> {
-        self.shared.state.lock().await.expires_at
+        self.held.lease().state.lock().await.expires_at
     }
 
     /// What the holder checks before each write.
-    pub fn fence(&self) -> crate::stores::Fence {
-        self.shared.fence.clone()
+    pub fn fence(&self) -> Fence {
+        self.held.lease().fence.clone()
     }
 
     /// Whether a renewal found the lease taken over by another holder; the
     /// holder must then stop changing the destination.
     pub fn is_lost(&self) -> bool {
-        self.shared.lost.load(Ordering::SeqCst)
+        self.held.lease().fence.is_lost()
     }
 
     /// Extends the lease by its TTL from now.
@@ -248,7 +225,7 @@ impl VaultLease {
     /// `Conflict` when another holder took the lease over (it had
     /// expired); `Permanent` after release; transient Vault failures.
     pub async fn renew(&self) -> Result<DateTime<Utc>, StoreError> {
-        self.shared.renew_at(Utc::now()).await
+        self.held.lease().renew_at(Utc::now()).await
     }
 
     /// [`renew`](Self::renew) at `now`, for tests that step time.
@@ -256,7 +233,7 @@ impl VaultLease {
     /// # Errors
     /// As [`renew`](Self::renew).
     pub async fn renew_at(&self, now: DateTime<Utc>) -> Result<DateTime<Utc>, StoreError> {
-        self.shared.renew_at(now).await
+        self.held.lease().renew_at(now).await
     }
 
     /// Gives the lease up: deletes our version of `P.lock`.
@@ -264,38 +241,8 @@ impl VaultLease {
     /// # Errors
     /// The delete failed; the lease then ends when it expires, or when
     /// this process next takes the lock.
-    pub async fn release(mut self) -> Result<(), StoreError> {
-        if let Some(k) = self.keepalive.take() {
-            k.abort();
-        }
-        self.release_called = true;
-        let result = self.shared.release().await;
-        if result.is_err() {
-            self.shared.abandon().await;
-        }
-        result
-    }
-}
-
-impl Drop for VaultLease {
-    fn drop(&mut self) {
-        if let Some(k) = self.keepalive.take() {
-            k.abort();
-        }
-        if self.release_called {
-            return;
-        }
-        // Best effort: a lease not released ends when it expires.
-        let shared = self.shared.clone();
-        let abandoned = shared.clone();
-        crate::stores::release_in_background(
-            shared.dest.label(),
-            move || {
-                let shared = shared.clone();
-                async move { shared.release().await }
-            },
-            move || async move { abandoned.abandon().await },
-        );
+    pub async fn release(self) -> Result<(), StoreError> {
+        self.held.release().await
     }
 }
 
@@ -311,10 +258,6 @@ fn abandoned_mark(version: u64, expires_at: DateTime<Utc>) -> String {
 }
 
 impl LeaseShared {
-    async fn is_released(&self) -> bool {
-        self.state.lock().await.released
-    }
-
     async fn renew_at(&self, now: DateTime<Utc>) -> Result<DateTime<Utc>, StoreError> {
         let op = StoreOp::Lock;
         let d = &self.dest;
@@ -374,9 +317,7 @@ impl LeaseShared {
                         ))
                     }
                     None => {
-                        self.lost.store(true, Ordering::SeqCst);
                         self.fence.lost();
-                        warn!(destination = %d.label(), holder = %self.holder, "the lease was taken over by another holder");
                         Err(d.err(
                             op,
                             StoreErrorKind::Conflict,
@@ -389,9 +330,7 @@ impl LeaseShared {
                 }
             }
             Err(e) if e.kind == StoreErrorKind::Conflict => {
-                self.lost.store(true, Ordering::SeqCst);
                 self.fence.lost();
-                warn!(destination = %d.label(), holder = %self.holder, "the lease was taken over by another holder");
                 Err(d.err(
                     op,
                     StoreErrorKind::Conflict,
@@ -407,6 +346,21 @@ impl LeaseShared {
                 }
                 Err(e)
             }
+        }
+    }
+}
+
+impl ExpiringLease for LeaseShared {
+    fn label(&self) -> String {
+        self.dest.label()
+    }
+
+    /// A conflict is the lease taken over.
+    async fn renew(&self) -> Result<bool, StoreError> {
+        match self.renew_at(Utc::now()).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind == StoreErrorKind::Conflict => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
@@ -425,11 +379,11 @@ impl LeaseShared {
     }
 
     /// Notes the lease as given up by this process: see
-    /// [`crate::stores::abandoned_lease`].
+    /// [`abandoned_lease`].
     async fn abandon(&self) {
         let st = self.state.lock().await;
         if !st.released {
-            crate::stores::abandoned_lease(
+            abandoned_lease(
                 self.dest.lease_location(),
                 abandoned_mark(st.version, st.expires_at),
             );
