@@ -16,6 +16,7 @@
 pub mod aws;
 pub mod file;
 mod lease;
+mod record;
 pub mod vault;
 
 use chrono::{DateTime, Utc};

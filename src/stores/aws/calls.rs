@@ -9,12 +9,13 @@ use aws_sdk_secretsmanager::types::Tag;
 use tracing::info;
 use zeroize::Zeroizing;
 
-use crate::stores::{DestinationView, StoreError, StoreErrorKind, StoreOp};
+use crate::stores::record::StoredRecord;
+use crate::stores::{DestinationView, Journal, StoreError, StoreErrorKind, StoreOp};
 
 use super::CURRENT;
 use super::destination::AwsDestination;
 use super::labels::{Labels, interpret};
-use super::record::{JournalDoc, StoredRecord};
+use super::record::JournalDoc;
 
 type UpdateStageError =
     aws_sdk_secretsmanager::operation::update_secret_version_stage::UpdateSecretVersionStageError;
@@ -71,11 +72,7 @@ impl AwsDestination {
             .secret_id(name)
             .send()
             .await;
-        match r {
-            Ok(_) => Ok(true),
-            Err(e) if e.code() == Some("ResourceNotFoundException") => Ok(false),
-            Err(e) => Err(self.sdk_err(op, "DescribeSecret", name, &e)),
-        }
+        self.succeeded(op, "DescribeSecret", name, "ResourceNotFoundException", r)
     }
 
     /// Reads one version of `name`: its id and string value. `None` when
@@ -136,11 +133,7 @@ impl AwsDestination {
             .version_stages(stage)
             .send()
             .await;
-        match r {
-            Ok(_) => Ok(true),
-            Err(e) if e.code() == Some("ResourceExistsException") => Ok(false),
-            Err(e) => Err(self.sdk_err(op, "PutSecretValue", name, &e)),
-        }
+        self.succeeded(op, "PutSecretValue", name, "ResourceExistsException", r)
     }
 
     /// Creates secret `name`, with a first value if given. `Ok(false)`: it
@@ -171,13 +164,32 @@ impl AwsDestination {
         if let Some((value, token)) = first {
             req = req.secret_string(value).client_request_token(token);
         }
-        match req.send().await {
-            Ok(_) => {
-                info!(destination = %self.label(), secret = %name, "secret created");
-                Ok(true)
-            }
-            Err(e) if e.code() == Some("ResourceExistsException") => Ok(false),
-            Err(e) => Err(self.sdk_err(op, "CreateSecret", name, &e)),
+        let r = req.send().await;
+        let created = self.succeeded(op, "CreateSecret", name, "ResourceExistsException", r)?;
+        if created {
+            info!(destination = %self.label(), secret = %name, "secret created");
+        }
+        Ok(created)
+    }
+
+    /// `Ok(true)` when `api` on `name` succeeded, `Ok(false)` when it failed
+    /// with the error code `expected` (the one failure the caller
+    /// handles), the classified error otherwise.
+    fn succeeded<T, E>(
+        &self,
+        op: StoreOp,
+        api: &str,
+        name: &str,
+        expected: &str,
+        r: Result<T, SdkError<E, HttpResponse>>,
+    ) -> Result<bool, StoreError>
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        match r {
+            Ok(_) => Ok(true),
+            Err(e) if e.code() == Some(expected) => Ok(false),
+            Err(e) => Err(self.sdk_err(op, api, name, &e)),
         }
     }
 
@@ -230,18 +242,15 @@ impl AwsDestination {
         else {
             return Ok(None);
         };
-        serde_json::from_str::<StoredRecord>(&text)
+        StoredRecord::parse(text.as_bytes())
             .map(Some)
-            .map_err(|e| {
-                // Position only: serde's message could quote the secret.
+            .map_err(|(line, column)| {
                 self.err(
                     op,
                     StoreErrorKind::Corrupt,
                     format!(
-                        "version `{version}` of secret `{}` is not a token record written by motherduck-rotator (line {} column {}); a secret created for the rotator should have no value until its first rotation",
+                        "version `{version}` of secret `{}` is not a token record written by motherduck-rotator (line {line} column {column}); a secret created for the rotator should have no value until its first rotation",
                         self.secret_name,
-                        e.line(),
-                        e.column()
                     ),
                 )
             })
@@ -266,13 +275,19 @@ impl AwsDestination {
             })
     }
 
-    /// Makes `doc` the journal, unless it already is.
+    /// Makes `journal`, annotating version `version_id`, the journal
+    /// companion's content, unless it already is.
     pub(super) async fn write_journal(
         &self,
         op: StoreOp,
-        doc: &JournalDoc,
+        version_id: &str,
+        journal: &Journal,
         known: Option<&JournalDoc>,
     ) -> Result<(), StoreError> {
+        let doc = &JournalDoc {
+            version_id: version_id.to_owned(),
+            rotation: journal.clone(),
+        };
         if known == Some(doc) {
             return Ok(());
         }

@@ -1,14 +1,10 @@
 //! How a record and its journal are stored: one secret version per
 //! rotation, and the journal companion's document.
 
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use zeroize::Zeroizing;
 
-use crate::motherduck::TokenType;
-use crate::secret::{ExposeSecret, SecretString};
-use crate::stores::{Journal, NewRecord, RecordView, TokenMeta};
+use crate::stores::Journal;
 
 /// The secret version id (and `ClientRequestToken`) of a rotation's record:
 /// the rotation id itself in UUID form when it is a UUID (the daemon's are,
@@ -33,75 +29,6 @@ pub fn version_id_for(rotation_id: &str) -> String {
 pub(super) struct JournalDoc {
     pub(super) version_id: String,
     pub(super) rotation: Journal,
-}
-
-/// A record version as stored. Fields are listed explicitly (no `flatten`)
-/// so the secret is decoded straight into a zeroizing type.
-#[derive(Deserialize)]
-pub(super) struct StoredRecord {
-    pub(super) token: SecretString,
-    pub(super) token_id: String,
-    token_name: String,
-    service_account: String,
-    token_type: TokenType,
-    created_at: DateTime<Utc>,
-    #[serde(default)]
-    expires_at: Option<DateTime<Utc>>,
-    pub(super) rotation_id: String,
-    #[serde(default)]
-    rotation: Option<Journal>,
-    #[serde(default)]
-    pub(super) ack_secret: Option<SecretString>,
-}
-
-/// The same fields as the file store writes, in the same order.
-#[derive(Serialize)]
-struct StoredRecordOut<'a> {
-    token: &'a str,
-    token_id: &'a str,
-    token_name: &'a str,
-    service_account: &'a str,
-    token_type: TokenType,
-    created_at: DateTime<Utc>,
-    expires_at: Option<DateTime<Utc>>,
-    rotation_id: &'a str,
-    rotation: Option<&'a Journal>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ack_secret: Option<&'a str>,
-}
-
-impl StoredRecord {
-    pub(super) fn json(r: &NewRecord) -> Zeroizing<String> {
-        let out = StoredRecordOut {
-            token: r.token.expose_secret(),
-            token_id: &r.meta.token_id,
-            token_name: &r.meta.token_name,
-            service_account: &r.meta.service_account,
-            token_type: r.meta.token_type,
-            created_at: r.meta.created_at,
-            expires_at: r.meta.expires_at,
-            rotation_id: &r.meta.rotation_id,
-            rotation: Some(&r.journal),
-            ack_secret: r.ack_secret.as_ref().map(|s| s.expose_secret()),
-        };
-        // Plain strings and timestamps: serializing cannot fail.
-        Zeroizing::new(serde_json::to_string(&out).unwrap_or_default())
-    }
-
-    pub(super) fn view(&self) -> RecordView {
-        RecordView {
-            meta: TokenMeta {
-                token_id: self.token_id.clone(),
-                token_name: self.token_name.clone(),
-                service_account: self.service_account.clone(),
-                token_type: self.token_type,
-                created_at: self.created_at,
-                expires_at: self.expires_at,
-                rotation_id: self.rotation_id.clone(),
-            },
-            journal: self.rotation.clone(),
-        }
-    }
 }
 
 #[cfg(test)]

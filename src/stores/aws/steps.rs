@@ -5,13 +5,14 @@
 use tracing::debug;
 
 use crate::secret::{ExposeSecret, SecretString};
+use crate::stores::record::StoredRecord;
 use crate::stores::{
     DestinationView, Journal, NewRecord, Slot, StoreError, StoreErrorKind, StoreOp,
 };
 
 use super::destination::AwsDestination;
 use super::labels::Labels;
-use super::record::{JournalDoc, StoredRecord, version_id_for};
+use super::record::version_id_for;
 use super::{CURRENT, PENDING, PREVIOUS};
 
 impl AwsDestination {
@@ -170,11 +171,8 @@ impl AwsDestination {
                 .await?;
         }
         if known.as_ref().is_none_or(|k| k.version_id != vid) {
-            let doc = JournalDoc {
-                version_id: vid.clone(),
-                rotation: journal.clone(),
-            };
-            self.write_journal(op, &doc, known.as_ref()).await?;
+            self.write_journal(op, &vid, journal, known.as_ref())
+                .await?;
         }
         // Last, so that until it is gone the promotion reads as unfinished
         // (see `interpret`) and is repeated.
@@ -196,11 +194,8 @@ impl AwsDestination {
             return Err(self.err(op, StoreErrorKind::Corrupt, "no current version".into()));
         };
         let known = self.read_journal(op).await?;
-        let doc = JournalDoc {
-            version_id: current,
-            rotation: journal.clone(),
-        };
-        self.write_journal(op, &doc, known.as_ref()).await
+        self.write_journal(op, &current, journal, known.as_ref())
+            .await
     }
 
     /// Undoes `journal.rotation_id`: moves `AWSCURRENT` back to the previous
@@ -226,11 +221,8 @@ impl AwsDestination {
         let restore = labels.previous.clone().filter(|p| *p != vid);
         match (labels.is(CURRENT, &vid), restore) {
             (true, Some(prev)) => {
-                let doc = JournalDoc {
-                    version_id: prev.clone(),
-                    rotation: journal.clone(),
-                };
-                self.write_journal(op, &doc, known.as_ref()).await?;
+                self.write_journal(op, &prev, journal, known.as_ref())
+                    .await?;
                 if labels.is(PENDING, &vid) {
                     self.relabel(op, PENDING, Some(&vid), None).await?;
                 }
@@ -240,22 +232,16 @@ impl AwsDestination {
                 self.relabel(op, PREVIOUS, Some(&vid), None).await?;
             }
             (true, None) => {
-                let doc = JournalDoc {
-                    version_id: vid.clone(),
-                    rotation: journal.clone(),
-                };
-                self.write_journal(op, &doc, known.as_ref()).await?;
+                self.write_journal(op, &vid, journal, known.as_ref())
+                    .await?;
                 if labels.is(PENDING, &vid) {
                     self.relabel(op, PENDING, Some(&vid), None).await?;
                 }
             }
             (false, _) => {
                 if let Some(current) = &labels.current {
-                    let doc = JournalDoc {
-                        version_id: current.clone(),
-                        rotation: journal.clone(),
-                    };
-                    self.write_journal(op, &doc, known.as_ref()).await?;
+                    self.write_journal(op, current, journal, known.as_ref())
+                        .await?;
                 }
                 if labels.is(PENDING, &vid) {
                     self.relabel(op, PENDING, Some(&vid), None).await?;
@@ -280,11 +266,8 @@ impl AwsDestination {
             return Err(self.err(op, StoreErrorKind::Corrupt, "no current version".into()));
         };
         let known = self.read_journal(op).await?;
-        let doc = JournalDoc {
-            version_id: current.clone(),
-            rotation: journal.clone(),
-        };
-        self.write_journal(op, &doc, known.as_ref()).await?;
+        self.write_journal(op, &current, journal, known.as_ref())
+            .await?;
         if let Some(prev) = labels.previous.as_deref().filter(|p| *p != current) {
             self.relabel(op, PREVIOUS, Some(prev), None).await?;
         }

@@ -21,10 +21,7 @@ impl VaultDestination {
     /// What is wrong, naming paths and missing capabilities.
     pub async fn check(&self) -> Result<(), StoreError> {
         let op = StoreOp::Check;
-        self.conn
-            .ensure_token(Instant::now())
-            .await
-            .map_err(|e| self.err(op, e.kind, e.message))?;
+        self.ensure_token(op).await?;
         self.check_mount(op).await?;
         self.check_layout(op).await?;
         match self.kv {
@@ -39,6 +36,15 @@ impl VaultDestination {
             }
         }
         Ok(())
+    }
+
+    /// A usable token, or why not as a store error.
+    async fn ensure_token(&self, op: StoreOp) -> Result<(), StoreError> {
+        self.conn
+            .ensure_token(Instant::now())
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err(op, e.kind, e.message))
     }
 
     pub(super) async fn check_mount(&self, op: StoreOp) -> Result<(), StoreError> {
@@ -87,10 +93,7 @@ impl VaultDestination {
     /// Vault unreachable.
     pub async fn preflight(&self) -> Result<(), StoreError> {
         let op = StoreOp::Check;
-        self.conn
-            .ensure_token(Instant::now())
-            .await
-            .map_err(|e| self.err(op, e.kind, e.message))?;
+        self.ensure_token(op).await?;
         self.check_layout(op).await
     }
 
@@ -108,10 +111,7 @@ impl VaultDestination {
     /// What is wrong, naming paths and missing capabilities.
     pub async fn check_lock(&self) -> Result<(), StoreError> {
         let op = StoreOp::Check;
-        self.conn
-            .ensure_token(Instant::now())
-            .await
-            .map_err(|e| self.err(op, e.kind, e.message))?;
+        self.ensure_token(op).await?;
         self.check_mount(op).await?;
         let lock = self.sib(Sibling::Lock);
         let need = self

@@ -325,15 +325,7 @@ impl VaultDestination {
                     .map_err(Failure::from)
             })
             .await;
-        match r {
-            Ok(()) | Err(Failure::Status { code: 404, .. }) => Ok(()),
-            Err(f) => Err(self.fail(
-                op,
-                &format!("delete `{}`", self.api("metadata", path)),
-                "`delete`",
-                f,
-            )),
-        }
+        self.deleted(op, &self.api("metadata", path), r)
     }
 
     /// Reads the previous record's data for `cur`; `None` when there is
@@ -463,14 +455,20 @@ impl VaultDestination {
                     .map_err(Failure::from)
             })
             .await;
+        self.deleted(op, &self.api("", path), r)
+    }
+
+    /// The outcome of deleting the secret at `api_path`: one that does not
+    /// exist is deleted too.
+    fn deleted(
+        &self,
+        op: StoreOp,
+        api_path: &str,
+        r: Result<(), Failure>,
+    ) -> Result<(), StoreError> {
         match r {
             Ok(()) | Err(Failure::Status { code: 404, .. }) => Ok(()),
-            Err(f) => Err(self.fail(
-                op,
-                &format!("delete `{}`", self.api("", path)),
-                "`delete`",
-                f,
-            )),
+            Err(f) => Err(self.fail(op, &format!("delete `{api_path}`"), "`delete`", f)),
         }
     }
 }

@@ -316,30 +316,10 @@ impl LeaseShared {
                                 .into(),
                         ))
                     }
-                    None => {
-                        self.fence.lost();
-                        Err(d.err(
-                            op,
-                            StoreErrorKind::Conflict,
-                            format!(
-                                "the lease `{}` was taken over by another holder after it expired; stop changing this destination",
-                                d.api("data", &lp)
-                            ),
-                        ))
-                    }
+                    None => Err(self.taken_over()),
                 }
             }
-            Err(e) if e.kind == StoreErrorKind::Conflict => {
-                self.fence.lost();
-                Err(d.err(
-                    op,
-                    StoreErrorKind::Conflict,
-                    format!(
-                        "the lease `{}` was taken over by another holder after it expired; stop changing this destination",
-                        d.api("data", &d.sib(Sibling::Lock))
-                    ),
-                ))
-            }
+            Err(e) if e.kind == StoreErrorKind::Conflict => Err(self.taken_over()),
             Err(e) => {
                 if e.kind == StoreErrorKind::Transient {
                     st.unanswered = Some(lock.expires_at);
@@ -347,6 +327,20 @@ impl LeaseShared {
                 Err(e)
             }
         }
+    }
+
+    /// Marks the lease lost: another holder took it over.
+    fn taken_over(&self) -> StoreError {
+        self.fence.lost();
+        let d = &self.dest;
+        d.err(
+            StoreOp::Lock,
+            StoreErrorKind::Conflict,
+            format!(
+                "the lease `{}` was taken over by another holder after it expired; stop changing this destination",
+                d.api("data", &d.sib(Sibling::Lock))
+            ),
+        )
     }
 }
 
