@@ -38,10 +38,11 @@
 //!
 //! `DescribeSecret` gives `VersionIdsToStages`; each labelled version is then
 //! read by its `VersionId`, and `N.journal` with an explicit
-//! `VersionStage=AWSCURRENT`. `interpret` turns that snapshot into a
-//! [`DestinationView`] with the file store's meaning. Every multi-call
-//! operation below is ordered so that each intermediate state, should the
-//! process die there, reads as a state the rotation plan continues from.
+//! `VersionStage=AWSCURRENT`. `interpret` (in `labels.rs`) turns that
+//! snapshot into a [`DestinationView`](super::DestinationView) with the
+//! file store's meaning. Every multi-call operation is ordered so that each
+//! intermediate state, should the process die there, reads as a state the
+//! rotation plan continues from.
 //!
 //! # Coordination
 //!
