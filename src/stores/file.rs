@@ -85,7 +85,15 @@ const LOCK_ATTEMPTS: u32 = 5;
 pub struct FileLease {
     _file: File,
     /// An `flock` lasts while the process holds it: never lost.
-    pub(crate) fence: crate::stores::Fence,
+    fence: crate::stores::Fence,
+}
+
+impl FileLease {
+    /// What the holder checks before each write; it never ends while the
+    /// lock is held.
+    pub fn fence(&self) -> crate::stores::Fence {
+        self.fence.clone()
+    }
 }
 
 impl FileDestination {

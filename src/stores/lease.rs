@@ -43,7 +43,7 @@ impl Lease {
     /// What the holder checks before each write; see [`Fence`].
     pub fn fence(&self) -> Fence {
         match self {
-            Lease::File(l) => l.fence.clone(),
+            Lease::File(l) => l.fence(),
             Lease::Vault(l) => l.fence(),
             Lease::Aws(l) => l.fence(),
         }
@@ -161,6 +161,9 @@ pub(crate) trait ExpiringLease: Send + Sync + 'static {
     /// The lock's place, for logs.
     fn label(&self) -> String;
 
+    /// The fence of this lease, which the store marks renewed or lost.
+    fn fence(&self) -> &Fence;
+
     /// Renews the lease once, from the lock record version believed ours.
     /// `Ok(false)`: the lease was taken over (the fence is marked lost).
     /// When an earlier renewal's outcome is unknown, the store reads the
@@ -224,6 +227,11 @@ impl<L: ExpiringLease> Held<L> {
     /// The store's state of this lease.
     pub(crate) fn lease(&self) -> &L {
         &self.lease
+    }
+
+    /// What the holder checks before each write.
+    pub(crate) fn fence(&self) -> Fence {
+        self.lease.fence().clone()
     }
 
     /// Stops the renewals and releases the lease now; a failed release

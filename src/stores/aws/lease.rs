@@ -190,7 +190,7 @@ impl AwsLease {
 
     /// What the holder checks before each write.
     pub fn fence(&self) -> Fence {
-        self.held.lease().fence.clone()
+        self.held.fence()
     }
 
     /// Extends the lease by the lock TTL from now. `Ok(false)`: the lease
@@ -280,6 +280,10 @@ impl LeaseShared {
 impl ExpiringLease for LeaseShared {
     fn label(&self) -> String {
         self.dest.label()
+    }
+
+    fn fence(&self) -> &Fence {
+        &self.fence
     }
 
     async fn renew(&self) -> Result<bool, StoreError> {

@@ -210,13 +210,13 @@ impl VaultLease {
 
     /// What the holder checks before each write.
     pub fn fence(&self) -> Fence {
-        self.held.lease().fence.clone()
+        self.held.fence()
     }
 
     /// Whether a renewal found the lease taken over by another holder; the
     /// holder must then stop changing the destination.
     pub fn is_lost(&self) -> bool {
-        self.held.lease().fence.is_lost()
+        self.held.fence().is_lost()
     }
 
     /// Extends the lease by its TTL from now.
@@ -347,6 +347,10 @@ impl LeaseShared {
 impl ExpiringLease for LeaseShared {
     fn label(&self) -> String {
         self.dest.label()
+    }
+
+    fn fence(&self) -> &Fence {
+        &self.fence
     }
 
     /// A conflict is the lease taken over.
