@@ -1,3 +1,4 @@
+// Kept whole: about 600 lines of one concern (the file store), then its tests.
 //! The local file store: one JSON record per destination in an owner-only
 //! directory.
 //!
