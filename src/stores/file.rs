@@ -1,3 +1,4 @@
+// Kept whole: about 600 lines of one concern (the file store), then its tests.
 //! The local file store: one JSON record per destination in an owner-only
 //! directory.
 //!
@@ -18,14 +19,10 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::{
-    DestinationView, Journal, NewRecord, RecordView, Slot, StoreError, StoreErrorKind, StoreOp,
-    TokenMeta,
-};
-use crate::motherduck::TokenType;
+use super::record::StoredRecord;
+use super::{DestinationView, Journal, NewRecord, Slot, StoreError, StoreErrorKind, StoreOp};
 use crate::secret::{ExposeSecret, SecretString};
 
 /// A file destination: `directory/file`, plus an optional bare-token file.
@@ -89,96 +86,14 @@ const LOCK_ATTEMPTS: u32 = 5;
 pub struct FileLease {
     _file: File,
     /// An `flock` lasts while the process holds it: never lost.
-    pub(crate) fence: super::Fence,
+    fence: crate::stores::Fence,
 }
 
-/// The record on disk. Fields are listed explicitly (no `flatten`) so the
-/// secret is decoded straight into a zeroizing type.
-#[derive(Deserialize)]
-struct DiskRecord {
-    token: SecretString,
-    token_id: String,
-    token_name: String,
-    service_account: String,
-    token_type: TokenType,
-    created_at: chrono::DateTime<chrono::Utc>,
-    #[serde(default)]
-    expires_at: Option<chrono::DateTime<chrono::Utc>>,
-    rotation_id: String,
-    #[serde(default)]
-    rotation: Option<Journal>,
-    #[serde(default)]
-    ack_secret: Option<SecretString>,
-}
-
-#[derive(Serialize)]
-struct DiskRecordOut<'a> {
-    token: &'a str,
-    token_id: &'a str,
-    token_name: &'a str,
-    service_account: &'a str,
-    token_type: TokenType,
-    created_at: chrono::DateTime<chrono::Utc>,
-    expires_at: Option<chrono::DateTime<chrono::Utc>>,
-    rotation_id: &'a str,
-    rotation: Option<&'a Journal>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ack_secret: Option<&'a str>,
-}
-
-impl DiskRecord {
-    fn from_new(r: &NewRecord) -> DiskRecord {
-        DiskRecord {
-            token: r.token.clone(),
-            token_id: r.meta.token_id.clone(),
-            token_name: r.meta.token_name.clone(),
-            service_account: r.meta.service_account.clone(),
-            token_type: r.meta.token_type,
-            created_at: r.meta.created_at,
-            expires_at: r.meta.expires_at,
-            rotation_id: r.meta.rotation_id.clone(),
-            rotation: Some(r.journal.clone()),
-            ack_secret: r.ack_secret.clone(),
-        }
-    }
-
-    fn meta(&self) -> TokenMeta {
-        TokenMeta {
-            token_id: self.token_id.clone(),
-            token_name: self.token_name.clone(),
-            service_account: self.service_account.clone(),
-            token_type: self.token_type,
-            created_at: self.created_at,
-            expires_at: self.expires_at,
-            rotation_id: self.rotation_id.clone(),
-        }
-    }
-
-    fn view(&self) -> RecordView {
-        RecordView {
-            meta: self.meta(),
-            journal: self.rotation.clone(),
-        }
-    }
-
-    fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
-        let out = DiskRecordOut {
-            token: self.token.expose_secret(),
-            token_id: &self.token_id,
-            token_name: &self.token_name,
-            service_account: &self.service_account,
-            token_type: self.token_type,
-            created_at: self.created_at,
-            expires_at: self.expires_at,
-            rotation_id: &self.rotation_id,
-            rotation: self.rotation.as_ref(),
-            ack_secret: self.ack_secret.as_ref().map(|s| s.expose_secret()),
-        };
-        let mut buf = Zeroizing::new(Vec::with_capacity(1024));
-        // Serializing plain strings and timestamps into memory cannot fail.
-        let _ = serde_json::to_writer_pretty(&mut *buf, &out);
-        buf.push(b'\n');
-        buf
+impl FileLease {
+    /// What the holder checks before each write; it never ends while the
+    /// lock is held.
+    pub fn fence(&self) -> crate::stores::Fence {
+        self.fence.clone()
     }
 }
 
@@ -291,24 +206,21 @@ impl FileDestination {
         Ok(())
     }
 
-    fn read_record(&self, op: StoreOp, path: &Path) -> Result<Option<DiskRecord>, StoreError> {
+    fn read_record(&self, op: StoreOp, path: &Path) -> Result<Option<StoredRecord>, StoreError> {
         let bytes = match read_nofollow(path) {
             Ok(b) => Zeroizing::new(b),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.io_err(op, path, &e)),
         };
-        serde_json::from_slice::<DiskRecord>(&bytes)
+        StoredRecord::parse(&bytes)
             .map(Some)
-            .map_err(|e| {
-                // Position only: serde's message could quote the secret.
+            .map_err(|(line, column)| {
                 self.err(
                     op,
                     StoreErrorKind::Corrupt,
                     format!(
-                        "`{}` is not a valid token record (line {} column {})",
+                        "`{}` is not a valid token record (line {line} column {column})",
                         path.display(),
-                        e.line(),
-                        e.column()
                     ),
                 )
             })
@@ -352,7 +264,7 @@ impl FileDestination {
         }
     }
 
-    fn write_bare(&self, op: StoreOp, rec: &DiskRecord) -> Result<(), StoreError> {
+    fn write_bare(&self, op: StoreOp, rec: &StoredRecord) -> Result<(), StoreError> {
         if let Some(bare) = self.bare_path() {
             let mut bytes = Zeroizing::new(rec.token.expose_secret().as_bytes().to_vec());
             bytes.push(b'\n');
@@ -363,7 +275,7 @@ impl FileDestination {
 
     /// Whether the bare-token file (if the destination has one) holds
     /// `rec`'s token.
-    fn bare_holds(&self, op: StoreOp, rec: &DiskRecord) -> Result<bool, StoreError> {
+    fn bare_holds(&self, op: StoreOp, rec: &StoredRecord) -> Result<bool, StoreError> {
         let Some(bare) = self.bare_path() else {
             return Ok(true);
         };
@@ -377,7 +289,7 @@ impl FileDestination {
     }
 
     /// Writes the bare-token file unless it already holds `rec`'s token.
-    fn ensure_bare(&self, op: StoreOp, rec: &DiskRecord) -> Result<(), StoreError> {
+    fn ensure_bare(&self, op: StoreOp, rec: &StoredRecord) -> Result<(), StoreError> {
         if self.bare_holds(op, rec)? {
             return Ok(());
         }
@@ -423,10 +335,14 @@ impl FileDestination {
     }
 
     pub async fn stage(&self, record: &NewRecord) -> Result<(), StoreError> {
-        let rec = DiskRecord::from_new(record);
+        let rec = StoredRecord::from_new(record);
         self.blocking(StoreOp::Stage, move |d| {
             d.ensure_dir(StoreOp::Stage)?;
-            d.write_atomic(StoreOp::Stage, &d.sibling("pending"), &rec.to_bytes())
+            d.write_atomic(
+                StoreOp::Stage,
+                &d.sibling("pending"),
+                &rec.to_pretty_bytes(),
+            )
         })
         .await
     }
@@ -455,11 +371,11 @@ impl FileDestination {
                 ));
             };
             if let Some(cur) = &current {
-                d.write_atomic(op, &d.sibling("previous"), &cur.to_bytes())?;
+                d.write_atomic(op, &d.sibling("previous"), &cur.to_pretty_bytes())?;
             }
             crate::crash::point("promote-before-rename");
             new.rotation = Some(journal.clone());
-            d.write_atomic(op, &d.path(), &new.to_bytes())?;
+            d.write_atomic(op, &d.path(), &new.to_pretty_bytes())?;
             crate::crash::point("promote-after-rename");
             d.write_bare(op, &new)?;
             crate::crash::point("promote-after-bare");
@@ -481,7 +397,7 @@ impl FileDestination {
                 return Ok(());
             }
             cur.rotation = Some(journal);
-            d.write_atomic(op, &d.path(), &cur.to_bytes())
+            d.write_atomic(op, &d.path(), &cur.to_pretty_bytes())
         })
         .await
     }
@@ -497,7 +413,7 @@ impl FileDestination {
                 Some(cur) if &cur.rotation_id == rid => match previous {
                     Some(mut prev) => {
                         prev.rotation = Some(journal.clone());
-                        d.write_atomic(op, &d.path(), &prev.to_bytes())?;
+                        d.write_atomic(op, &d.path(), &prev.to_pretty_bytes())?;
                         d.write_bare(op, &prev)?;
                         d.remove(op, &d.sibling("previous"))?;
                     }
@@ -514,7 +430,7 @@ impl FileDestination {
                 Some(mut cur) => {
                     if cur.rotation.as_ref() != Some(&journal) {
                         cur.rotation = Some(journal.clone());
-                        d.write_atomic(op, &d.path(), &cur.to_bytes())?;
+                        d.write_atomic(op, &d.path(), &cur.to_pretty_bytes())?;
                     }
                     // A repeat after a restore that stopped between the
                     // record and the bare file: the bare file may still hold
@@ -541,7 +457,7 @@ impl FileDestination {
             };
             if cur.rotation.as_ref() != Some(&journal) {
                 cur.rotation = Some(journal.clone());
-                d.write_atomic(op, &d.path(), &cur.to_bytes())?;
+                d.write_atomic(op, &d.path(), &cur.to_pretty_bytes())?;
             }
             d.remove(op, &d.sibling("previous"))
         })
@@ -647,7 +563,7 @@ impl FileDestination {
                         let _ = writeln!(file, "{holder} pid={}", std::process::id());
                         return Ok(Some(FileLease {
                             _file: file,
-                            fence: super::Fence::unbounded(d.label()),
+                            fence: crate::stores::Fence::unbounded(d.label()),
                         }));
                     }
                     Err(std::fs::TryLockError::WouldBlock) if attempt + 1 < LOCK_ATTEMPTS => {
@@ -703,7 +619,9 @@ impl FileDestination {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::motherduck::TokenType;
     use crate::stores::JournalState;
+    use crate::stores::TokenMeta;
 
     fn dest(dir: &Path) -> FileDestination {
         FileDestination {
@@ -771,6 +689,21 @@ mod tests {
         }
     }
 
+    /// Stages and promotes a record of rotation `rid`.
+    async fn promoted(
+        d: &FileDestination,
+        rid: &str,
+        secret: &str,
+        prev: Option<&str>,
+    ) -> NewRecord {
+        let r = record(rid, secret, prev);
+        d.stage(&r).await.unwrap();
+        d.promote(&journal(&r, JournalState::Promoted))
+            .await
+            .unwrap();
+        r
+    }
+
     fn read_token(d: &FileDestination) -> String {
         let v: serde_json::Value =
             serde_json::from_slice(&std::fs::read(d.path()).unwrap()).unwrap();
@@ -796,11 +729,7 @@ mod tests {
             "eyJone\n"
         );
 
-        let r2 = record("r2", "eyJtwo", Some("id-r1"));
-        d.stage(&r2).await.unwrap();
-        d.promote(&journal(&r2, JournalState::Promoted))
-            .await
-            .unwrap();
+        let r2 = promoted(&d, "r2", "eyJtwo", Some("id-r1")).await;
         let v = d.load().await.unwrap();
         assert_eq!(v.current.as_ref().unwrap().meta.rotation_id, "r2");
         assert_eq!(v.previous.as_ref().unwrap().meta.rotation_id, "r1");
@@ -835,16 +764,8 @@ mod tests {
     async fn rollback_restores_previous_everywhere() {
         let dir = tmpdir();
         let d = dest(&dir);
-        let r1 = record("r1", "eyJone", None);
-        d.stage(&r1).await.unwrap();
-        d.promote(&journal(&r1, JournalState::Promoted))
-            .await
-            .unwrap();
-        let r2 = record("r2", "eyJtwo", Some("id-r1"));
-        d.stage(&r2).await.unwrap();
-        d.promote(&journal(&r2, JournalState::Promoted))
-            .await
-            .unwrap();
+        promoted(&d, "r1", "eyJone", None).await;
+        let r2 = promoted(&d, "r2", "eyJtwo", Some("id-r1")).await;
 
         let rb = journal(&r2, JournalState::RolledBack);
         d.rollback(&rb).await.unwrap();
@@ -866,11 +787,7 @@ mod tests {
     async fn rollback_before_promotion_drops_the_staged_record() {
         let dir = tmpdir();
         let d = dest(&dir);
-        let r1 = record("r1", "eyJone", None);
-        d.stage(&r1).await.unwrap();
-        d.promote(&journal(&r1, JournalState::Promoted))
-            .await
-            .unwrap();
+        promoted(&d, "r1", "eyJone", None).await;
         let r2 = record("r2", "eyJtwo", Some("id-r1"));
         d.stage(&r2).await.unwrap();
         d.rollback(&journal(&r2, JournalState::RolledBack))
@@ -891,16 +808,8 @@ mod tests {
     async fn regression_repeated_rollback_restores_the_bare_file() {
         let dir = tmpdir();
         let d = dest(&dir);
-        let r1 = record("r1", "eyJone", None);
-        d.stage(&r1).await.unwrap();
-        d.promote(&journal(&r1, JournalState::Promoted))
-            .await
-            .unwrap();
-        let r2 = record("r2", "eyJtwo", Some("id-r1"));
-        d.stage(&r2).await.unwrap();
-        d.promote(&journal(&r2, JournalState::Promoted))
-            .await
-            .unwrap();
+        promoted(&d, "r1", "eyJone", None).await;
+        let r2 = promoted(&d, "r2", "eyJtwo", Some("id-r1")).await;
         // The first attempt restored the record, then stopped.
         let rb = journal(&r2, JournalState::RolledBack);
         let mut prev = d
@@ -908,7 +817,7 @@ mod tests {
             .unwrap()
             .unwrap();
         prev.rotation = Some(rb.clone());
-        d.write_atomic(StoreOp::Rollback, &d.path(), &prev.to_bytes())
+        d.write_atomic(StoreOp::Rollback, &d.path(), &prev.to_pretty_bytes())
             .unwrap();
         assert_eq!(
             std::fs::read_to_string(dir.join("etl.token")).unwrap(),
@@ -933,11 +842,7 @@ mod tests {
     async fn symbolic_links_in_the_store_are_refused_not_followed() {
         let dir = tmpdir();
         let d = dest(&dir);
-        let r1 = record("r1", "eyJone", None);
-        d.stage(&r1).await.unwrap();
-        d.promote(&journal(&r1, JournalState::Promoted))
-            .await
-            .unwrap();
+        promoted(&d, "r1", "eyJone", None).await;
         let victim = dir.parent().unwrap().join("victim.txt");
         std::fs::write(&victim, "precious\n").unwrap();
 

@@ -15,15 +15,17 @@
 
 pub mod aws;
 pub mod file;
+mod lease;
+mod record;
 pub mod vault;
-
-use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::motherduck::TokenType;
 use crate::secret::SecretString;
+
+pub use lease::{Fence, Lease, wait_for_releases};
 
 /// Metadata of a stored token: everything but the secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -240,221 +242,6 @@ pub enum Destination {
     File(file::FileDestination),
     Vault(vault::VaultDestination),
     Aws(aws::AwsDestination),
-}
-
-/// Releases a dropped lease in the background, retrying transient failures
-/// (a 503, throttling) a few times over about 8 seconds: a lease left
-/// behind blocks the policy, for this replica too, until it expires (or
-/// until this process takes it back, see [`abandoned_lease`]).
-///
-/// `abandon` runs when the release is given up, to note the lease as
-/// abandoned by this process.
-pub(crate) fn release_in_background<F, Fut, A, AFut>(label: String, release: F, abandon: A)
-where
-    F: Fn() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<(), StoreError>> + Send + 'static,
-    A: FnOnce() -> AFut + Send + 'static,
-    AFut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let Ok(handle) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    RELEASES.spawn_on(
-        async move {
-            if !release_with_retries(&label, release).await {
-                abandon().await;
-            }
-        },
-        &handle,
-    );
-}
-
-/// `false` if the release was given up.
-async fn release_with_retries<F, Fut>(label: &str, release: F) -> bool
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<(), StoreError>>,
-{
-    const ATTEMPTS: u32 = 5;
-    let mut delay = std::time::Duration::from_millis(500);
-    for attempt in 1..=ATTEMPTS {
-        match release().await {
-            Ok(()) => return true,
-            Err(e) if e.kind == StoreErrorKind::Transient && attempt < ATTEMPTS => {
-                tracing::debug!(destination = %label, error = %e, attempt, "releasing the lease failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-            Err(e) => {
-                tracing::warn!(destination = %label, error = %e, "releasing the lease failed; it ends when it expires, or when this process next takes the lock");
-                return false;
-            }
-        }
-    }
-    false
-}
-
-/// Leases this process gave up but could not release, by lock location:
-/// the version of the lock record that was ours. The record is unexpired,
-/// so another replica must wait for it; but this process knows the lease
-/// has no holder any more (its holder was dropped), so while the record is
-/// still at that very version it may take it back at once. A write by
-/// anyone else changes the version, and the entry then matches nothing.
-static ABANDONED: LazyLock<std::sync::Mutex<std::collections::HashMap<String, String>>> =
-    LazyLock::new(Default::default);
-
-/// Notes that releasing the lease at `location`, whose record was at
-/// `version`, failed.
-pub(crate) fn abandoned_lease(location: String, version: String) {
-    if let Ok(mut m) = ABANDONED.lock() {
-        m.insert(location, version);
-    }
-}
-
-/// Whether the unexpired lease record at `location`, now at `version`, is
-/// one this process abandoned; the entry is consumed, so it is taken back
-/// at most once.
-pub(crate) fn reclaim_abandoned(location: &str, version: &str) -> bool {
-    let Ok(mut m) = ABANDONED.lock() else {
-        return false;
-    };
-    if m.get(location).is_some_and(|v| v == version) {
-        m.remove(location);
-        true
-    } else {
-        false
-    }
-}
-
-/// Releases still under way, so a process can let them finish before it
-/// exits: a one-shot `rotate` ends right after its lease is dropped, and a
-/// release cut off by the exit would leave the lock held (blocking every
-/// replica) until it expires.
-static RELEASES: LazyLock<tokio_util::task::TaskTracker> =
-    LazyLock::new(tokio_util::task::TaskTracker::new);
-
-/// Waits up to `limit` for lease releases under way; `false` if some were
-/// still running then. For the end of the process: releases started later
-/// are still tracked, but this returns once none is left.
-pub async fn wait_for_releases(limit: std::time::Duration) -> bool {
-    RELEASES.close();
-    tokio::time::timeout(limit, RELEASES.wait()).await.is_ok()
-}
-
-/// What a lease holder checks before each write (invariant 9): whether
-/// its lease is still its own and valid for long enough. The lease updates
-/// it (each renewal moves `valid_until`; a renewal that finds the lease
-/// taken over marks it lost); the driver reads it. Time is the monotonic
-/// clock measured from before the renewal was sent, so a process paused
-/// past its lease sees it expired the moment it resumes, whatever the wall
-/// clock or an injected clock says.
-#[derive(Clone, Debug)]
-pub struct Fence(std::sync::Arc<FenceState>);
-
-#[derive(Debug)]
-struct FenceState {
-    /// `None`: valid for as long as the process lives (an `flock`).
-    valid_until: std::sync::Mutex<Option<tokio::time::Instant>>,
-    lost: std::sync::atomic::AtomicBool,
-    /// How long before `valid_until` the holder stops writing: a write
-    /// under way when the lease ends would be one no lease covers.
-    margin: std::time::Duration,
-    /// The lock's place, for messages.
-    label: String,
-}
-
-impl Fence {
-    /// A lease that lasts as long as the process holds it (a file lock).
-    pub fn unbounded(label: String) -> Fence {
-        Fence(std::sync::Arc::new(FenceState {
-            valid_until: std::sync::Mutex::new(None),
-            lost: std::sync::atomic::AtomicBool::new(false),
-            margin: std::time::Duration::ZERO,
-            label,
-        }))
-    }
-
-    /// A lease valid for `ttl` from `sent` (when the write that took it
-    /// was sent), renewed in the background every third of it; writes stop
-    /// a quarter of the TTL before it ends.
-    pub fn expiring(label: String, sent: tokio::time::Instant, ttl: std::time::Duration) -> Fence {
-        Fence(std::sync::Arc::new(FenceState {
-            valid_until: std::sync::Mutex::new(Some(sent + ttl)),
-            lost: std::sync::atomic::AtomicBool::new(false),
-            margin: ttl / 4,
-            label,
-        }))
-    }
-
-    /// A renewal sent at `sent` succeeded.
-    pub(crate) fn renewed(&self, sent: tokio::time::Instant, ttl: std::time::Duration) {
-        let mut v = self
-            .0
-            .valid_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if v.is_some_and(|until| until < sent + ttl) {
-            *v = Some(sent + ttl);
-        }
-    }
-
-    /// Another holder took the lease over.
-    pub(crate) fn lost(&self) {
-        self.0.lost.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// Whether the holder may still write.
-    ///
-    /// # Errors
-    /// Why not: the lease was taken over, or ends within the margin.
-    pub fn check(&self) -> Result<(), String> {
-        if self.0.lost.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(format!(
-                "the lease on {} was taken over by another holder",
-                self.0.label
-            ));
-        }
-        let until = *self
-            .0
-            .valid_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match until {
-            Some(until) if tokio::time::Instant::now() + self.0.margin >= until => Err(format!(
-                "the lease on {} was not renewed in time and may have been taken over",
-                self.0.label
-            )),
-            _ => Ok(()),
-        }
-    }
-
-    /// Whether the lease can end at all (a file lock cannot while held).
-    pub fn expires(&self) -> bool {
-        self.0
-            .valid_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_some()
-    }
-}
-
-/// Proof of holding a policy's coordination lock; released on drop.
-#[derive(Debug)]
-pub enum Lease {
-    File(file::FileLease),
-    Vault(vault::VaultLease),
-    Aws(aws::AwsLease),
-}
-
-impl Lease {
-    /// What the holder checks before each write; see [`Fence`].
-    pub fn fence(&self) -> Fence {
-        match self {
-            Lease::File(l) => l.fence.clone(),
-            Lease::Vault(l) => l.fence(),
-            Lease::Aws(l) => l.fence(),
-        }
-    }
 }
 
 /// Dispatches a method call to the destination's store.
