@@ -254,6 +254,47 @@ impl FileDestination {
         })
     }
 
+    /// Shows that the directory takes new files, leaving none behind. An
+    /// unnamed file (`O_TMPFILE`) is written and synced, and vanishes when
+    /// closed, or when the process dies: a check killed half-way leaves no
+    /// file for the sweep. Filesystems without unnamed files get a named
+    /// probe, created and removed (the sweep removes one a killed check
+    /// left once it is stale).
+    fn probe_writable(&self) -> Result<(), StoreError> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let unnamed = OpenOptions::new()
+                .write(true)
+                .mode(0o600)
+                .custom_flags(libc::O_TMPFILE)
+                .open(&self.directory);
+            match unnamed {
+                Ok(mut f) => {
+                    return f
+                        .write_all(b"ok\n")
+                        .and_then(|()| f.sync_all())
+                        .map(|()| crate::crash::point("check-probe-written"))
+                        .map_err(|e| self.io_err(StoreOp::Check, &self.directory, &e));
+                }
+                // No unnamed files here (an older kernel or a filesystem
+                // without them): fall back to a named probe.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+                    ) => {}
+                Err(e) => return Err(self.io_err(StoreOp::Check, &self.directory, &e)),
+            }
+        }
+        let probe = self
+            .directory
+            .join(format!(".probe-{}", uuid::Uuid::new_v4().simple()));
+        self.write_atomic(StoreOp::Check, &probe, b"ok\n")?;
+        crate::crash::point("check-probe-written");
+        self.remove(StoreOp::Check, &probe)
+    }
+
     fn remove(&self, op: StoreOp, path: &Path) -> Result<(), StoreError> {
         match std::fs::remove_file(path) {
             Ok(()) => File::open(&self.directory)
@@ -600,12 +641,7 @@ impl FileDestination {
         self.blocking(StoreOp::Check, move |d| {
             let _done = done;
             d.ensure_dir(StoreOp::Check)?;
-            // Writable: create and remove a probe file.
-            let probe = d
-                .directory
-                .join(format!(".probe-{}", uuid::Uuid::new_v4().simple()));
-            d.write_atomic(StoreOp::Check, &probe, b"ok\n")?;
-            d.remove(StoreOp::Check, &probe)?;
+            d.probe_writable()?;
             // Readable: the records parse.
             d.read_record(StoreOp::Check, &d.path())?;
             d.read_record(StoreOp::Check, &d.sibling("pending"))?;

@@ -16,6 +16,7 @@ mod harness;
 mod http_endpoints;
 mod leak;
 mod mixed_stores;
+mod probe;
 mod prometheus_rules;
 mod readiness;
 mod readme_stores;
