@@ -14,52 +14,12 @@ const POLICIES: usize = 40;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_rotation_does_not_wait_for_the_start_up_sweep() {
-    let dir = std::env::temp_dir().join(format!("mdr-startup-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
     let sim = Simulator::spawn(SimulatorOptions::default()).await.unwrap();
     // Every call takes 20 ms, so sweeping all policies one after another
     // takes at least 0.8 s.
     sim.sim
         .set_latency(Duration::from_millis(20), Duration::ZERO);
-    crate::support::write_secret(dir.join("admin.token"), sim.admin_token.expose_secret());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut config = format!(
-        r#"
-[motherduck]
-api_url = "{url}"
-admin_token = {{ file = "admin.token" }}
-rate_limit_per_second = 1000
-
-[daemon]
-listen = "127.0.0.1:{port}"
-
-[stores.local]
-type = "file"
-directory = "store"
-"#,
-        url = sim.base_url()
-    );
-    for i in 0..POLICIES {
-        sim.sim.add_service_account(&format!("svc_{i}"));
-        write!(
-            config,
-            r#"
-[[policy]]
-name = "p{i}"
-service_account = "svc_{i}"
-token_ttl = "1h"
-schedule = {{ interval = "1d" }}
-overlap = "0s"
-destinations = [{{ store = "local", path = "p{i}.json" }}]
-"#
-        )
-        .unwrap();
-    }
-    std::fs::write(dir.join("config.toml"), config).unwrap();
+    let dir = many_policies(&sim, POLICIES, 4);
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_motherduck-rotator"))
         .arg("--config")
         .arg(dir.join("config.toml"))
@@ -122,14 +82,15 @@ admin_token = {{ file = "admin.token" }}
 rate_limit_per_second = 1000
 
 [daemon]
-listen = "127.0.0.1:1"
+listen = "127.0.0.1:{port}"
 rotation_concurrency = {concurrency}
 
 [stores.local]
 type = "file"
 directory = "store"
 "#,
-        url = sim.base_url()
+        url = sim.base_url(),
+        port = free_port(),
     );
     for i in 0..n {
         sim.sim.add_service_account(&format!("svc_{i}"));
@@ -149,6 +110,14 @@ destinations = [{{ store = "local", path = "p{i}.json" }}]
     }
     std::fs::write(dir.join("config.toml"), config).unwrap();
     dir
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn command(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
