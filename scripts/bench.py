@@ -11,7 +11,7 @@ The rows:
   the same calls, one policy after another);
 - `run` on N policies that are all due (their first tokens), for each N in
   --sizes: time to the first token created, time until all are rotated, the
-  achieved request rate against the limit, peak and idle memory, threads,
+  achieved request rate against the limit, time until `/readyz` answers 200, peak and idle memory, threads,
   idle CPU, the size of `/metrics`, series per policy, and scrape time;
 - `validate` on the largest configuration.
 
@@ -166,6 +166,7 @@ def daemon_run(binary, sim, n, rate, workdir, idle_seconds):
     proc = subprocess.Popen([binary, "--config", config, "run"], cwd=d,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = None
+    ready = None
     peak_threads = 0
     metrics_url = f"http://127.0.0.1:{port}/metrics"
     done_at = None
@@ -181,8 +182,15 @@ def daemon_run(binary, sim, n, rate, workdir, idle_seconds):
             with os.scandir(store) as it:
                 if any(e.name.endswith(".json") for e in it):
                     first = time.monotonic() - start
+        if ready is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        ready = time.monotonic() - start
+            except OSError:
+                pass
         now = time.monotonic()
-        if first is not None and now - last_scrape >= 0.5:
+        if first is not None and ready is not None and now - last_scrape >= 0.5:
             last_scrape = now
             try:
                 body, _ = scrape(metrics_url)
@@ -215,7 +223,7 @@ def daemon_run(binary, sim, n, rate, workdir, idle_seconds):
     except subprocess.TimeoutExpired:
         proc.kill()
     return {
-        "first": first, "all": done_at, "calls": calls,
+        "first": first, "ready": ready, "all": done_at, "calls": calls,
         "rate": calls / done_at / rate,
         "peak_rss": max(peak_rss, peak_rss2), "idle_rss": rss,
         "threads": max(peak_threads, threads),
@@ -278,6 +286,7 @@ def main():
             sim.accounts_up_to(n)
             rows += [
                 (f"{n}: start to first token created", f"{r['first']:.2f} s", ""),
+                (f"{n}: start to /readyz 200", f"{r['ready']:.2f} s", ""),
                 (f"{n}: all rotated", f"{r['all']:.1f} s",
                  f"{r['all'] / r['floor_all']:.2f}x calls/limit ({r['calls']:.0f} calls)"),
                 (f"{n}: achieved rate / limit", f"{r['rate']:.2f}", f"limit {a.rate}/s"),

@@ -94,24 +94,40 @@ pub async fn readiness(driver: &Driver, config: &Config) -> Readiness {
             targets.push((format!("lock {} ({})", lock.label(), p.name), lock, true));
         }
     }
-    let stores =
-        futures_util::future::join_all(targets.iter().map(|(_, d, lock_only)| async move {
-            let check = async {
-                if *lock_only {
-                    d.check_lock().await
-                } else {
-                    d.check().await
-                }
-            };
-            match tokio::time::timeout(CHECK_DEADLINE, check).await {
-                Ok(r) => r.map_err(|e| e.to_string()),
-                Err(_) => Err(format!(
-                    "{}: no answer within {}",
-                    d.label(),
-                    humantime::format_duration(CHECK_DEADLINE)
-                )),
+    // What destinations share (a directory's probe) is checked once for
+    // all of them; then each destination's own part.
+    let stores = async {
+        let mut shared: Vec<(std::path::PathBuf, &crate::stores::Destination)> = Vec::new();
+        for (_, d, _) in &targets {
+            if let Some(key) = d.shared_check()
+                && !shared.iter().any(|(k, _)| *k == key)
+            {
+                shared.push((key, d));
             }
-        }));
+        }
+        let shared_results = futures_util::future::join_all(
+            shared.iter().map(|(_, d)| deadline(d, d.check_shared())),
+        )
+        .await;
+        let shared: Vec<(std::path::PathBuf, Result<(), String>)> = shared
+            .into_iter()
+            .map(|(k, _)| k)
+            .zip(shared_results)
+            .collect();
+        futures_util::future::join_all(targets.iter().map(|(_, d, lock_only)| {
+            let shared = d
+                .shared_check()
+                .and_then(|key| shared.iter().find(|(k, _)| *k == key))
+                .map(|(_, r)| r.clone());
+            async move {
+                match shared {
+                    Some(Err(e)) => Err(e),
+                    _ => deadline(d, d.check_own(*lock_only)).await,
+                }
+            }
+        }))
+        .await
+    };
     let admin = tokio::time::timeout(
         CHECK_DEADLINE,
         driver.client.check_token(&config.motherduck.admin_token),
@@ -167,6 +183,21 @@ pub async fn readiness(driver: &Driver, config: &Config) -> Readiness {
         .with_label_values::<&str>(&[])
         .set(i64::from(r.ready));
     r
+}
+
+/// A store check, failed if it takes longer than [`CHECK_DEADLINE`].
+async fn deadline(
+    d: &crate::stores::Destination,
+    check: impl std::future::Future<Output = Result<(), crate::stores::StoreError>>,
+) -> Result<(), String> {
+    match tokio::time::timeout(CHECK_DEADLINE, check).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "{}: no answer within {}",
+            d.label(),
+            humantime::format_duration(CHECK_DEADLINE)
+        )),
+    }
 }
 
 /// How long one readiness check of a store may take before it counts as

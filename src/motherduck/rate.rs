@@ -5,10 +5,11 @@
 //!
 //! The configured rate is a ceiling. The gate starts at [`START_RATE`] (or
 //! the ceiling, if lower) and adapts, as TCP does: while requests queue at
-//! the gate and the server does not push back, the rate doubles each second
-//! up to the ceiling; a 429 halves it (at most once a second), after which
-//! it grows by an eighth a second. So the defaults are safe against a real
-//! server and still reach a high ceiling within seconds.
+//! the gate and the server does not push back, the rate doubles every
+//! quarter second up to the ceiling; a 429 halves it (at most once a
+//! second), after which it grows by an eighth every quarter second. So the
+//! defaults are safe against a real server and still reach a high ceiling
+//! within a second.
 //!
 //! Work has two priorities. Rotations run in the foreground; the orphan
 //! sweep runs its calls inside [`background`], and a background request
@@ -60,8 +61,13 @@ fn is_background() -> bool {
 /// higher.
 pub const START_RATE: u32 = 10;
 
-/// How often the rate may change.
-const ROUND: Duration = Duration::from_secs(1);
+/// How often the rate may grow: a round trip or a few, as TCP's slow
+/// start grows once per round trip.
+const GROW_ROUND: Duration = Duration::from_millis(250);
+
+/// How often the rate may shrink: the 429s of requests already in flight
+/// when the first one came answer for the same overload.
+const SHRINK_ROUND: Duration = Duration::from_secs(1);
 
 type Limiter = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Nanos>>;
 
@@ -142,7 +148,7 @@ impl RateGate {
     /// requests queued, the rate grows.
     pub fn answered(&self) {
         let mut a = self.lock();
-        if a.rate >= self.ceiling || a.changed.elapsed() < ROUND {
+        if a.rate >= self.ceiling || a.changed.elapsed() < GROW_ROUND {
             return;
         }
         if !self.limited.swap(false, Ordering::AcqRel) {
@@ -159,7 +165,7 @@ impl RateGate {
     /// The server answered 429: the rate halves, once a round.
     pub fn throttled(&self) {
         let mut a = self.lock();
-        if !a.slow_start && a.changed.elapsed() < ROUND {
+        if !a.slow_start && a.changed.elapsed() < SHRINK_ROUND {
             return;
         }
         a.slow_start = false;
@@ -304,7 +310,8 @@ mod tests {
         gate.acquire().await;
         gate.answered();
         assert_eq!(gate.rate(), START_RATE);
-        // Requests queue at the gate: it doubles each second, to the ceiling.
+        // Requests queue at the gate: it doubles (at most every quarter
+        // second), up to the ceiling.
         let start = tokio::time::Instant::now();
         busy(&gate, 12).await;
         assert_eq!(gate.rate(), 20, "after {:?}", start.elapsed());
@@ -320,7 +327,7 @@ mod tests {
         gate.throttled();
         gate.throttled();
         assert_eq!(gate.rate(), 50);
-        // After a 429 it grows by an eighth a second, not doubling.
+        // After a 429 it grows by an eighth a round, not doubling.
         busy(&gate, 110).await;
         assert_eq!(gate.rate(), 56);
         tokio::time::sleep(Duration::from_secs(1)).await;

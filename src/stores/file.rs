@@ -37,7 +37,7 @@ pub struct FileDestination {
     pub bare_token_file: Option<String>,
 }
 
-/// Destinations (record paths) with a check under way.
+/// Directories and destinations (record paths) with a check under way.
 static CHECKS_RUNNING: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<PathBuf>>> =
     std::sync::LazyLock::new(Default::default);
 
@@ -619,36 +619,57 @@ impl FileDestination {
         .await
     }
 
+    /// The whole check: [`check_directory`](Self::check_directory), then
+    /// [`check_records`](Self::check_records).
     pub async fn check(&self) -> Result<(), StoreError> {
-        // A check cut off by the readiness deadline keeps its blocking
-        // thread until the filesystem answers; on a hung mount, repeated
-        // checks would pile such threads up. One at a time per destination.
-        let key = self.path();
-        {
-            let mut running = CHECKS_RUNNING
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if !running.insert(key.clone()) {
-                return Err(self.err(
-                    StoreOp::Check,
-                    StoreErrorKind::Transient,
-                    "the previous check of this destination has not finished; the filesystem may be hung".into(),
-                ));
-            }
-        }
-        // Dropped when the closure finishes, or with it if it never runs.
-        let done = CheckRunning(key);
+        self.check_directory().await?;
+        self.check_records().await
+    }
+
+    /// The directory exists, is owner-only and takes new files. Shared by
+    /// every destination in the directory, so readiness runs it once per
+    /// directory, not once per policy.
+    pub async fn check_directory(&self) -> Result<(), StoreError> {
+        let done = self.check_running(self.directory.clone(), "directory")?;
         self.blocking(StoreOp::Check, move |d| {
             let _done = done;
             d.ensure_dir(StoreOp::Check)?;
-            d.probe_writable()?;
-            // Readable: the records parse.
+            d.probe_writable()
+        })
+        .await
+    }
+
+    /// This destination's records (current, pending, previous) parse.
+    pub async fn check_records(&self) -> Result<(), StoreError> {
+        let done = self.check_running(self.path(), "destination")?;
+        self.blocking(StoreOp::Check, move |d| {
+            let _done = done;
             d.read_record(StoreOp::Check, &d.path())?;
             d.read_record(StoreOp::Check, &d.sibling("pending"))?;
             d.read_record(StoreOp::Check, &d.sibling("previous"))?;
             Ok(())
         })
         .await
+    }
+
+    /// Marks a check of `key` under way until the returned guard drops. A
+    /// check cut off by the readiness deadline keeps its blocking thread
+    /// until the filesystem answers; on a hung mount, repeated checks would
+    /// pile such threads up. So one at a time per key.
+    fn check_running(&self, key: PathBuf, what: &str) -> Result<CheckRunning, StoreError> {
+        let mut running = CHECKS_RUNNING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !running.insert(key.clone()) {
+            return Err(self.err(
+                StoreOp::Check,
+                StoreErrorKind::Transient,
+                format!(
+                    "the previous check of this {what} has not finished; the filesystem may be hung"
+                ),
+            ));
+        }
+        Ok(CheckRunning(key))
     }
 }
 

@@ -389,6 +389,40 @@ impl Destination {
     ///
     /// # Errors
     /// What is wrong.
+    /// The part of [`check`](Self::check) that destinations share, as a
+    /// key and the check: every file destination in one directory shares
+    /// that directory's probe. `None` where nothing is shared.
+    pub fn shared_check(&self) -> Option<std::path::PathBuf> {
+        match self {
+            Destination::File(d) => Some(d.directory.clone()),
+            Destination::Vault(_) | Destination::Aws(_) => None,
+        }
+    }
+
+    /// Runs the shared part named by [`shared_check`](Self::shared_check).
+    ///
+    /// # Errors
+    /// What is wrong.
+    pub async fn check_shared(&self) -> Result<(), StoreError> {
+        match self {
+            Destination::File(d) => d.check_directory().await,
+            Destination::Vault(_) | Destination::Aws(_) => Ok(()),
+        }
+    }
+
+    /// [`check`](Self::check) without its shared part (as a lock only,
+    /// with `lock_only`).
+    ///
+    /// # Errors
+    /// What is wrong.
+    pub async fn check_own(&self, lock_only: bool) -> Result<(), StoreError> {
+        match self {
+            Destination::File(d) => d.check_records().await,
+            Destination::Vault(_) | Destination::Aws(_) if lock_only => self.check_lock().await,
+            Destination::Vault(_) | Destination::Aws(_) => self.check().await,
+        }
+    }
+
     pub async fn check_lock(&self) -> Result<(), StoreError> {
         match self {
             Destination::File(d) => d.check().await,

@@ -217,6 +217,7 @@ fn the_benchmark_harness_runs_and_prints_its_table() {
         ("`rotate --all`, 5 policies, defaults", "s"),
         ("`rotate --all`, 5 policies, 1,000 req/s", "s"),
         ("20: start to first token created", "s"),
+        ("20: start to /readyz 200", "s"),
         ("20: all rotated", "s"),
         ("20: achieved rate / limit", ""),
         ("20: memory peak / idle", "MiB"),
