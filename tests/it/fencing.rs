@@ -19,34 +19,29 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use motherduck_rotator::secret::ExposeSecret;
-use motherduck_rotator::simulator::{RunningSimulator, Simulator, SimulatorOptions};
+use motherduck_rotator::simulator::RunningSimulator;
 
-use crate::chaos::{Source, Tally, consume, remote_stores_toml, rotator};
+use crate::chaos::{Source, Tally, consume, remote_stores_toml};
+use crate::support::config_toml;
+use crate::support::daemon::{Rotator, signal};
 use crate::support::services::{Moto, OpenBao};
+use crate::support::world::{self, Scratch};
 
 struct World {
-    root: PathBuf,
     sim: RunningSimulator,
     bao: OpenBao,
     moto: Moto,
+    bin: Rotator,
+    root: Scratch,
 }
 
 impl World {
     async fn new() -> World {
-        let root =
-            std::env::temp_dir().join(format!("mdr-fencing-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&root).unwrap();
-        let bao = OpenBao::start().await;
-        let moto = Moto::start().await;
-        let sim = Simulator::spawn(SimulatorOptions::default())
-            .await
-            .expect("simulator starts");
-        sim.sim.add_service_account("svc_vfence");
-        sim.sim.add_service_account("svc_afence");
-        crate::support::write_secret(root.join("admin.token"), sim.admin_token.expose_secret());
-        crate::support::write_secret(root.join("vault.token"), &bao.root_token);
+        let root = Scratch::kept_on_failure("fencing");
+        let (bao, moto) = world::remote_stores(root.path()).await;
+        let sim = world::simulator(root.path(), &["svc_vfence", "svc_afence"]).await;
         World {
+            bin: Rotator::new(root.path(), root.path(), "info"),
             root,
             sim,
             bao,
@@ -55,26 +50,10 @@ impl World {
     }
 
     fn config(&self) -> PathBuf {
-        let path = self.root.join("config.toml");
+        let path = self.root.path().join("config.toml");
         let verify = r#"[{ type = "command", command = ["/bin/sh", "-c", "sleep 3"], interval = "100ms", deadline = "30s", timeout = "10s" }]"#;
         let src = format!(
-            r#"
-[motherduck]
-api_url = "{api}"
-admin_token = {{ file = "admin.token" }}
-request_timeout = "5s"
-rate_limit_per_second = 1000
-
-[daemon]
-listen = "127.0.0.1:0"
-log_format = "json"
-orphan_min_age = "2s"
-sweep_interval = "5s"
-shutdown_timeout = "10s"
-lock_retry_interval = "300ms"
-recheck_interval = "1s"
-
-{stores}
+            r#"{motherduck}{daemon}{stores}
 [[policy]]
 name = "vfence"
 service_account = "svc_vfence"
@@ -93,7 +72,10 @@ verify = {verify}
 destinations = [{{ store = "aws", path = "fence/a" }}]
 retry = {{ max_attempts = 3, initial_backoff = "100ms", max_backoff = "1s" }}
 "#,
-            api = self.sim.base_url(),
+            motherduck = config_toml::motherduck_unthrottled(&self.sim.base_url()),
+            daemon = config_toml::daemon(
+                "orphan_min_age = \"2s\"\nsweep_interval = \"5s\"\nshutdown_timeout = \"10s\"\nlock_retry_interval = \"300ms\"\nrecheck_interval = \"1s\"\n"
+            ),
             stores = remote_stores_toml(&self.bao, &self.moto),
         );
         std::fs::write(&path, src).unwrap();
@@ -101,21 +83,15 @@ retry = {{ max_attempts = 3, initial_backoff = "100ms", max_backoff = "1s" }}
     }
 
     fn spawn(&self, config: &Path, name: &str) -> tokio::process::Child {
-        rotator(config, &self.root, &self.root, name, &["run"])
-            .spawn()
-            .expect("the binary starts")
+        self.bin.spawn(name, config, &["run"], None)
     }
 
     fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.root.join(format!("{name}.err"))).unwrap_or_default()
+        self.bin.log(&format!("{name}.err"))
     }
 
     fn logs(&self) -> String {
-        ["a", "b"]
-            .iter()
-            .map(|n| format!("--- {n}.err\n{}", self.log(n)))
-            .collect::<Vec<_>>()
-            .join("\n")
+        self.bin.logs()
     }
 
     /// `(policy, rotation id)` of each line of `log` with `message`.
@@ -135,23 +111,6 @@ retry = {{ max_attempts = 3, initial_backoff = "100ms", max_backoff = "1s" }}
                 (field("policy"), field("rotation_id"))
             })
             .collect()
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.root);
-        }
-    }
-}
-
-fn signal(child: &tokio::process::Child, sig: i32) {
-    if let Some(pid) = child.id() {
-        // SAFETY: kill(2) on a child we started; no memory is involved.
-        unsafe {
-            libc::kill(pid as i32, sig);
-        }
     }
 }
 

@@ -1,0 +1,241 @@
+//! Crash safety of the real binary against remote stores: one policy with a
+//! Vault KV v2 destination (which holds the lock) and an AWS Secrets
+//! Manager destination. `rotate` is SIGKILLed at each crash point while it
+//! holds the Vault lease; the restarted daemon must wait for the lease to
+//! expire, then converge: exactly one live token, the same one current in
+//! Vault and AWS, and `status` reporting the policy idle.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use motherduck_rotator::simulator::RunningSimulator;
+use serde_json::{Value, json};
+
+use crate::smoke_services::secrets_manager;
+use crate::support::config_toml;
+use crate::support::daemon::{self, Rotator};
+use crate::support::services::{Moto, OpenBao};
+use crate::support::world::{self, Scratch};
+
+const SA: &str = "svc_crash_remote";
+const VAULT_PATH: &str = "motherduck/crash";
+const AWS_PATH: &str = "prod/motherduck/crash";
+/// Upper bound for the restarted daemon to converge.
+const CONVERGE: Duration = Duration::from_secs(60);
+
+const VERIFY_OK: &str = r#"{ type = "motherduck", interval = "10ms", deadline = "10s" }"#;
+/// A hook that always fails, quickly: the rotation rolls back.
+const VERIFY_FAILS: &str = r#"{ type = "command", command = ["/bin/sh", "-c", "exit 1"], interval = "10ms", deadline = "100ms", timeout = "100ms" }"#;
+
+struct World {
+    bao: OpenBao,
+    moto: Moto,
+    sim: RunningSimulator,
+    bin: Rotator,
+    scratch: Scratch,
+}
+
+impl World {
+    async fn new() -> World {
+        let scratch = Scratch::new("crash-remote");
+        let dir = scratch.path();
+        let (bao, moto) = world::remote_stores(dir).await;
+        let sim = world::simulator(dir, &[SA]).await;
+        World {
+            bin: Rotator::new(dir, dir, "info,motherduck_rotator=debug"),
+            scratch,
+            bao,
+            moto,
+            sim,
+        }
+    }
+
+    /// Writes `<name>.toml`: the lock on the Vault destination (the first)
+    /// with a short lease, a far schedule, no overlap, and orphans revoked
+    /// at any age. The start-up sweep finds the killed holder's lease still
+    /// valid and retries every `lock_retry_interval` (regression: it used to
+    /// give up until the next periodic sweep, an hour by default, leaving
+    /// the orphans of `after-create` and `after-restore` live).
+    fn config(&self, name: &str, verify: &str) -> std::path::PathBuf {
+        let path = self.scratch.path().join(format!("{name}.toml"));
+        let src = format!(
+            r#"{motherduck}{daemon}{vault}{aws}
+[[policy]]
+name = "crash"
+service_account = "{SA}"
+schedule = {{ interval = "1d" }}
+overlap = "0s"
+verify = [{verify}]
+destinations = [{{ store = "vault", path = "{VAULT_PATH}" }}, {{ store = "aws", path = "{AWS_PATH}" }}]
+retry = {{ max_attempts = 2, initial_backoff = "10ms", max_backoff = "20ms" }}
+"#,
+            motherduck = config_toml::motherduck_unthrottled(&self.sim.base_url()),
+            daemon = config_toml::daemon(
+                "orphan_min_age = \"0s\"\nshutdown_timeout = \"10s\"\nlock_retry_interval = \"1s\"\n"
+            ),
+            vault = config_toml::vault_store(&self.bao.addr, "2s"),
+            aws = config_toml::aws_store(&self.moto.endpoint, "lock_ttl = \"3s\"\n"),
+        );
+        std::fs::write(&path, src).unwrap();
+        path
+    }
+
+    /// Starts the binary; its output goes to `<log>.out` and `<log>.err`.
+    fn logs(&self) -> String {
+        self.bin.logs()
+    }
+
+    fn live_ids(&self) -> Vec<String> {
+        world::live_ids(&self.sim.sim, SA)
+    }
+
+    async fn vault_token_id(&self) -> Result<String, String> {
+        let v: Value = reqwest::Client::new()
+            .get(format!("{}/v1/secret/data/{VAULT_PATH}", self.bao.addr))
+            .header("X-Vault-Token", &self.bao.root_token)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        v["data"]["data"]["token_id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| format!("no token_id in Vault: {v}"))
+    }
+
+    async fn aws_token_id(&self) -> Result<String, String> {
+        let v = secrets_manager(
+            &self.moto,
+            "GetSecretValue",
+            json!({"SecretId": AWS_PATH, "VersionStage": "AWSCURRENT"}),
+        )
+        .await;
+        let s = v["SecretString"]
+            .as_str()
+            .ok_or_else(|| format!("no SecretString in AWS: {v}"))?;
+        let rec: Value = serde_json::from_str(s).map_err(|e| e.to_string())?;
+        rec["token_id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| format!("no token_id in AWS: {rec}"))
+    }
+
+    /// `status --json` of the one policy.
+    async fn status(&self, config: &Path) -> Result<Value, String> {
+        let out = self
+            .bin
+            .command(config, &["status", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .await
+            .map_err(|e| e.to_string())?;
+        let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+            format!(
+                "status: {e}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+        Ok(v[0].clone())
+    }
+
+    /// Converged: exactly one live token, current in Vault and AWS, and
+    /// `status` idle. Returns the token id.
+    async fn converged(&self, config: &Path) -> Result<String, String> {
+        let live = self.live_ids();
+        let vault = self.vault_token_id().await?;
+        let aws = self.aws_token_id().await?;
+        if live.len() != 1 || live[0] != vault || live[0] != aws {
+            return Err(format!("live {live:?}, vault {vault}, aws {aws}"));
+        }
+        let status = self.status(config).await?;
+        if status["state"] != "idle" {
+            return Err(format!("status: {status}"));
+        }
+        Ok(vault)
+    }
+
+    /// The state of the stores and MotherDuck, for failure messages.
+    async fn snapshot(&self, config: &Path) -> String {
+        format!(
+            "live {:?}, vault {:?}, aws {:?}, status {:?}",
+            self.live_ids(),
+            self.vault_token_id().await,
+            self.aws_token_id().await,
+            self.status(config).await
+        )
+    }
+}
+
+async fn crash_and_recover(point: &str) {
+    let w = World::new().await;
+    let good = w.config("good", VERIFY_OK);
+    let crash_cfg = if point == "after-restore" {
+        w.config("failing", VERIFY_FAILS)
+    } else {
+        good.clone()
+    };
+
+    let status = w.bin.run("first", &good, &["rotate", "crash"], None).await;
+    assert!(status.success(), "first rotate: {status}\n{}", w.logs());
+    let first = w
+        .converged(&good)
+        .await
+        .unwrap_or_else(|e| panic!("after the first rotate: {e}\n{}", w.logs()));
+
+    let status = w
+        .bin
+        .run("crashed", &crash_cfg, &["rotate", "crash"], Some(point))
+        .await;
+    super::assert_killed_at(&w.bin, status, point);
+    let after_kill = w.snapshot(&good).await;
+
+    let started = tokio::time::Instant::now();
+    let mut daemon = w.bin.spawn("daemon", &good, &["run"], None);
+    let what = format!("not converged after `{point}` (after the kill: {after_kill})");
+    let id = daemon::until_converged(
+        &mut daemon,
+        CONVERGE,
+        &what,
+        || w.logs(),
+        async || w.converged(&good).await,
+    )
+    .await;
+    eprintln!(
+        "{point}: converged in {:?} (first {first}, now {id}); after the kill: {after_kill}",
+        started.elapsed()
+    );
+
+    let status = daemon::stop(&mut daemon, || w.logs()).await;
+    assert!(status.success(), "daemon exit: {status}\n{}", w.logs());
+    let after = w
+        .converged(&good)
+        .await
+        .unwrap_or_else(|e| panic!("after shutdown: {e}\n{}", w.logs()));
+    assert_eq!(after, id, "the shutdown changed nothing");
+}
+
+/// One test per crash point: name, point.
+macro_rules! remote_crash_tests {
+    ($($name:ident: $point:literal;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            crash_and_recover($point).await;
+        }
+    )*};
+}
+
+remote_crash_tests! {
+    remote_crash_before_create_then_restart_converges: "before-create";
+    remote_crash_after_create_then_restart_converges: "after-create";
+    remote_crash_after_stage_then_restart_converges: "after-stage";
+    remote_crash_before_promote_then_restart_converges: "before-promote";
+    remote_crash_after_promote_then_restart_converges: "after-promote";
+    remote_crash_after_verify_then_restart_converges: "after-verify";
+    remote_crash_after_revoke_old_then_restart_converges: "after-revoke-old";
+    remote_crash_after_restore_then_restart_converges: "after-restore";
+}

@@ -1,0 +1,93 @@
+//! The pieces most tests of the binary start from: a scratch directory, a
+//! simulator whose admin token is written there as `admin.token`, and
+//! OpenBao and moto with the root token as `vault.token`.
+
+use std::path::{Path, PathBuf};
+
+use motherduck_rotator::secret::ExposeSecret;
+use motherduck_rotator::simulator::{RunningSimulator, Simulator, SimulatorOptions};
+
+use crate::support::services::{Moto, OpenBao};
+
+/// A fresh directory `mdr-<prefix>-<uuid>` under the system's temporary
+/// directory, removed when dropped.
+pub struct Scratch {
+    path: PathBuf,
+    /// Leave the directory for a look when the test fails.
+    keep_on_failure: bool,
+}
+
+impl Scratch {
+    pub fn new(prefix: &str) -> Scratch {
+        let path = scratch_dir(prefix);
+        Scratch {
+            path,
+            keep_on_failure: false,
+        }
+    }
+
+    /// A scratch directory that survives a failing (panicking) test.
+    pub fn kept_on_failure(prefix: &str) -> Scratch {
+        Scratch {
+            path: scratch_dir(prefix),
+            keep_on_failure: true,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !(self.keep_on_failure && std::thread::panicking()) {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Creates `mdr-<prefix>-<uuid>` under the system's temporary directory;
+/// nothing removes it.
+pub fn scratch_dir(prefix: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("mdr-{prefix}-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+    path
+}
+
+/// A simulator on the system clock that knows the service `accounts`, its
+/// admin token written owner-only to `<dir>/admin.token`.
+pub async fn simulator(dir: &Path, accounts: &[&str]) -> RunningSimulator {
+    let running = Simulator::spawn(SimulatorOptions::default())
+        .await
+        .expect("simulator starts");
+    for account in accounts {
+        running.sim.add_service_account(account);
+    }
+    crate::support::write_secret(dir.join("admin.token"), running.admin_token.expose_secret());
+    running
+}
+
+/// An OpenBao dev server and a moto server, with OpenBao's root token
+/// written owner-only to `<dir>/vault.token`.
+pub async fn remote_stores(dir: &Path) -> (OpenBao, Moto) {
+    let bao = OpenBao::start().await;
+    let moto = Moto::start().await;
+    crate::support::write_secret(dir.join("vault.token"), &bao.root_token);
+    (bao, moto)
+}
+
+/// Ids of the tokens of `account` live at the simulator, sorted.
+pub fn live_ids(sim: &Simulator, account: &str) -> Vec<String> {
+    let mut ids: Vec<String> = sim.live_tokens(account).into_iter().map(|t| t.id).collect();
+    ids.sort();
+    ids
+}
+
+/// How many tokens the simulator ever issued to `account`.
+pub fn issued_count(sim: &Simulator, account: &str) -> usize {
+    sim.issued_tokens()
+        .iter()
+        .filter(|t| t.username == account)
+        .count()
+}
