@@ -3,6 +3,7 @@
 pub mod child_logs;
 pub mod config_toml;
 pub mod daemon;
+pub mod driver;
 pub mod fault_proxy;
 pub mod log_lines;
 pub mod observability;
