@@ -39,6 +39,10 @@ const VERIFY_OK: &str = r#"[{ type = "motherduck", interval = "20ms", deadline =
 /// A hook that always fails, quickly: the rotation rolls back.
 const VERIFY_FAILS: &str = r#"[{ type = "command", command = ["/bin/sh", "-c", "exit 1"], interval = "10ms", deadline = "100ms", timeout = "100ms" }]"#;
 
+/// Step retries, quick.
+const RETRY: &str =
+    "retry = { max_attempts = 2, initial_backoff = \"10ms\", max_backoff = \"20ms\" }\n";
+
 /// The `rotate` of the one policy.
 const ROTATE: &[&str] = &["rotate", "etl"];
 
@@ -76,23 +80,17 @@ impl World {
     /// that revokes any unreferenced token at once.
     fn config(&self, name: &str, verify: &str) -> PathBuf {
         let path = self.root().join(format!("{name}.toml"));
-        let src = format!(
-            r#"{motherduck}{daemon}{store}
-[[policy]]
-name = "etl"
-service_account = "{SA}"
-schedule = {{ interval = "1d" }}
-overlap = "0s"
-verify = {verify}
-destinations = [{{ store = "local", path = "etl.json", bare_token_file = "etl.token" }}]
-retry = {{ max_attempts = 2, initial_backoff = "10ms", max_backoff = "20ms" }}
-"#,
-            motherduck = config_toml::motherduck_unthrottled(&self.running.base_url()),
-            daemon = config_toml::daemon(
-                "sweep_interval = \"1h\"\norphan_min_age = \"0s\"\nshutdown_timeout = \"10s\"\nlock_retry_interval = \"1s\"\n"
-            ),
-            store = config_toml::file_store("local", "store"),
-        );
+        let src = config_toml::motherduck_unthrottled(&self.running.base_url())
+            + &config_toml::daemon(
+                "sweep_interval = \"1h\"\norphan_min_age = \"0s\"\nshutdown_timeout = \"10s\"\nlock_retry_interval = \"1s\"\n",
+            )
+            + &config_toml::file_store("local", "store")
+            + &config_toml::policy(
+                "etl",
+                SA,
+                r#"{ store = "local", path = "etl.json", bare_token_file = "etl.token" }"#,
+                &format!("verify = {verify}\n{RETRY}"),
+            );
         std::fs::write(&path, src).unwrap();
         path
     }

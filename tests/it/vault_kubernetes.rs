@@ -14,14 +14,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
-use motherduck_rotator::secret::ExposeSecret;
-use motherduck_rotator::simulator::{RunningSimulator, Simulator, SimulatorOptions};
+use motherduck_rotator::simulator::RunningSimulator;
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 use crate::support::child_logs::printed;
+use crate::support::config_toml;
+use crate::support::daemon;
 use crate::support::services::{OpenBao, tool_path};
+use crate::support::world::{self, Scratch};
 
 const NAMESPACE: &str = "prod";
 const SERVICE_ACCOUNT: &str = "motherduck-rotator";
@@ -87,6 +89,7 @@ impl Respond for TokenReview {
 
 struct World {
     dir: std::path::PathBuf,
+    _scratch: Scratch,
     bao: OpenBao,
     sim: RunningSimulator,
     review: TokenReview,
@@ -96,12 +99,10 @@ struct World {
 
 impl World {
     async fn new() -> World {
-        let dir = std::env::temp_dir().join(format!("mdr-k8s-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = Scratch::new("k8s");
+        let dir = scratch.path().to_path_buf();
         let bao = OpenBao::start().await;
-        let sim = Simulator::spawn(SimulatorOptions::default()).await.unwrap();
-        sim.sim.add_service_account("svc_k8s");
-        crate::support::write_secret(dir.join("admin.token"), sim.admin_token.expose_secret());
+        let sim = world::simulator(&dir, &["svc_k8s"]).await;
         let review = TokenReview::default();
         let k8s = MockServer::start().await;
         Mock::given(method("POST"))
@@ -111,6 +112,7 @@ impl World {
             .await;
         let w = World {
             dir,
+            _scratch: scratch,
             bao,
             sim,
             review,
@@ -194,45 +196,31 @@ impl World {
 
     fn config(&self) -> std::path::PathBuf {
         let path = self.dir.join("config.toml");
-        std::fs::write(
-            &path,
-            format!(
+        let src = config_toml::motherduck(&self.sim.base_url())
+            + &format!(
                 r#"
-[motherduck]
-api_url = "{api}"
-admin_token = {{ file = "admin.token" }}
-
 [stores.vault]
 type = "vault"
-address = "{vault}"
+address = "{}"
 auth = {{ method = "kubernetes", role = "motherduck-rotator", jwt_file = "sa.token" }}
-
-[[policy]]
-name = "k8s"
-service_account = "svc_k8s"
-schedule = {{ interval = "1d" }}
-overlap = "0s"
-verify = [{{ type = "motherduck", interval = "10ms", deadline = "10s" }}]
-destinations = [{{ store = "vault", path = "motherduck/k8s" }}]
 "#,
-                api = self.sim.base_url(),
-                vault = self.bao.addr,
-            ),
-        )
-        .unwrap();
+                self.bao.addr
+            )
+            + &config_toml::policy(
+                "k8s",
+                "svc_k8s",
+                r#"{ store = "vault", path = "motherduck/k8s" }"#,
+                &config_toml::verify_motherduck("10s"),
+            );
+        std::fs::write(&path, src).unwrap();
         path
     }
 
     async fn rotate(&self) -> Output {
-        let c = tokio::process::Command::new(env!("CARGO_BIN_EXE_motherduck-rotator"))
-            .arg("--config")
-            .arg(self.config())
+        let c = daemon::command_default_log(&self.config(), &self.dir)
             .args(["rotate", "k8s"])
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
             .output();
         tokio::time::timeout(Duration::from_secs(60), c)
             .await
@@ -248,18 +236,7 @@ destinations = [{{ store = "vault", path = "motherduck/k8s" }}]
     }
 
     fn live(&self) -> Vec<String> {
-        self.sim
-            .sim
-            .live_tokens("svc_k8s")
-            .into_iter()
-            .map(|t| t.id)
-            .collect()
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        world::live_ids(&self.sim.sim, "svc_k8s")
     }
 }
 
@@ -417,11 +394,8 @@ async fn a_namespaced_store_rotates_inside_its_namespace() {
     )
     .unwrap();
     for round in 0..2 {
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_motherduck-rotator"))
-            .arg("--config")
-            .arg(&config)
+        let out = daemon::command_default_log(&config, &w.dir)
             .args(["rotate", "k8s"])
-            .current_dir(&w.dir)
             .output()
             .await
             .unwrap();

@@ -10,9 +10,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use motherduck_rotator::simulator::RunningSimulator;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::smoke_services::secrets_manager;
 use crate::support::config_toml;
 use crate::support::daemon::{self, Rotator};
 use crate::support::services::{Moto, OpenBao};
@@ -59,24 +58,20 @@ impl World {
     /// the orphans of `after-create` and `after-restore` live).
     fn config(&self, name: &str, verify: &str) -> std::path::PathBuf {
         let path = self.scratch.path().join(format!("{name}.toml"));
-        let src = format!(
-            r#"{motherduck}{daemon}{vault}{aws}
-[[policy]]
-name = "crash"
-service_account = "{SA}"
-schedule = {{ interval = "1d" }}
-overlap = "0s"
-verify = [{verify}]
-destinations = [{{ store = "vault", path = "{VAULT_PATH}" }}, {{ store = "aws", path = "{AWS_PATH}" }}]
-retry = {{ max_attempts = 2, initial_backoff = "10ms", max_backoff = "20ms" }}
-"#,
-            motherduck = config_toml::motherduck_unthrottled(&self.sim.base_url()),
-            daemon = config_toml::daemon(
-                "orphan_min_age = \"0s\"\nshutdown_timeout = \"10s\"\nlock_retry_interval = \"1s\"\n"
-            ),
-            vault = config_toml::vault_store(&self.bao.addr, "2s"),
-            aws = config_toml::aws_store(&self.moto.endpoint, "lock_ttl = \"3s\"\n"),
-        );
+        let src = config_toml::motherduck_unthrottled(&self.sim.base_url())
+            + &config_toml::daemon(
+                "orphan_min_age = \"0s\"\nshutdown_timeout = \"10s\"\nlock_retry_interval = \"1s\"\n",
+            )
+            + &config_toml::vault_store(&self.bao.addr, "2s")
+            + &config_toml::aws_store(&self.moto.endpoint, "lock_ttl = \"3s\"\n")
+            + &config_toml::policy(
+                "crash",
+                SA,
+                &format!(
+                    r#"{{ store = "vault", path = "{VAULT_PATH}" }}, {{ store = "aws", path = "{AWS_PATH}" }}"#
+                ),
+                &format!("verify = [{verify}]\n{}", super::RETRY),
+            );
         std::fs::write(&path, src).unwrap();
         path
     }
@@ -91,36 +86,13 @@ retry = {{ max_attempts = 2, initial_backoff = "10ms", max_backoff = "20ms" }}
     }
 
     async fn vault_token_id(&self) -> Result<String, String> {
-        let v: Value = reqwest::Client::new()
-            .get(format!("{}/v1/secret/data/{VAULT_PATH}", self.bao.addr))
-            .header("X-Vault-Token", &self.bao.root_token)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
-        v["data"]["data"]["token_id"]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| format!("no token_id in Vault: {v}"))
+        let record = world::vault_record(&self.bao, VAULT_PATH).await?;
+        world::token_id_of(&record, "Vault")
     }
 
     async fn aws_token_id(&self) -> Result<String, String> {
-        let v = secrets_manager(
-            &self.moto,
-            "GetSecretValue",
-            json!({"SecretId": AWS_PATH, "VersionStage": "AWSCURRENT"}),
-        )
-        .await;
-        let s = v["SecretString"]
-            .as_str()
-            .ok_or_else(|| format!("no SecretString in AWS: {v}"))?;
-        let rec: Value = serde_json::from_str(s).map_err(|e| e.to_string())?;
-        rec["token_id"]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| format!("no token_id in AWS: {rec}"))
+        let record = world::aws_record(&self.moto, AWS_PATH).await?;
+        world::token_id_of(&record, "AWS")
     }
 
     /// `status --json` of the one policy.

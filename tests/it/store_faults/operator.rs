@@ -26,23 +26,16 @@ impl Operator {
         let proxy = FaultProxy::start(&bao.addr).await;
         let sim = world::simulator(dir.path(), &[SA]).await;
         crate::support::write_secret(dir.path().join("vault.token"), &bao.root_token);
-        std::fs::write(
-            dir.path().join("config.toml"),
-            format!(
-                r#"{motherduck}{daemon}{vault}
-[[policy]]
-name = "{POLICY}"
-service_account = "{SA}"
-schedule = {{ interval = "1d" }}
-overlap = "0s"
-verify = [{{ type = "motherduck", interval = "10ms", deadline = "10s" }}]
-destinations = [{{ store = "vault", path = "{VAULT_PATH}" }}]
-{lines}"#,
-                motherduck = config_toml::motherduck(&sim.base_url()),
-                vault = config_toml::vault_store(&proxy.url, lease_ttl),
-            ),
-        )
-        .unwrap();
+        let src = config_toml::motherduck(&sim.base_url())
+            + daemon
+            + &config_toml::vault_store(&proxy.url, lease_ttl)
+            + &config_toml::policy(
+                POLICY,
+                SA,
+                &format!(r#"{{ store = "vault", path = "{VAULT_PATH}" }}"#),
+                &(config_toml::verify_motherduck("10s") + lines),
+            );
+        std::fs::write(dir.path().join("config.toml"), src).unwrap();
         Operator {
             bao,
             proxy,
@@ -51,14 +44,15 @@ destinations = [{{ store = "vault", path = "{VAULT_PATH}" }}]
         }
     }
 
-    /// `rotate` of the policy, its output captured, `MDR_LOG` as given.
+    /// `rotate` of the policy, its output captured, with `MDR_LOG=log` or
+    /// the default log filter.
     async fn rotate(&self, log: Option<&str>) -> std::process::Output {
-        let dir = self.dir.path();
-        let mut cmd = daemon::command(&dir.join("config.toml"), dir, log.unwrap_or_default());
+        let (dir, config) = (self.dir.path(), self.dir.path().join("config.toml"));
+        let mut cmd = match log {
+            Some(log) => daemon::command(&config, dir, log),
+            None => daemon::command_default_log(&config, dir),
+        };
         cmd.args(["rotate", POLICY]).env("NO_COLOR", "1");
-        if log.is_none() {
-            cmd.env_remove("MDR_LOG");
-        }
         cmd.output().await.unwrap()
     }
 

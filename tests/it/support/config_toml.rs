@@ -73,3 +73,27 @@ directory = "{directory}"
 "#
     )
 }
+
+/// `[[policy]]` `name` for the service account `account`, rotated daily
+/// without overlap, writing to `destinations` (the items of the TOML
+/// list); `lines` (`key = value`, one a line) follow.
+pub fn policy(name: &str, account: &str, destinations: &str, lines: &str) -> String {
+    format!(
+        r#"
+[[policy]]
+name = "{name}"
+service_account = "{account}"
+schedule = {{ interval = "1d" }}
+overlap = "0s"
+destinations = [{destinations}]
+{lines}"#
+    )
+}
+
+/// A policy's `verify` line: the built-in check, polling every 10 ms for
+/// up to `deadline`.
+pub fn verify_motherduck(deadline: &str) -> String {
+    format!(
+        "verify = [{{ type = \"motherduck\", interval = \"10ms\", deadline = \"{deadline}\" }}]\n"
+    )
+}

@@ -169,3 +169,10 @@ pub async fn until_converged<T>(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// [`command`] without `MDR_LOG`: the binary's default log filter.
+pub fn command_default_log(config: &Path, cwd: &Path) -> Command {
+    let mut cmd = command(config, cwd, "");
+    cmd.env_remove("MDR_LOG");
+    cmd
+}

@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use serde_json::Value;
+
 use motherduck_rotator::secret::ExposeSecret;
 use motherduck_rotator::simulator::{RunningSimulator, Simulator, SimulatorOptions};
 
@@ -90,4 +92,41 @@ pub fn issued_count(sim: &Simulator, account: &str) -> usize {
         .iter()
         .filter(|t| t.username == account)
         .count()
+}
+
+/// The current record of the KV v2 secret `secret/<path>`, read with the
+/// root token the way a consumer reads it.
+pub async fn vault_record(bao: &OpenBao, path: &str) -> Result<Value, String> {
+    let v: Value = reqwest::Client::new()
+        .get(format!("{}/v1/secret/data/{path}", bao.addr))
+        .header("X-Vault-Token", &bao.root_token)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(v["data"]["data"].clone())
+}
+
+/// The `AWSCURRENT` record of the Secrets Manager secret `name` in moto.
+pub async fn aws_record(moto: &Moto, name: &str) -> Result<Value, String> {
+    let v = crate::smoke_services::secrets_manager(
+        moto,
+        "GetSecretValue",
+        serde_json::json!({"SecretId": name, "VersionStage": "AWSCURRENT"}),
+    )
+    .await;
+    let s = v["SecretString"]
+        .as_str()
+        .ok_or_else(|| format!("no SecretString in AWS: {v}"))?;
+    serde_json::from_str(s).map_err(|e| e.to_string())
+}
+
+/// The `token_id` of a record, or why there is none.
+pub fn token_id_of(record: &Value, store: &str) -> Result<String, String> {
+    record["token_id"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("no token_id in {store}: {record}"))
 }
