@@ -47,6 +47,10 @@ const STEPS: &[&str] = &[
     "rotation rolled back; the old token is current",
 ];
 
+/// Step retries of the chaos and fencing policies.
+pub(crate) const RETRY: &str =
+    "retry = { max_attempts = 3, initial_backoff = \"100ms\", max_backoff = \"1s\" }\n";
+
 /// How long a consumer waits between two reads of its destinations.
 const READ_EVERY: Duration = Duration::from_millis(100);
 
@@ -64,6 +68,19 @@ pub(crate) enum Source {
 }
 
 impl Source {
+    /// The current version of `secret/<path>` on `bao`, labelled.
+    pub(crate) fn vault(bao: &OpenBao, path: &str) -> (String, Source) {
+        let url = format!("{}/v1/secret/data/{path}", bao.addr);
+        let token = bao.root_token.clone();
+        (format!("vault:{path}"), Source::Vault { url, token })
+    }
+
+    /// `AWSCURRENT` of the secret `name` on `moto`, labelled.
+    pub(crate) fn aws(moto: &Moto, name: &str) -> (String, Source) {
+        let (endpoint, secret) = (moto.endpoint.clone(), name.to_owned());
+        (format!("aws:{name}"), Source::Aws { endpoint, secret })
+    }
+
     /// The token read, `None` when nothing is stored yet.
     pub(crate) async fn read(&self, http: &reqwest::Client) -> Result<Option<String>, String> {
         let field = |v: &Value| {
@@ -298,22 +315,18 @@ impl Chaos {
             } else {
                 p.schedule
             };
-            src.push_str(&format!(
-                r#"
-[[policy]]
-name = "{name}"
-service_account = "{sa}"
-schedule = {schedule}
-overlap = "{overlap}"
-verify = [{{ type = "motherduck", interval = "50ms", deadline = "5s" }}]
-destinations = [{dests}]
-retry = {{ max_attempts = 3, initial_backoff = "100ms", max_backoff = "1s" }}
-"#,
-                name = p.name,
-                sa = sa(p.name),
-                overlap = p.overlap,
-                dests = p.destinations.join(", "),
+            src.push_str(&config_toml::policy_on(
+                p.name,
+                &sa(p.name),
+                schedule,
+                p.overlap,
+                &p.destinations.join(", "),
             ));
+            src.push_str(
+                r#"verify = [{ type = "motherduck", interval = "50ms", deadline = "5s" }]
+"#,
+            );
+            src.push_str(RETRY);
         }
         std::fs::write(&path, src).unwrap();
         path
@@ -350,17 +363,10 @@ retry = {{ max_attempts = 3, initial_backoff = "100ms", max_backoff = "1s" }}
     /// bare files, Vault's current version, `AWSCURRENT`) holds it. Returns
     /// a reason when not.
     async fn converged(&self, config: &Path, http: &reqwest::Client) -> Result<(), String> {
-        let out = daemon::command(config, self.root.path(), "error")
-            .args(["status", "--json"])
-            .output()
-            .await
-            .map_err(|e| e.to_string())?;
-        let status: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
-            format!(
-                "status --json: {e}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })?;
+        let status = daemon::status_json(
+            daemon::command(config, self.root.path(), "error").args(["status", "--json"]),
+        )
+        .await?;
         let list = status.as_array().cloned().unwrap_or_default();
         for spec in &self.policies {
             let p = list
@@ -478,28 +484,12 @@ fn file_policies(root: &Path) -> Vec<PolicySpec> {
 /// Vault (holding the lock) plus AWS.
 fn remote_policies(bao: &OpenBao, moto: &Moto) -> Vec<PolicySpec> {
     let vault = |path: &str| {
-        (
-            format!(r#"{{ store = "vault", path = "{path}" }}"#),
-            (
-                format!("vault:{path}"),
-                Source::Vault {
-                    url: format!("{}/v1/secret/data/{path}", bao.addr),
-                    token: bao.root_token.clone(),
-                },
-            ),
-        )
+        let dest = format!(r#"{{ store = "vault", path = "{path}" }}"#);
+        (dest, Source::vault(bao, path))
     };
     let aws = |name: &str| {
-        (
-            format!(r#"{{ store = "aws", path = "{name}" }}"#),
-            (
-                format!("aws:{name}"),
-                Source::Aws {
-                    endpoint: moto.endpoint.clone(),
-                    secret: name.to_owned(),
-                },
-            ),
-        )
+        let dest = format!(r#"{{ store = "aws", path = "{name}" }}"#);
+        (dest, Source::aws(moto, name))
     };
     let spec = |name, schedule, parts: Vec<(String, (String, Source))>| {
         let (destinations, sources) = parts.into_iter().unzip();

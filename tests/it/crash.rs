@@ -25,12 +25,11 @@ use serde_json::Value;
 
 use motherduck_rotator::motherduck::{Client, TokenCheck};
 use motherduck_rotator::secret::SecretString;
-use motherduck_rotator::simulator::RunningSimulator;
 
 use crate::harness::client_with_token;
 use crate::support::config_toml;
 use crate::support::daemon::{self, PATIENCE, Rotator};
-use crate::support::world::{self, Scratch};
+use crate::support::world::{self, Bench, Scratch};
 
 const SA: &str = "svc_etl";
 
@@ -48,31 +47,28 @@ const ROTATE: &[&str] = &["rotate", "etl"];
 
 /// A test directory with the admin token, a simulator, and config files.
 struct World {
-    running: RunningSimulator,
+    bench: Bench,
     admin: Client,
-    bin: Rotator,
-    scratch: Scratch,
 }
 
 impl World {
     async fn new() -> World {
-        let scratch = Scratch::new("crash");
-        let running = world::simulator(scratch.path(), &[SA]).await;
-        let admin = client_with_token(&running.base_url(), running.admin_token.clone());
-        World {
-            bin: Rotator::new(
-                scratch.path(),
-                scratch.path(),
-                "info,motherduck_rotator=debug",
-            ),
-            scratch,
-            running,
-            admin,
-        }
+        let bench = Bench::new(
+            Scratch::new("crash"),
+            &[SA],
+            "info,motherduck_rotator=debug",
+        )
+        .await;
+        let admin = client_with_token(&bench.sim.base_url(), bench.sim.admin_token.clone());
+        World { bench, admin }
     }
 
     fn root(&self) -> &Path {
-        self.scratch.path()
+        self.bench.dir()
+    }
+
+    fn bin(&self) -> &Rotator {
+        &self.bench.bin
     }
 
     /// Writes `<name>.toml`: one policy on a far schedule (the daemon never
@@ -80,7 +76,7 @@ impl World {
     /// that revokes any unreferenced token at once.
     fn config(&self, name: &str, verify: &str) -> PathBuf {
         let path = self.root().join(format!("{name}.toml"));
-        let src = config_toml::motherduck_unthrottled(&self.running.base_url())
+        let src = config_toml::motherduck_unthrottled(&self.bench.sim.base_url())
             + &config_toml::daemon(
                 "sweep_interval = \"1h\"\norphan_min_age = \"0s\"\nshutdown_timeout = \"10s\"\nlock_retry_interval = \"1s\"\n",
             )
@@ -127,11 +123,12 @@ impl World {
     }
 
     fn live_ids(&self) -> Vec<String> {
-        world::live_ids(&self.running.sim, SA)
+        world::live_ids(&self.bench.sim.sim, SA)
     }
 
     fn sim_revoked(&self, id: &str) -> bool {
-        self.running
+        self.bench
+            .sim
             .sim
             .issued_tokens()
             .iter()
@@ -139,29 +136,29 @@ impl World {
     }
 
     fn issued_count(&self) -> usize {
-        world::issued_count(&self.running.sim, SA)
+        world::issued_count(&self.bench.sim.sim, SA)
     }
 
     /// `rotate` as child `log`, which must succeed.
     async fn rotate_ok(&self, log: &str, config: &Path) {
-        let status = self.bin.run(log, config, ROTATE, None).await;
+        let status = self.bin().run(log, config, ROTATE, None).await;
         assert!(status.success(), "{log} rotate: {status}\n{}", self.logs());
     }
 
     /// `rotate` as child `crashed`, killed at `point`; proves it died
     /// there.
     async fn rotate_killed_at(&self, config: &Path, point: &str) {
-        let status = self.bin.run("crashed", config, ROTATE, Some(point)).await;
-        assert_killed_at(&self.bin, status, point);
+        let status = self.bin().run("crashed", config, ROTATE, Some(point)).await;
+        assert_killed_at(self.bin(), status, point);
     }
 
     fn log(&self, name: &str) -> String {
-        self.bin.log(name)
+        self.bin().log(name)
     }
 
     /// Every child's output, for failure messages.
     fn logs(&self) -> String {
-        self.bin.logs()
+        self.bin().logs()
     }
 
     /// [`config_edited`](Self::config_edited) of `good.toml`, verified by
@@ -290,4 +287,14 @@ fn assert_killed_at(bin: &Rotator, status: ExitStatus, point: &str) {
         "{}",
         bin.logs()
     );
+}
+
+/// The configuration the crashing `rotate` runs with: `good`, but one
+/// whose verification fails (made by `failing`) to reach `after-restore`.
+fn crash_config(point: &str, good: &Path, failing: impl FnOnce() -> PathBuf) -> PathBuf {
+    if point == "after-restore" {
+        failing()
+    } else {
+        good.to_path_buf()
+    }
 }

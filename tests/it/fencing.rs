@@ -19,79 +19,59 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use motherduck_rotator::simulator::RunningSimulator;
-
-use crate::chaos::{Source, Tally, consume, remote_stores_toml};
+use crate::chaos::{RETRY, Source, Tally, consume, remote_stores_toml};
 use crate::support::config_toml;
-use crate::support::daemon::{Rotator, signal};
+use crate::support::daemon::signal;
 use crate::support::services::{Moto, OpenBao};
-use crate::support::world::{self, Scratch};
+use crate::support::world::{self, Bench, Scratch};
 
 struct World {
-    sim: RunningSimulator,
+    bench: Bench,
     bao: OpenBao,
     moto: Moto,
-    bin: Rotator,
-    root: Scratch,
 }
 
 impl World {
     async fn new() -> World {
-        let root = Scratch::kept_on_failure("fencing");
-        let (bao, moto) = world::remote_stores(root.path()).await;
-        let sim = world::simulator(root.path(), &["svc_vfence", "svc_afence"]).await;
-        World {
-            bin: Rotator::new(root.path(), root.path(), "info"),
-            root,
-            sim,
-            bao,
-            moto,
-        }
+        let scratch = Scratch::kept_on_failure("fencing");
+        let (bao, moto) = world::remote_stores(scratch.path()).await;
+        let bench = Bench::new(scratch, &["svc_vfence", "svc_afence"], "info").await;
+        World { bench, bao, moto }
     }
 
     fn config(&self) -> PathBuf {
-        let path = self.root.path().join("config.toml");
+        let path = self.bench.dir().join("config.toml");
         let verify = r#"[{ type = "command", command = ["/bin/sh", "-c", "sleep 3"], interval = "100ms", deadline = "30s", timeout = "10s" }]"#;
-        let src = format!(
-            r#"{motherduck}{daemon}{stores}
-[[policy]]
-name = "vfence"
-service_account = "svc_vfence"
-schedule = {{ interval = "6s" }}
-overlap = "1s"
-verify = {verify}
-destinations = [{{ store = "vault", path = "fence/v" }}]
-retry = {{ max_attempts = 3, initial_backoff = "100ms", max_backoff = "1s" }}
-
-[[policy]]
-name = "afence"
-service_account = "svc_afence"
-schedule = {{ interval = "6s" }}
-overlap = "1s"
-verify = {verify}
-destinations = [{{ store = "aws", path = "fence/a" }}]
-retry = {{ max_attempts = 3, initial_backoff = "100ms", max_backoff = "1s" }}
-"#,
-            motherduck = config_toml::motherduck_unthrottled(&self.sim.base_url()),
-            daemon = config_toml::daemon(
-                "orphan_min_age = \"2s\"\nsweep_interval = \"5s\"\nshutdown_timeout = \"10s\"\nlock_retry_interval = \"300ms\"\nrecheck_interval = \"1s\"\n"
-            ),
-            stores = remote_stores_toml(&self.bao, &self.moto),
-        );
+        let policy = |name: &str, dest: &str| {
+            config_toml::policy_on(
+                name,
+                &format!("svc_{name}"),
+                r#"{ interval = "6s" }"#,
+                "1s",
+                dest,
+            ) + &format!("verify = {verify}\n{RETRY}")
+        };
+        let src = config_toml::motherduck_unthrottled(&self.bench.sim.base_url())
+            + &config_toml::daemon(
+                "orphan_min_age = \"2s\"\nsweep_interval = \"5s\"\nshutdown_timeout = \"10s\"\nlock_retry_interval = \"300ms\"\nrecheck_interval = \"1s\"\n",
+            )
+            + &remote_stores_toml(&self.bao, &self.moto)
+            + &policy("vfence", r#"{ store = "vault", path = "fence/v" }"#)
+            + &policy("afence", r#"{ store = "aws", path = "fence/a" }"#);
         std::fs::write(&path, src).unwrap();
         path
     }
 
     fn spawn(&self, config: &Path, name: &str) -> tokio::process::Child {
-        self.bin.spawn(name, config, &["run"], None)
+        self.bench.bin.spawn(name, config, &["run"], None)
     }
 
     fn log(&self, name: &str) -> String {
-        self.bin.log(&format!("{name}.err"))
+        self.bench.bin.log(&format!("{name}.err"))
     }
 
     fn logs(&self) -> String {
-        self.bin.logs()
+        self.bench.bin.logs()
     }
 
     /// `(policy, rotation id)` of each line of `log` with `message`.
@@ -119,26 +99,14 @@ async fn a_replica_paused_past_its_lease_writes_nothing_when_it_resumes() {
     let w = World::new().await;
     let config = w.config();
     let sources = vec![
-        (
-            "vault:fence/v".to_owned(),
-            Source::Vault {
-                url: format!("{}/v1/secret/data/fence/v", w.bao.addr),
-                token: w.bao.root_token.clone(),
-            },
-        ),
-        (
-            "aws:fence/a".to_owned(),
-            Source::Aws {
-                endpoint: w.moto.endpoint.clone(),
-                secret: "fence/a".to_owned(),
-            },
-        ),
+        Source::vault(&w.bao, "fence/v"),
+        Source::aws(&w.moto, "fence/a"),
     ];
     let tally = Arc::new(Mutex::new(Tally::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let consumer = tokio::spawn(consume(
         sources.clone(),
-        w.sim.sim.clone(),
+        w.bench.sim.sim.clone(),
         tally.clone(),
         stop.clone(),
     ));
@@ -273,14 +241,8 @@ async fn a_replica_paused_past_its_lease_writes_nothing_when_it_resumes() {
     let http = reqwest::Client::new();
     for ((label, src), sa) in sources.iter().zip(["svc_vfence", "svc_afence"]) {
         let secret = src.read(&http).await.unwrap().expect("a token is stored");
-        let stored = w.sim.sim.token_by_secret(&secret).unwrap().id;
-        let live: Vec<String> = w
-            .sim
-            .sim
-            .live_tokens(sa)
-            .into_iter()
-            .map(|t| t.id)
-            .collect();
+        let stored = w.bench.sim.sim.token_by_secret(&secret).unwrap().id;
+        let live = world::live_ids(&w.bench.sim.sim, sa);
         assert!(
             live.contains(&stored) && live.len() <= 2,
             "{label}: live {live:?}, stored {stored}\n{}",

@@ -36,40 +36,34 @@ async fn no_token_secret_in_any_output() {
     let dir = scratch.path();
     let running = world::simulator(dir, &["svc_leak_a", "svc_leak_b", "svc_leak_c"]).await;
     let config = dir.join("config.toml");
-    let src = format!(
-        r#"
-[motherduck]
-api_url = "{url}"
-admin_token = {{ file = "{token}" }}
-
-[daemon]
-orphan_min_age = "0s"
-{store}"#,
-        url = running.base_url(),
-        token = dir.join("admin.token").display(),
-        store = config_toml::file_store("local", &dir.join("store").display().to_string()),
-    ) + &config_toml::policy(
-        "alpha",
-        "svc_leak_a",
-        r#"{ store = "local", path = "alpha.json", bare_token_file = "alpha.token" }"#,
-        &config_toml::verify_motherduck("5s"),
-    ) + &config_toml::policy(
-        "beta",
-        "svc_leak_b",
-        r#"{ store = "local", path = "beta.json" }"#,
-        r#"# The hook is handed the token and prints it: the daemon must not pass
+    let admin_token = format!(r#"{{ file = "{}" }}"#, dir.join("admin.token").display());
+    let src = config_toml::motherduck_with(&running.base_url(), &admin_token)
+        + "\n[daemon]\norphan_min_age = \"0s\"\n"
+        + &config_toml::file_store("local", &dir.join("store").display().to_string())
+        + &config_toml::policy(
+            "alpha",
+            "svc_leak_a",
+            r#"{ store = "local", path = "alpha.json", bare_token_file = "alpha.token" }"#,
+            &config_toml::verify_motherduck("5s"),
+        )
+        + &config_toml::policy(
+            "beta",
+            "svc_leak_b",
+            r#"{ store = "local", path = "beta.json" }"#,
+            r#"# The hook is handed the token and prints it: the daemon must not pass
 # that output on unscrubbed.
 verify = [{ type = "command", command = ["sh", "-c", "echo token=$MOTHERDUCK_TOKEN; echo err=$MOTHERDUCK_TOKEN >&2"], pass_token = true, timeout = "5s", interval = "10ms", deadline = "10s" }]
 "#,
-    ) + &config_toml::policy(
-        "gamma",
-        "svc_leak_c",
-        r#"{ store = "local", path = "gamma.json" }"#,
-        r#"# Always fails: exercises the rollback path and its messages.
+        )
+        + &config_toml::policy(
+            "gamma",
+            "svc_leak_c",
+            r#"{ store = "local", path = "gamma.json" }"#,
+            r#"# Always fails: exercises the rollback path and its messages.
 verify = [{ type = "command", command = ["sh", "-c", "echo $MOTHERDUCK_TOKEN; exit 3"], pass_token = true, timeout = "50ms", interval = "10ms", deadline = "100ms" }]
 retry = { max_attempts = 1, initial_backoff = "1s", max_backoff = "1s" }
 "#,
-    );
+        );
     std::fs::write(&config, src).unwrap();
 
     let bin = env!("CARGO_BIN_EXE_motherduck-rotator");

@@ -22,7 +22,7 @@ fn awaiting_ack(cur: &Value, first: &str) -> Option<(String, String)> {
 /// The first token, from a `rotate` that must succeed and converge.
 async fn first_rotation(w: &World) -> String {
     let first_cfg = w.config("first", VERIFY_OK);
-    let status = w.bin.run("first", &first_cfg, ROTATE, None).await;
+    let status = w.bin().run("first", &first_cfg, ROTATE, None).await;
     assert!(status.success(), "{}", w.logs());
     w.converged().unwrap()["token_id"]
         .as_str()
@@ -62,7 +62,7 @@ async fn an_acknowledgement_survives_a_restart() {
             ),
         ],
     );
-    let mut daemon = w.bin.spawn("daemon", &cfg, &["run"], None);
+    let mut daemon = w.bin().spawn("daemon", &cfg, &["run"], None);
     let (rid, ack) = w
         .eventually("no promotion", async || {
             let cur = w.current()?;
@@ -85,7 +85,7 @@ async fn an_acknowledgement_survives_a_restart() {
     let _ = daemon.wait().await;
 
     // Restarted; the other hook passes now. No new acknowledgement comes.
-    let mut daemon = w.bin.spawn("again", &cfg, &["run"], None);
+    let mut daemon = w.bin().spawn("again", &cfg, &["run"], None);
     std::fs::write(&gate, "").unwrap();
     let needle = format!(r#""message":"rotation complete","policy":"etl","rotation_id":"{rid}""#);
     w.eventually("not completed", async || {
@@ -129,7 +129,7 @@ async fn rotate_receives_acknowledgements_on_the_listen_address() {
         r#"[{ type = "ack", deadline = "20s" }]"#,
         &[(r#"listen = "127.0.0.1:0""#, &listen)],
     );
-    let mut rotate = w.bin.spawn("acked", &cfg, ROTATE, None);
+    let mut rotate = w.bin().spawn("acked", &cfg, ROTATE, None);
     let (rid, ack) = w
         .eventually("no promotion", async || awaiting_ack(&w.current()?, &first))
         .await;
@@ -140,7 +140,7 @@ async fn rotate_receives_acknowledgements_on_the_listen_address() {
         .await
         .unwrap_or_else(|e| panic!("rotate serves no acknowledgement route: {e}\n{}", w.logs()));
     assert_eq!(resp.status(), 200);
-    let status = w.bin.out.wait("acked", &mut rotate, PATIENCE).await;
+    let status = w.bin().out.wait("acked", &mut rotate, PATIENCE).await;
     assert!(status.success(), "{status}\n{}", w.logs());
     let cur = w.assert_converged();
     assert_eq!(
@@ -152,7 +152,7 @@ async fn rotate_receives_acknowledgements_on_the_listen_address() {
     // The address taken, as by a running daemon: nothing is rotated.
     let _held = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
     let issued = w.issued_count();
-    let status = w.bin.run("taken", &cfg, ROTATE, None).await;
+    let status = w.bin().run("taken", &cfg, ROTATE, None).await;
     assert_eq!(status.code(), Some(1), "{}", w.logs());
     assert!(
         w.log("taken.err").contains("cannot be used"),

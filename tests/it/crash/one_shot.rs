@@ -19,7 +19,7 @@ async fn two_rotate_processes_rotate_once() {
     let cfg = w.config("gated", &format!("[{verify}]"));
 
     std::fs::write(&gate, "").unwrap();
-    let status = w.bin.run("first", &cfg, ROTATE, None).await;
+    let status = w.bin().run("first", &cfg, ROTATE, None).await;
     assert!(status.success(), "{}", w.logs());
     let first = w.converged().unwrap()["token_id"]
         .as_str()
@@ -28,7 +28,7 @@ async fn two_rotate_processes_rotate_once() {
     std::fs::remove_file(&gate).unwrap();
 
     // A rotates and waits in verification.
-    let mut a = w.bin.spawn("a", &cfg, ROTATE, None);
+    let mut a = w.bin().spawn("a", &cfg, ROTATE, None);
     w.eventually("A never reached verification", async || {
         let cur = w.current().unwrap();
         (cur["token_id"] != first.as_str() && cur["rotation"]["state"] == "promoted").then_some(())
@@ -36,7 +36,7 @@ async fn two_rotate_processes_rotate_once() {
     .await;
 
     // B is refused while A holds the lock.
-    let status = w.bin.run("b", &cfg, ROTATE, None).await;
+    let status = w.bin().run("b", &cfg, ROTATE, None).await;
     assert_eq!(status.code(), Some(1), "{}", w.logs());
     assert!(
         w.log("b.out")
@@ -67,7 +67,7 @@ async fn two_rotate_processes_rotate_once() {
 async fn rotate_reports_a_failed_first_token() {
     let w = World::new().await;
     let bad = w.config("bad", VERIFY_FAILS);
-    let status = w.bin.run("first", &bad, ROTATE, None).await;
+    let status = w.bin().run("first", &bad, ROTATE, None).await;
     assert_eq!(status.code(), Some(1), "{}", w.logs());
     let out = w.log("first.out");
     assert!(
@@ -92,7 +92,7 @@ async fn validate_online_finds_a_missing_service_account() {
     }
     let good = w.config("good", VERIFY_OK);
     let status = w
-        .bin
+        .bin()
         .run("good", &good, &["validate", "--online"], None)
         .await;
     assert!(status.success(), "{}", w.logs());
@@ -112,7 +112,7 @@ async fn validate_online_finds_a_missing_service_account() {
     )
     .unwrap();
     let status = w
-        .bin
+        .bin()
         .run("bad", &bad, &["validate", "--online"], None)
         .await;
     assert_eq!(status.code(), Some(1), "{}", w.logs());
@@ -136,11 +136,11 @@ async fn status_shows_a_lost_destination_record_as_due_now() {
             r#"destinations = [{ store = "local", path = "etl.json", bare_token_file = "etl.token" }, { store = "local", path = "etl-copy.json" }]"#,
         )],
     );
-    let status = w.bin.run("first", &good, ROTATE, None).await;
+    let status = w.bin().run("first", &good, ROTATE, None).await;
     assert!(status.success(), "{}", w.logs());
     std::fs::remove_file(w.store().join("etl-copy.json")).unwrap();
     let status = w
-        .bin
+        .bin()
         .run("status", &good, &["status", "--json"], None)
         .await;
     assert!(status.success(), "{}", w.logs());

@@ -40,11 +40,7 @@ fn after(state: &'static str, pending: bool, live: usize) -> AfterCrash {
 async fn crash_and_recover(point: &str, after: AfterCrash, outcome: Outcome) {
     let w = World::new().await;
     let good = w.config("good", VERIFY_OK);
-    let crash_cfg = if point == "after-restore" {
-        w.config("failing", VERIFY_FAILS)
-    } else {
-        good.clone()
-    };
+    let crash_cfg = super::crash_config(point, &good, || w.config("failing", VERIFY_FAILS));
 
     // The first token, without crashing.
     w.rotate_ok("first", &good).await;
@@ -67,7 +63,7 @@ async fn crash_and_recover(point: &str, after: AfterCrash, outcome: Outcome) {
     );
 
     // The daemon restarts on the same store and recovers.
-    let mut daemon = w.bin.spawn("daemon", &good, &["run"], None);
+    let mut daemon = w.bin().spawn("daemon", &good, &["run"], None);
     let cur = w
         .converged_after_a_pass(&mut daemon, point, World::converged)
         .await;

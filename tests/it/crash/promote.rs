@@ -71,7 +71,7 @@ async fn crash_inside_promote(point: &str, two_destinations: bool) {
     w.rotate_killed_at(&cfg, point).await;
     assert_eq!(w.issued_count(), 2, "{}", w.logs());
 
-    let mut daemon = w.bin.spawn("daemon", &cfg, &["run"], None);
+    let mut daemon = w.bin().spawn("daemon", &cfg, &["run"], None);
     let id = w
         .converged_after_a_pass(&mut daemon, point, |w| w.converged_in(&dests))
         .await;

@@ -6,16 +6,14 @@
 //! Vault and AWS, and `status` reporting the policy idle.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
-use motherduck_rotator::simulator::RunningSimulator;
 use serde_json::Value;
 
 use crate::support::config_toml;
-use crate::support::daemon::{self, Rotator};
+use crate::support::daemon;
 use crate::support::services::{Moto, OpenBao};
-use crate::support::world::{self, Scratch};
+use crate::support::world::{self, Bench, Scratch};
 
 const SA: &str = "svc_crash_remote";
 const VAULT_PATH: &str = "motherduck/crash";
@@ -28,26 +26,17 @@ const VERIFY_OK: &str = r#"{ type = "motherduck", interval = "10ms", deadline = 
 const VERIFY_FAILS: &str = r#"{ type = "command", command = ["/bin/sh", "-c", "exit 1"], interval = "10ms", deadline = "100ms", timeout = "100ms" }"#;
 
 struct World {
+    bench: Bench,
     bao: OpenBao,
     moto: Moto,
-    sim: RunningSimulator,
-    bin: Rotator,
-    scratch: Scratch,
 }
 
 impl World {
     async fn new() -> World {
         let scratch = Scratch::new("crash-remote");
-        let dir = scratch.path();
-        let (bao, moto) = world::remote_stores(dir).await;
-        let sim = world::simulator(dir, &[SA]).await;
-        World {
-            bin: Rotator::new(dir, dir, "info,motherduck_rotator=debug"),
-            scratch,
-            bao,
-            moto,
-            sim,
-        }
+        let (bao, moto) = world::remote_stores(scratch.path()).await;
+        let bench = Bench::new(scratch, &[SA], "info,motherduck_rotator=debug").await;
+        World { bench, bao, moto }
     }
 
     /// Writes `<name>.toml`: the lock on the Vault destination (the first)
@@ -57,8 +46,8 @@ impl World {
     /// give up until the next periodic sweep, an hour by default, leaving
     /// the orphans of `after-create` and `after-restore` live).
     fn config(&self, name: &str, verify: &str) -> std::path::PathBuf {
-        let path = self.scratch.path().join(format!("{name}.toml"));
-        let src = config_toml::motherduck_unthrottled(&self.sim.base_url())
+        let path = self.bench.dir().join(format!("{name}.toml"));
+        let src = config_toml::motherduck_unthrottled(&self.bench.sim.base_url())
             + &config_toml::daemon(
                 "orphan_min_age = \"0s\"\nshutdown_timeout = \"10s\"\nlock_retry_interval = \"1s\"\n",
             )
@@ -78,11 +67,11 @@ impl World {
 
     /// Starts the binary; its output goes to `<log>.out` and `<log>.err`.
     fn logs(&self) -> String {
-        self.bin.logs()
+        self.bench.bin.logs()
     }
 
     fn live_ids(&self) -> Vec<String> {
-        world::live_ids(&self.sim.sim, SA)
+        world::live_ids(&self.bench.sim.sim, SA)
     }
 
     async fn vault_token_id(&self) -> Result<String, String> {
@@ -97,21 +86,8 @@ impl World {
 
     /// `status --json` of the one policy.
     async fn status(&self, config: &Path) -> Result<Value, String> {
-        let out = self
-            .bin
-            .command(config, &["status", "--json"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .await
-            .map_err(|e| e.to_string())?;
-        let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
-            format!(
-                "status: {e}: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })?;
+        let v =
+            daemon::status_json(&mut self.bench.bin.command(config, &["status", "--json"])).await?;
         Ok(v[0].clone())
     }
 
@@ -146,13 +122,13 @@ impl World {
 async fn crash_and_recover(point: &str) {
     let w = World::new().await;
     let good = w.config("good", VERIFY_OK);
-    let crash_cfg = if point == "after-restore" {
-        w.config("failing", VERIFY_FAILS)
-    } else {
-        good.clone()
-    };
+    let crash_cfg = super::crash_config(point, &good, || w.config("failing", VERIFY_FAILS));
 
-    let status = w.bin.run("first", &good, &["rotate", "crash"], None).await;
+    let status = w
+        .bench
+        .bin
+        .run("first", &good, &["rotate", "crash"], None)
+        .await;
     assert!(status.success(), "first rotate: {status}\n{}", w.logs());
     let first = w
         .converged(&good)
@@ -160,14 +136,15 @@ async fn crash_and_recover(point: &str) {
         .unwrap_or_else(|e| panic!("after the first rotate: {e}\n{}", w.logs()));
 
     let status = w
+        .bench
         .bin
         .run("crashed", &crash_cfg, &["rotate", "crash"], Some(point))
         .await;
-    super::assert_killed_at(&w.bin, status, point);
+    super::assert_killed_at(&w.bench.bin, status, point);
     let after_kill = w.snapshot(&good).await;
 
     let started = tokio::time::Instant::now();
-    let mut daemon = w.bin.spawn("daemon", &good, &["run"], None);
+    let mut daemon = w.bench.bin.spawn("daemon", &good, &["run"], None);
     let what = format!("not converged after `{point}` (after the kill: {after_kill})");
     let id = daemon::until_converged(
         &mut daemon,

@@ -15,7 +15,7 @@ async fn sigterm_during_verification_then_restart_completes() {
     let cfg = w.config("gated", &format!("[{verify}]"));
 
     // The daemon creates the first token and waits in its verification.
-    let mut daemon = w.bin.spawn("daemon1", &cfg, &["run"], None);
+    let mut daemon = w.bin().spawn("daemon1", &cfg, &["run"], None);
     w.eventually("never reached verification", async || {
         (w.current()
             .is_some_and(|c| c["rotation"]["state"] == "promoted")
@@ -31,7 +31,7 @@ async fn sigterm_during_verification_then_restart_completes() {
     );
 
     std::fs::write(&gate, "").unwrap();
-    let mut daemon = w.bin.spawn("daemon2", &cfg, &["run"], None);
+    let mut daemon = w.bin().spawn("daemon2", &cfg, &["run"], None);
     w.eventually("not converged", async || {
         (w.converged().is_ok() && w.passed("daemon2")).then_some(())
     })
@@ -55,13 +55,13 @@ async fn a_young_orphan_is_revoked_once_old_enough_after_a_restart() {
         .unwrap()
         .to_owned();
     let status = w
-        .bin
+        .bin()
         .run("crashed", &good, ROTATE, Some("after-create"))
         .await;
     assert_eq!(status.signal(), Some(libc::SIGKILL), "{}", w.logs());
     assert_eq!(w.live_ids().len(), 2, "the crash left an unstored token");
 
-    let mut daemon = w.bin.spawn("daemon", &good, &["run"], None);
+    let mut daemon = w.bin().spawn("daemon", &good, &["run"], None);
     // The simulator sees the revocation a moment before the daemon logs
     // it, so wait for both.
     daemon::until_converged(
@@ -107,7 +107,7 @@ async fn the_daemon_finishes_a_rotation_started_by_rotate() {
     w.rotate_ok("first", &good).await;
     let first_id = w.current_id();
 
-    let mut daemon = w.bin.spawn("daemon", &good, &["run"], None);
+    let mut daemon = w.bin().spawn("daemon", &good, &["run"], None);
     let started = tokio::time::Instant::now();
     w.eventually("", async || w.passed("daemon").then_some(()))
         .await;
@@ -119,7 +119,7 @@ async fn the_daemon_finishes_a_rotation_started_by_rotate() {
         "the old token stays valid for the overlap"
     );
     // Another `rotate` during the overlap cannot begin yet, and says why.
-    let status = w.bin.run("third", &good, ROTATE, None).await;
+    let status = w.bin().run("third", &good, ROTATE, None).await;
     assert_eq!(status.code(), Some(1), "{}", w.logs());
     assert!(
         w.log("third.out")
@@ -155,7 +155,7 @@ async fn the_daemon_finishes_a_rotation_started_by_rotate() {
     w.rotate_ok("fourth", &good).await;
     let fourth_id = w.current_id();
     let status = w
-        .bin
+        .bin()
         .run("fifth", &good, &["rotate", "--wait", "etl"], None)
         .await;
     assert!(status.success(), "rotate --wait: {status}\n{}", w.logs());
@@ -176,16 +176,16 @@ async fn the_daemon_finishes_a_rotation_started_by_rotate() {
 async fn rotate_wait_after_a_crash_finishes_that_rotation_only() {
     let w = World::new().await;
     let good = w.good_config(&[(r#"overlap = "0s""#, r#"overlap = "1s""#)]);
-    let status = w.bin.run("first", &good, ROTATE, None).await;
+    let status = w.bin().run("first", &good, ROTATE, None).await;
     assert!(status.success(), "{}", w.logs());
     let status = w
-        .bin
+        .bin()
         .run("crashed", &good, ROTATE, Some("after-promote"))
         .await;
     assert_eq!(status.signal(), Some(libc::SIGKILL), "{}", w.logs());
     assert_eq!(w.issued_count(), 2);
     let status = w
-        .bin
+        .bin()
         .run("resume", &good, &["rotate", "--wait", "etl"], None)
         .await;
     assert!(status.success(), "{}", w.logs());

@@ -5,13 +5,13 @@
 /// `[motherduck]` for the simulator at `api`, the admin token read from
 /// `admin.token`.
 pub fn motherduck(api: &str) -> String {
-    format!(
-        r#"
-[motherduck]
-api_url = "{api}"
-admin_token = {{ file = "admin.token" }}
-"#
-    )
+    motherduck_with(api, r#"{ file = "admin.token" }"#)
+}
+
+/// `[motherduck]` for the simulator at `api`, the admin token from
+/// `admin_token` (a secret reference, e.g. `{ env = "X" }`).
+pub fn motherduck_with(api: &str, admin_token: &str) -> String {
+    format!("\n[motherduck]\napi_url = \"{api}\"\nadmin_token = {admin_token}\n")
 }
 
 /// [`motherduck`] with a short request timeout and a rate limit no test
@@ -38,29 +38,21 @@ log_format = "json"
 /// `[stores.vault]` on OpenBao's `secret/` at `addr` with the token in
 /// `vault.token`, leases of `lease_ttl`.
 pub fn vault_store(addr: &str, lease_ttl: &str) -> String {
-    format!(
-        r#"
-[stores.vault]
-type = "vault"
-address = "{addr}"
-auth = {{ method = "token", token = {{ file = "vault.token" }} }}
-lease_ttl = "{lease_ttl}"
-"#
-    )
+    vault_store_named("vault", addr, &format!("lease_ttl = \"{lease_ttl}\"\n"))
+}
+
+/// `[stores.<name>]` on the OpenBao at `addr` with the token in
+/// `vault.token`, and `lines` after those.
+pub fn vault_store_named(name: &str, addr: &str, lines: &str) -> String {
+    let auth = r#"auth = { method = "token", token = { file = "vault.token" } }"#;
+    format!("\n[stores.{name}]\ntype = \"vault\"\naddress = \"{addr}\"\n{auth}\n{lines}")
 }
 
 /// `[stores.aws]` on moto at `endpoint`, creating missing secrets, with
 /// `lines` after those.
 pub fn aws_store(endpoint: &str, lines: &str) -> String {
-    format!(
-        r#"
-[stores.aws]
-type = "aws"
-region = "us-east-1"
-endpoint_url = "{endpoint}"
-create_if_missing = true
-{lines}"#
-    )
+    let table = "\n[stores.aws]\ntype = \"aws\"\nregion = \"us-east-1\"\n";
+    format!("{table}endpoint_url = \"{endpoint}\"\ncreate_if_missing = true\n{lines}")
 }
 
 /// `[stores.<name>]` of type `file` in `directory`.
@@ -78,15 +70,21 @@ directory = "{directory}"
 /// without overlap, writing to `destinations` (the items of the TOML
 /// list); `lines` (`key = value`, one a line) follow.
 pub fn policy(name: &str, account: &str, destinations: &str, lines: &str) -> String {
+    policy_on(name, account, r#"{ interval = "1d" }"#, "0s", destinations) + lines
+}
+
+/// `[[policy]]` `name` for the service account `account` on `schedule`
+/// (a TOML value) with `overlap`, writing to `destinations` (the items of
+/// the TOML list); more `key = value` lines may follow.
+pub fn policy_on(
+    name: &str,
+    account: &str,
+    schedule: &str,
+    overlap: &str,
+    destinations: &str,
+) -> String {
     format!(
-        r#"
-[[policy]]
-name = "{name}"
-service_account = "{account}"
-schedule = {{ interval = "1d" }}
-overlap = "0s"
-destinations = [{destinations}]
-{lines}"#
+        "\n[[policy]]\nname = \"{name}\"\nservice_account = \"{account}\"\nschedule = {schedule}\noverlap = \"{overlap}\"\ndestinations = [{destinations}]\n"
     )
 }
 

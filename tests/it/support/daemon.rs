@@ -97,6 +97,23 @@ impl Rotator {
     }
 }
 
+/// Runs `cmd` (the binary's `status --json`) and parses what it prints.
+pub async fn status_json(cmd: &mut Command) -> Result<serde_json::Value, String> {
+    let out = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .map_err(|e| e.to_string())?;
+    serde_json::from_slice(&out.stdout).map_err(|e| {
+        format!(
+            "status --json: {e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
 /// Sends `sig` to `child` if it still runs.
 pub fn signal(child: &Child, sig: i32) {
     if let Some(pid) = child.id() {

@@ -19,6 +19,7 @@ use motherduck_rotator::simulator::{RunningSimulator, Simulator, SimulatorOption
 use motherduck_rotator::verify::AckRegistry;
 
 use crate::harness::client_with_token;
+use crate::support::config_toml;
 
 /// When the simulator's clock is frozen.
 pub const T0: &str = "2026-03-01T12:00:00Z";
@@ -73,19 +74,10 @@ impl Frozen {
     /// `[daemon]` sweeping tokens older than `orphan_min_age`, as replica
     /// `instance_id`.
     pub fn head_toml(&self, orphan_min_age: &str, instance_id: &str) -> String {
+        let motherduck =
+            config_toml::motherduck_with(&self.running.base_url(), r#"{ env = "MDR_TEST_ADMIN" }"#);
         format!(
-            r#"
-[motherduck]
-api_url = "{url}"
-admin_token = {{ env = "MDR_TEST_ADMIN" }}
-
-[daemon]
-listen = "127.0.0.1:0"
-orphan_min_age = "{orphan_min_age}"
-lock_retry_interval = "1s"
-instance_id = "{instance_id}"
-"#,
-            url = self.running.base_url(),
+            "{motherduck}\n[daemon]\nlisten = \"127.0.0.1:0\"\norphan_min_age = \"{orphan_min_age}\"\nlock_retry_interval = \"1s\"\ninstance_id = \"{instance_id}\"\n"
         )
     }
 

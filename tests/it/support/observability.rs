@@ -89,12 +89,7 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
 
 /// A loopback HTTP client: never via a proxy, short timeouts.
 pub fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("build reqwest client")
+    crate::support::services::probe_client()
 }
 
 /// Polls `probe` every [`POLL_STEP`] until it returns `Ok`, at most `cap`.

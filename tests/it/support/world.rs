@@ -9,6 +9,7 @@ use serde_json::Value;
 use motherduck_rotator::secret::ExposeSecret;
 use motherduck_rotator::simulator::{RunningSimulator, Simulator, SimulatorOptions};
 
+use crate::support::daemon::Rotator;
 use crate::support::services::{Moto, OpenBao};
 
 /// A fresh directory `mdr-<prefix>-<uuid>` under the system's temporary
@@ -129,4 +130,29 @@ pub fn token_id_of(record: &Value, store: &str) -> Result<String, String> {
         .as_str()
         .map(str::to_owned)
         .ok_or_else(|| format!("no token_id in {store}: {record}"))
+}
+
+/// A scratch directory, a simulator whose admin token is written there,
+/// and the binary run as children in it, their output there too.
+pub struct Bench {
+    pub sim: RunningSimulator,
+    pub bin: Rotator,
+    pub scratch: Scratch,
+}
+
+impl Bench {
+    /// The simulator knows the service `accounts`; children log with
+    /// `MDR_LOG=log_filter`.
+    pub async fn new(scratch: Scratch, accounts: &[&str], log_filter: &'static str) -> Bench {
+        let dir = scratch.path();
+        Bench {
+            sim: simulator(dir, accounts).await,
+            bin: Rotator::new(dir, dir, log_filter),
+            scratch,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.scratch.path()
+    }
 }
