@@ -34,8 +34,8 @@ struct World {
 impl World {
     async fn new() -> World {
         let scratch = Scratch::kept_on_failure("fencing");
-        let (bao, moto) = world::remote_stores(scratch.path()).await;
-        let bench = Bench::new(scratch, &["svc_vfence", "svc_afence"], "info").await;
+        let accounts = ["svc_vfence", "svc_afence"];
+        let (bench, bao, moto) = Bench::with_remote_stores(scratch, &accounts, "info").await;
         World { bench, bao, moto }
     }
 

@@ -26,14 +26,13 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use motherduck_rotator::motherduck::Endpoint;
-use motherduck_rotator::simulator::RunningSimulator;
 use serde_json::{Value, json};
 
 use crate::smoke_services::secrets_manager;
 use crate::support::child_logs::printed;
 use crate::support::config_toml;
 use crate::support::services::{Moto, OpenBao, tool_path};
-use crate::support::world::{self, Scratch};
+use crate::support::world::{self, Bench, Scratch};
 
 const ACCOUNT: &str = "123456789012"; // moto's default account
 const REGION: &str = "us-east-1";
@@ -120,22 +119,18 @@ fn glob_matches_like_iam() {
 // ------------------------------------------------------------------ World ---
 
 struct World {
-    dir: PathBuf,
-    sim: RunningSimulator,
-    _scratch: Scratch,
+    bench: Bench,
 }
 
 impl World {
     async fn new() -> World {
-        let scratch = Scratch::new("readme");
-        let dir = scratch.path().to_path_buf();
-        std::fs::create_dir_all(dir.join("bin")).unwrap();
-        let sim = world::simulator(&dir, &["svc_orders"]).await;
-        World {
-            dir,
-            sim,
-            _scratch: scratch,
-        }
+        let bench = Bench::new(Scratch::new("readme"), &["svc_orders"], "info").await;
+        std::fs::create_dir_all(bench.dir().join("bin")).unwrap();
+        World { bench }
+    }
+
+    fn dir(&self) -> &Path {
+        self.bench.dir()
     }
 
     /// A world with moto, and `aws.toml` writing to the README's AWS
@@ -151,8 +146,8 @@ impl World {
     /// Writes `<name>.toml`: policy `orders-api` with the README's
     /// destinations (those given), verified by `verify`.
     fn config(&self, name: &str, stores: &str, destinations: &str, verify: &str) -> PathBuf {
-        let path = self.dir.join(format!("{name}.toml"));
-        let src = config_toml::motherduck(&self.sim.base_url())
+        let path = self.dir().join(format!("{name}.toml"));
+        let src = config_toml::motherduck(&self.bench.sim.base_url())
             + "\n[daemon]\norphan_min_age = \"0s\"\n"
             + stores
             + &config_toml::policy(
@@ -170,7 +165,7 @@ impl World {
         c.arg("--config")
             .arg(config)
             .args(args)
-            .current_dir(&self.dir)
+            .current_dir(self.dir())
             .env_remove("AWS_PROFILE")
             .env_remove("AWS_ACCESS_KEY_ID")
             .env_remove("AWS_SECRET_ACCESS_KEY")
@@ -178,10 +173,10 @@ impl World {
             .env_remove("AWS_ROLE_ARN")
             .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
             .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_CONFIG_FILE", self.dir.join("no-aws-config"))
+            .env("AWS_CONFIG_FILE", self.dir().join("no-aws-config"))
             .env(
                 "AWS_SHARED_CREDENTIALS_FILE",
-                self.dir.join("no-aws-credentials"),
+                self.dir().join("no-aws-credentials"),
             )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -197,7 +192,7 @@ impl World {
     }
 
     fn live_ids(&self) -> Vec<String> {
-        world::live_ids(&self.sim.sim, "svc_orders")
+        world::live_ids(&self.bench.sim.sim, "svc_orders")
     }
 }
 

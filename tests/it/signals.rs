@@ -8,13 +8,13 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use motherduck_rotator::motherduck::Endpoint;
-use motherduck_rotator::simulator::{Fault, RunningSimulator};
+use motherduck_rotator::simulator::Fault;
 use tokio::net::UnixDatagram;
 use tokio::process::{Child, Command};
 
 use crate::support::config_toml;
 use crate::support::services::free_port;
-use crate::support::world::{self, Scratch};
+use crate::support::world::{self, Bench, Scratch};
 
 /// Waits for `cond`, polling every 10 ms, at most `secs` seconds.
 async fn eventually<F: FnMut() -> bool>(what: &str, secs: u64, mut cond: F) {
@@ -39,32 +39,31 @@ fn signal(child: &Child, sig: &str) {
 }
 
 struct Env {
-    dir: PathBuf,
-    sim: RunningSimulator,
+    bench: Bench,
     port: u16,
-    _scratch: Scratch,
 }
 
 impl Env {
     async fn new() -> Env {
         let scratch = Scratch::new("sig");
-        let dir = scratch.path().to_path_buf();
-        let sim = world::simulator(&dir, &["svc_alpha", "svc_beta"]).await;
+        let bench = Bench::new(scratch, &["svc_alpha", "svc_beta"], "info").await;
         Env {
-            dir,
-            sim,
+            bench,
             port: free_port(),
-            _scratch: scratch,
         }
     }
 
+    fn dir(&self) -> &Path {
+        self.bench.dir()
+    }
+
     fn config_path(&self) -> PathBuf {
-        self.dir.join("config.toml")
+        self.dir().join("config.toml")
     }
 
     /// Writes the configuration with `policies` (TOML) appended.
     fn write_config(&self, extra_daemon: &str, policies: &str) {
-        let src = config_toml::motherduck(&self.sim.base_url())
+        let src = config_toml::motherduck(&self.bench.sim.base_url())
             + "request_timeout = \"60s\"\n"
             + &format!(
                 "\n[daemon]\nlisten = \"127.0.0.1:{}\"\nlog_format = \"json\"\norphan_min_age = \"0s\"\n{extra_daemon}\n",
@@ -76,7 +75,7 @@ impl Env {
     }
 
     fn record(&self, file: &str) -> Option<serde_json::Value> {
-        let bytes = std::fs::read(self.dir.join("store").join(file)).ok()?;
+        let bytes = std::fs::read(self.dir().join("store").join(file)).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
@@ -90,7 +89,7 @@ impl Env {
         cmd.arg("--config")
             .arg(self.config_path())
             .arg("run")
-            .current_dir(&self.dir)
+            .current_dir(self.dir())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true);
@@ -143,7 +142,7 @@ async fn expect_notification(sock: &UnixDatagram, seen: &mut Vec<String>, want: 
 async fn sd_notify_reload_and_graceful_stop() {
     let env = Env::new().await;
     env.write_config("", &local_policy("alpha", VERIFY));
-    let sock_path = env.dir.join("notify.sock");
+    let sock_path = env.dir().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     let mut child = env.spawn(Some(&sock_path));
     let mut seen = Vec::new();
@@ -221,10 +220,13 @@ async fn a_second_signal_exits_at_once_and_a_restart_converges() {
     env.write_config("shutdown_timeout = \"60s\"", &local_policy("alpha", VERIFY));
     // The create hangs: the rotation is stuck in a step that cannot be
     // interrupted, so the first SIGTERM has to wait.
-    env.sim.sim.fail_next(Endpoint::CreateToken, 1, Fault::Hang);
+    env.bench
+        .sim
+        .sim
+        .fail_next(Endpoint::CreateToken, 1, Fault::Hang);
     let mut child = env.spawn(None);
     eventually("the create to be in flight", 20, || {
-        env.sim.sim.request_count(Endpoint::CreateToken) >= 1
+        env.bench.sim.sim.request_count(Endpoint::CreateToken) >= 1
     })
     .await;
     signal(&child, "TERM");
@@ -247,7 +249,7 @@ async fn a_second_signal_exits_at_once_and_a_restart_converges() {
     })
     .await;
     let stored = env.record("alpha.json").unwrap();
-    let live = world::live_ids(&env.sim.sim, "svc_alpha");
+    let live = world::live_ids(&env.bench.sim.sim, "svc_alpha");
     assert_eq!(live, vec![stored["token_id"].as_str().unwrap().to_owned()]);
     signal(&child, "TERM");
     let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
@@ -260,7 +262,7 @@ async fn a_second_signal_exits_at_once_and_a_restart_converges() {
 #[tokio::test]
 async fn reload_and_stop_mid_verification() {
     let env = Env::new().await;
-    let gate = env.dir.join("go");
+    let gate = env.dir().join("go");
     let waiting = local_policy(
         "alpha",
         &format!(
@@ -305,7 +307,7 @@ async fn reload_and_stop_mid_verification() {
     })
     .await;
     assert_eq!(env.record("alpha.json").unwrap()["rotation_id"], rotation);
-    assert_eq!(env.sim.sim.live_tokens("svc_alpha").len(), 1);
+    assert_eq!(env.bench.sim.sim.live_tokens("svc_alpha").len(), 1);
     signal(&child, "TERM");
     let _ = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
 }

@@ -19,7 +19,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use motherduck_rotator::motherduck::TokenType;
 use motherduck_rotator::rotation::plan;
 use motherduck_rotator::secret::{ExposeSecret, SecretString};
 use motherduck_rotator::stores::vault::{
@@ -27,11 +26,12 @@ use motherduck_rotator::stores::vault::{
     VaultSetupError,
 };
 use motherduck_rotator::stores::{
-    Journal, JournalState, NewRecord, Slot, StoreError, StoreErrorKind, TokenMeta,
+    Journal, JournalState, NewRecord, Slot, StoreError, StoreErrorKind,
 };
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use crate::support::records::{self, journal};
 use crate::support::services::{OpenBao, free_port, tool_path};
 
 /// The root token and a plain HTTP client, as an operator or a consumer
@@ -178,6 +178,16 @@ fn dest(conn: &VaultConnection, mount: &str, path: &str, kv: KvVersion) -> Vault
     VaultDestination::new(conn.clone(), "vault-test", mount, path, kv).unwrap()
 }
 
+/// A KV v2 destination at `secret/<path>` on `bao`, with the root token.
+fn root_dest(bao: &OpenBao, path: &str) -> VaultDestination {
+    dest(
+        &connect(&bao.addr, token_auth(&bao.root_token)),
+        "secret",
+        path,
+        KvVersion::V2,
+    )
+}
+
 /// A secret that looks like a MotherDuck token and is unique to the test.
 fn secret(rid: &str) -> String {
     format!(
@@ -188,39 +198,8 @@ fn secret(rid: &str) -> String {
 
 fn record(rid: &str, token: &str, prev: Option<&str>) -> NewRecord {
     let now: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
-    NewRecord {
-        token: SecretString::from(token.to_owned()),
-        meta: TokenMeta {
-            token_id: format!("id-{rid}"),
-            token_name: format!("rotator.etl.{rid}"),
-            service_account: "svc_etl".into(),
-            token_type: TokenType::ReadWrite,
-            created_at: now,
-            expires_at: Some("2026-04-01T00:00:00Z".parse().unwrap()),
-            rotation_id: rid.into(),
-        },
-        journal: Journal {
-            rotation_id: rid.into(),
-            state: JournalState::Staged,
-            previous_token_id: prev.map(str::to_owned),
-            new_token_id: format!("id-{rid}"),
-            started_at: now,
-            updated_at: now,
-            revoke_after: None,
-            last_error: None,
-            failures: 0,
-            retry_at: None,
-            acknowledged_at: None,
-        },
-        ack_secret: None,
-    }
-}
-
-fn journal(r: &NewRecord, state: JournalState) -> Journal {
-    Journal {
-        state,
-        ..r.journal.clone()
-    }
+    let expires = "2026-04-01T00:00:00Z".parse().unwrap();
+    records::staged(rid, token, prev, now, Some(expires))
 }
 
 /// Asserts that an error carries none of `secrets`, in `Display` or

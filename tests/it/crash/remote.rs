@@ -34,8 +34,8 @@ struct World {
 impl World {
     async fn new() -> World {
         let scratch = Scratch::new("crash-remote");
-        let (bao, moto) = world::remote_stores(scratch.path()).await;
-        let bench = Bench::new(scratch, &[SA], "info,motherduck_rotator=debug").await;
+        let (bench, bao, moto) =
+            Bench::with_remote_stores(scratch, &[SA], "info,motherduck_rotator=debug").await;
         World { bench, bao, moto }
     }
 

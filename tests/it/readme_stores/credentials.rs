@@ -13,7 +13,7 @@ async fn the_default_credential_chain_reads_profiles_and_web_identity() {
 
     // A profile.
     let keys = iam_user(&moto, "rotator", &moto_iam_policy(&[])).await;
-    let aws_dir = w.dir.join("aws");
+    let aws_dir = w.dir().join("aws");
     std::fs::create_dir_all(&aws_dir).unwrap();
     std::fs::write(
         aws_dir.join("config"),
@@ -73,11 +73,11 @@ async fn the_default_credential_chain_reads_profiles_and_web_identity() {
     )
     .await;
     std::fs::write(
-        w.dir.join("web-identity.jwt"),
+        w.dir().join("web-identity.jwt"),
         "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJyb3RhdG9yIn0.c2ln",
     )
     .unwrap();
-    let token_file = w.dir.join("web-identity.jwt").display().to_string();
+    let token_file = w.dir().join("web-identity.jwt").display().to_string();
     let role_arn = format!("arn:aws:iam::{ACCOUNT}:role/motherduck-rotator");
     let web_env = [
         ("AWS_ROLE_ARN", role_arn.as_str()),

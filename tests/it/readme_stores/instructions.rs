@@ -9,7 +9,7 @@ async fn the_readme_store_instructions_work_as_written() {
     let bao = OpenBao::start().await;
     let moto = Moto::start().await;
 
-    crate::support::write_secret(w.dir.join("vault.token"), readme_vault_token(&bao).await);
+    crate::support::write_secret(w.dir().join("vault.token"), readme_vault_token(&bao).await);
     // The operator creates the secret; the daemon (create_if_missing =
     // false, the README's setting) only writes versions of it.
     secrets_manager(&moto, "CreateSecret", json!({ "Name": SECRET })).await;
@@ -84,7 +84,7 @@ auth = {{ method = "token", token = {{ file = "vault.token" }} }}
     let record = vault_current(&bao).await;
     assert_eq!(record["token_id"], json!(current[0]));
     let token = record["token"].as_str().unwrap().to_owned();
-    assert!(w.sim.sim.is_issued_secret(&token));
+    assert!(w.bench.sim.sim.is_issued_secret(&token));
 
     // Each secret the daemon used is covered by the README's resources: the
     // secret by the first statement, its companions by both.
@@ -126,7 +126,7 @@ auth = {{ method = "token", token = {{ file = "vault.token" }} }}
 
     // The consumer commands, as written, with the CLIs on PATH (`vault` is
     // OpenBao's CLI under the name the README uses).
-    let bin = w.dir.join("bin");
+    let bin = w.dir().join("bin");
     std::os::unix::fs::symlink(tool_path("bao"), bin.join("vault")).unwrap();
     std::os::unix::fs::symlink(tool_path("aws"), bin.join("aws")).unwrap();
     std::os::unix::fs::symlink(tool_path("jq"), bin.join("jq")).unwrap();
@@ -143,9 +143,9 @@ auth = {{ method = "token", token = {{ file = "vault.token" }} }}
         let out = tokio::process::Command::new("sh")
             .arg("-ec")
             .arg(command)
-            .current_dir(&w.dir)
+            .current_dir(w.dir())
             .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
-            .env("HOME", &w.dir)
+            .env("HOME", w.dir())
             .env("VAULT_ADDR", &bao.addr)
             .env("VAULT_TOKEN", &bao.root_token)
             .env("AWS_ACCESS_KEY_ID", "consumer")
@@ -171,10 +171,10 @@ auth = {{ method = "token", token = {{ file = "vault.token" }} }}
     let template = readme_block("A Vault Agent template", "hcl");
     let readme_dest = "/run/secrets/motherduck_token";
     assert!(template.contains(readme_dest), "{template}");
-    let rendered = w.dir.join("motherduck_token");
-    std::fs::write(w.dir.join("agent.token"), &bao.root_token).unwrap();
+    let rendered = w.dir().join("motherduck_token");
+    std::fs::write(w.dir().join("agent.token"), &bao.root_token).unwrap();
     std::fs::write(
-        w.dir.join("agent.hcl"),
+        w.dir().join("agent.hcl"),
         format!(
             r#"
 exit_after_auth = true
@@ -186,16 +186,16 @@ auto_auth {{
 }}
 {template}"#,
             addr = bao.addr,
-            dir = w.dir.display(),
+            dir = w.dir().display(),
             template = template.replace(readme_dest, &rendered.display().to_string()),
         ),
     )
     .unwrap();
     let agent = tokio::process::Command::new(tool_path("bao"))
         .arg("agent")
-        .arg(format!("-config={}", w.dir.join("agent.hcl").display()))
-        .current_dir(&w.dir)
-        .env("HOME", &w.dir)
+        .arg(format!("-config={}", w.dir().join("agent.hcl").display()))
+        .current_dir(w.dir())
+        .env("HOME", w.dir())
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();

@@ -126,7 +126,7 @@ auth = {{ method = "token", token = {{ file = "vault.token" }} }}
             .await
             .unwrap();
         crate::support::write_secret(
-            w.dir.join("vault.token"),
+            w.dir().join("vault.token"),
             v["auth"]["client_token"].as_str().unwrap(),
         );
         let out = w.run(&config, &["validate", "--online"], &[]).await;
@@ -145,7 +145,7 @@ auth = {{ method = "token", token = {{ file = "vault.token" }} }}
             "without `{path}` the rotation is not refused naming it: {text}"
         );
         assert_eq!(
-            w.sim.sim.request_count(Endpoint::CreateToken),
+            w.bench.sim.sim.request_count(Endpoint::CreateToken),
             0,
             "without `{path}` a token was created"
         );

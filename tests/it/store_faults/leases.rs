@@ -4,6 +4,8 @@ use motherduck_rotator::stores::vault::{
     KvVersion, VaultAuth, VaultConnection, VaultDestination, VaultSettings,
 };
 
+use crate::support::daemon;
+
 use super::*;
 
 /// OpenBao and moto, each behind a fault proxy.
@@ -101,18 +103,15 @@ async fn a_lease_release_that_fails_transiently_is_retried() {
         let rule = vault_proxy.arm(matcher.clone(), answer, 2);
         let rule_aws = aws_proxy.arm(matcher, answer, 2);
         drop(lease);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        let taken = loop {
-            if let Some(l) = d.try_lock("replica-b").await.unwrap() {
-                break l;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{}: the dropped lease was never released",
-                d.label()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let what = format!("{}: the dropped lease was never released", d.label());
+        let taken = daemon::eventually(
+            Duration::from_secs(20),
+            Duration::from_millis(20),
+            &what,
+            String::new,
+            async || d.try_lock("replica-b").await.unwrap(),
+        )
+        .await;
         assert_eq!(
             rule.intercepted() + rule_aws.intercepted(),
             2,
@@ -121,6 +120,31 @@ async fn a_lease_release_that_fails_transiently_is_retried() {
         );
         drop(taken);
     }
+}
+
+/// Takes `$d`'s lock as `replica-a` and has its release refused once by
+/// `$proxy` (`$fault` answered with `$answer`): the abandoned `$what` is
+/// taken back by the same replica, then held against `replica-b`; its
+/// release is refused once more. Leaves the lock abandoned.
+macro_rules! release_refused_then_taken_back {
+    ($d:expr, $proxy:expr, $fault:expr, $answer:ident, $what:literal) => {{
+        let lease = $d.try_lock("replica-a").await.unwrap().expect("free");
+        let rule = $proxy.arm($fault, Answer::$answer, 1);
+        let e = lease.release().await.expect_err("the release is refused");
+        assert_eq!(rule.intercepted(), 1, "{e}");
+        let again = $d.try_lock("replica-a").await.unwrap().expect(concat!(
+            "the abandoned ",
+            $what,
+            " is taken back before it expires"
+        ));
+        assert!(
+            $d.try_lock("replica-b").await.unwrap().is_none(),
+            concat!("taken back, the ", $what, " is held again")
+        );
+        let rule = $proxy.arm($fault, Answer::$answer, 1);
+        again.release().await.expect_err("the release is refused");
+        assert_eq!(rule.intercepted(), 1);
+    }};
 }
 
 /// A lease whose release failed (the store answered 503 or throttled) is
@@ -143,36 +167,17 @@ async fn a_lease_this_process_could_not_release_is_taken_back_only_by_it() {
         .with_clock(clock.clone());
 
     // Vault: the delete of our lease version is refused once.
-    let lease = vault.try_lock("replica-a").await.unwrap().expect("free");
-    let rule = vault_proxy.arm(
-        Match::VaultContains {
-            method: "POST",
-            path: "/v1/secret/delete/motherduck/abandoned.lock".into(),
-        },
-        Answer::VaultUnavailable,
-        1,
+    let vault_release = || Match::VaultContains {
+        method: "POST",
+        path: "/v1/secret/delete/motherduck/abandoned.lock".into(),
+    };
+    release_refused_then_taken_back!(
+        vault,
+        vault_proxy,
+        vault_release(),
+        VaultUnavailable,
+        "lease"
     );
-    let e = lease.release().await.expect_err("the release is refused");
-    assert_eq!(rule.intercepted(), 1, "{e}");
-    let again = vault
-        .try_lock("replica-a")
-        .await
-        .unwrap()
-        .expect("the abandoned lease is taken back before it expires");
-    assert!(
-        vault.try_lock("replica-b").await.unwrap().is_none(),
-        "taken back, the lease is held again"
-    );
-    let rule = vault_proxy.arm(
-        Match::VaultContains {
-            method: "POST",
-            path: "/v1/secret/delete/motherduck/abandoned.lock".into(),
-        },
-        Answer::VaultUnavailable,
-        1,
-    );
-    again.release().await.expect_err("the release is refused");
-    assert_eq!(rule.intercepted(), 1);
     // Another replica takes the lease over once it has expired; the
     // version this process abandoned is gone, so it must wait.
     let later =
@@ -189,34 +194,10 @@ async fn a_lease_this_process_could_not_release_is_taken_back_only_by_it() {
     other.release().await.unwrap();
 
     // AWS: swapping AWSCURRENT to the released version is throttled once.
-    let lease = aws.try_lock("replica-a").await.unwrap().expect("free");
-    let rule = aws_proxy.arm(
-        Match::Aws {
-            op: "UpdateSecretVersionStage",
-        },
-        Answer::AwsThrottling,
-        1,
-    );
-    let e = lease.release().await.expect_err("the release is refused");
-    assert_eq!(rule.intercepted(), 1, "{e}");
-    let again = aws
-        .try_lock("replica-a")
-        .await
-        .unwrap()
-        .expect("the abandoned lock is taken back before it expires");
-    assert!(
-        aws.try_lock("replica-b").await.unwrap().is_none(),
-        "taken back, the lock is held again"
-    );
-    let rule = aws_proxy.arm(
-        Match::Aws {
-            op: "UpdateSecretVersionStage",
-        },
-        Answer::AwsThrottling,
-        1,
-    );
-    again.release().await.expect_err("the release is refused");
-    assert_eq!(rule.intercepted(), 1);
+    let aws_release = || Match::Aws {
+        op: "UpdateSecretVersionStage",
+    };
+    release_refused_then_taken_back!(aws, aws_proxy, aws_release(), AwsThrottling, "lock");
     clock.advance(chrono::Duration::from_std(ttl).unwrap() + chrono::Duration::seconds(1));
     let other = aws
         .try_lock("replica-b")

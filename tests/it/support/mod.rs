@@ -7,6 +7,7 @@ pub mod driver;
 pub mod fault_proxy;
 pub mod log_lines;
 pub mod observability;
+pub mod records;
 pub mod services;
 pub mod world;
 

@@ -152,6 +152,17 @@ impl Bench {
         }
     }
 
+    /// [`Bench::new`] with OpenBao and moto, the root token written to
+    /// `vault.token`.
+    pub async fn with_remote_stores(
+        scratch: Scratch,
+        accounts: &[&str],
+        log_filter: &'static str,
+    ) -> (Bench, OpenBao, Moto) {
+        let (bao, moto) = remote_stores(scratch.path()).await;
+        (Bench::new(scratch, accounts, log_filter).await, bao, moto)
+    }
+
     pub fn dir(&self) -> &Path {
         self.scratch.path()
     }

@@ -93,12 +93,7 @@ async fn approle_login_renewal_and_login_after_revocation() {
     let bao = OpenBao::start().await;
     let api = Api::new(&bao);
     let path = "motherduck/approle";
-    let probe = dest(
-        &connect(&bao.addr, token_auth(&bao.root_token)),
-        "secret",
-        path,
-        KvVersion::V2,
-    );
+    let probe = root_dest(&bao, path);
     api.policy("rotator", &probe.required_policy_hcl()).await;
     api.enable_approle().await;
     let (role_id, secret_id) = api

@@ -513,12 +513,7 @@ async fn a_secret_keeping_one_version_is_refused_before_rotating() {
     let bao = OpenBao::start().await;
     let api = Api::new(&bao);
     let path = "motherduck/one-version";
-    let d = dest(
-        &connect(&bao.addr, token_auth(&bao.root_token)),
-        "secret",
-        path,
-        KvVersion::V2,
-    );
+    let d = root_dest(&bao, path);
     d.check().await.unwrap();
     d.preflight().await.unwrap();
     api.root(

@@ -8,18 +8,8 @@ async fn the_lease_is_exclusive_expires_and_is_taken_over_safely() {
     let api = Api::new(&bao);
     let path = "motherduck/lease";
     // Two daemons, each with its own connection, on one path.
-    let a = dest(
-        &connect(&bao.addr, token_auth(&bao.root_token)),
-        "secret",
-        path,
-        KvVersion::V2,
-    );
-    let b = dest(
-        &connect(&bao.addr, token_auth(&bao.root_token)),
-        "secret",
-        path,
-        KvVersion::V2,
-    );
+    let a = root_dest(&bao, path);
+    let b = root_dest(&bao, path);
     let la = a
         .try_lock("replica-a")
         .await
