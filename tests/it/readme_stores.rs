@@ -26,6 +26,7 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use motherduck_rotator::motherduck::Endpoint;
+use reqwest::Response;
 use serde_json::{Value, json};
 
 use crate::smoke_services::secrets_manager;
@@ -202,37 +203,46 @@ fn assert_ok(what: &str, out: &Output) {
 
 // ------------------------------------------------------------ Vault setup ---
 
-/// A token whose only policy (besides `default`) is the README's.
-async fn readme_vault_token(bao: &OpenBao) -> String {
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let resp = client
-        .put(format!(
-            "{}/v1/sys/policies/acl/motherduck-rotator",
-            bao.addr
-        ))
+/// As root on `bao`: `PUT` the ACL policy `name` with the HCL `text`.
+async fn put_policy(client: &reqwest::Client, bao: &OpenBao, name: &str, text: &str) -> Response {
+    client
+        .put(format!("{}/v1/sys/policies/acl/{name}", bao.addr))
         .header("X-Vault-Token", &bao.root_token)
-        .json(&json!({ "policy": readme_vault_policy() }))
+        .json(&json!({ "policy": text }))
         .send()
         .await
-        .unwrap();
-    assert!(
-        resp.status().is_success(),
-        "OpenBao rejects the README's Vault policy: {}",
-        resp.text().await.unwrap_or_default()
-    );
+        .unwrap()
+}
+
+/// As root on `bao`: a new token as `body` asks; its `auth` block.
+async fn create_token(client: &reqwest::Client, bao: &OpenBao, body: Value) -> Value {
     let v: Value = client
         .post(format!("{}/v1/auth/token/create", bao.addr))
         .header("X-Vault-Token", &bao.root_token)
-        .json(&json!({ "policies": ["motherduck-rotator"], "ttl": "1h", "renewable": true }))
+        .json(&body)
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    let token = v["auth"]["client_token"].as_str().unwrap().to_owned();
+    v["auth"].clone()
+}
+
+/// A token whose only policy (besides `default`) is the README's.
+async fn readme_vault_token(bao: &OpenBao) -> String {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let resp = put_policy(&client, bao, "motherduck-rotator", &readme_vault_policy()).await;
+    assert!(
+        resp.status().is_success(),
+        "OpenBao rejects the README's Vault policy: {}",
+        resp.text().await.unwrap_or_default()
+    );
+    let body = json!({ "policies": ["motherduck-rotator"], "ttl": "1h", "renewable": true });
+    let auth = create_token(&client, bao, body).await;
+    let token = auth["client_token"].as_str().unwrap().to_owned();
     assert_eq!(
-        v["auth"]["policies"],
+        auth["policies"],
         json!(["default", "motherduck-rotator"]),
         "the token has only the README's policy"
     );

@@ -133,22 +133,17 @@ impl Api {
             Some(settings),
         )
         .await;
-        let v = self
-            .root(
-                reqwest::Method::GET,
-                &format!("auth/approle/role/{role}/role-id"),
-                None,
-            )
-            .await;
-        let role_id = v["data"]["role_id"].as_str().unwrap().to_owned();
-        let v = self
-            .root(
-                reqwest::Method::POST,
-                &format!("auth/approle/role/{role}/secret-id"),
-                None,
-            )
-            .await;
-        let secret_id = v["data"]["secret_id"].as_str().unwrap().to_owned();
+        let field = async |method, what: &str| {
+            let v = self
+                .root(method, &format!("auth/approle/role/{role}/{what}"), None)
+                .await;
+            v["data"][what.replace('-', "_")]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        let role_id = field(reqwest::Method::GET, "role-id").await;
+        let secret_id = field(reqwest::Method::POST, "secret-id").await;
         (role_id, secret_id)
     }
 

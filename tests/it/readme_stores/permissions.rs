@@ -2,6 +2,28 @@
 
 use super::*;
 
+/// Resets moto, creates the README's secret, and makes `user` with the
+/// README's IAM policy less the actions `without`, then enforces IAM. The
+/// user's credentials as environment variables.
+async fn fresh_user(
+    moto: &Moto,
+    client: &reqwest::Client,
+    user: &str,
+    without: &[&str],
+) -> Vec<(&'static str, String)> {
+    let reset = client
+        .post(format!("{}/moto-api/reset", moto.endpoint))
+        .send()
+        .await
+        .unwrap();
+    assert!(reset.status().is_success());
+    enforce_iam(moto, false).await;
+    secrets_manager(moto, "CreateSecret", json!({ "Name": SECRET })).await;
+    let keys = iam_user(moto, user, &moto_iam_policy(without)).await;
+    enforce_iam(moto, true).await;
+    aws_env(&keys)
+}
+
 /// Each Secrets Manager action the README grants is one the daemon needs:
 /// without it, the first rotation of a policy writing only to AWS fails,
 /// says access was denied, and leaves no live token.
@@ -31,18 +53,7 @@ async fn every_readme_iam_action_is_needed() {
             "README no longer grants {action}"
         );
 
-        let reset = client
-            .post(format!("{}/moto-api/reset", moto.endpoint))
-            .send()
-            .await
-            .unwrap();
-        assert!(reset.status().is_success());
-        enforce_iam(&moto, false).await;
-        secrets_manager(&moto, "CreateSecret", json!({ "Name": SECRET })).await;
-        let user = format!("rotator-{i}");
-        let keys = iam_user(&moto, &user, &moto_iam_policy(&[action])).await;
-        enforce_iam(&moto, true).await;
-        let env = aws_env(&keys);
+        let env = fresh_user(&moto, &client, &format!("rotator-{i}"), &[action]).await;
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
 
         let out = w.run(&config, &["rotate", "orders-api"], &env).await;
@@ -59,17 +70,7 @@ async fn every_readme_iam_action_is_needed() {
     }
 
     // With all of them the same rotation succeeds.
-    let reset = client
-        .post(format!("{}/moto-api/reset", moto.endpoint))
-        .send()
-        .await
-        .unwrap();
-    assert!(reset.status().is_success());
-    enforce_iam(&moto, false).await;
-    secrets_manager(&moto, "CreateSecret", json!({ "Name": SECRET })).await;
-    let keys = iam_user(&moto, "rotator", &moto_iam_policy(&[])).await;
-    enforce_iam(&moto, true).await;
-    let env = aws_env(&keys);
+    let env = fresh_user(&moto, &client, "rotator", &[]).await;
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let out = w.run(&config, &["rotate", "orders-api"], &env).await;
     assert_ok("rotation with the README's actions", &out);
@@ -107,27 +108,12 @@ auth = {{ method = "token", token = {{ file = "vault.token" }} }}
             .map(|l| format!("{l}\n"))
             .collect();
         let name = format!("reduced-{i}");
-        let resp = client
-            .put(format!("{}/v1/sys/policies/acl/{name}", bao.addr))
-            .header("X-Vault-Token", &bao.root_token)
-            .json(&json!({ "policy": reduced }))
-            .send()
-            .await
-            .unwrap();
+        let resp = put_policy(&client, &bao, &name, &reduced).await;
         assert!(resp.status().is_success());
-        let v: Value = client
-            .post(format!("{}/v1/auth/token/create", bao.addr))
-            .header("X-Vault-Token", &bao.root_token)
-            .json(&json!({ "policies": [name], "ttl": "1h" }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let auth = create_token(&client, &bao, json!({ "policies": [name], "ttl": "1h" })).await;
         crate::support::write_secret(
             w.dir().join("vault.token"),
-            v["auth"]["client_token"].as_str().unwrap(),
+            auth["client_token"].as_str().unwrap(),
         );
         let out = w.run(&config, &["validate", "--online"], &[]).await;
         let text = printed(&out);

@@ -2,6 +2,15 @@
 
 use super::*;
 
+/// AppRole login at `approle/` with `role_id` and `secret_id`.
+fn approle(role_id: String, secret_id: String) -> VaultAuth {
+    VaultAuth::AppRole {
+        mount: "approle".into(),
+        role_id: SecretString::from(role_id),
+        secret_id: SecretString::from(secret_id),
+    }
+}
+
 #[tokio::test]
 async fn permission_denied_is_permanent_and_names_the_path() {
     let bao = OpenBao::start().await;
@@ -70,14 +79,7 @@ path "secret/metadata/motherduck/ro*" { capabilities = ["read"] }
             json!({ "token_policies": ["read-only"], "token_ttl": "1h" }),
         )
         .await;
-    let conn = connect(
-        &bao.addr,
-        VaultAuth::AppRole {
-            mount: "approle".into(),
-            role_id: SecretString::from(role_id.clone()),
-            secret_id: SecretString::from(secret_id.clone()),
-        },
-    );
+    let conn = connect(&bao.addr, approle(role_id.clone(), secret_id.clone()));
     let d = dest(&conn, "secret", path, KvVersion::V2);
     d.load().await.unwrap();
     let before = conn.token_status().accessor;
@@ -102,14 +104,7 @@ async fn approle_login_renewal_and_login_after_revocation() {
             json!({ "token_policies": ["rotator"], "token_ttl": "3s", "token_max_ttl": "1h" }),
         )
         .await;
-    let conn = connect(
-        &bao.addr,
-        VaultAuth::AppRole {
-            mount: "approle".into(),
-            role_id: SecretString::from(role_id.clone()),
-            secret_id: SecretString::from(secret_id.clone()),
-        },
-    );
+    let conn = connect(&bao.addr, approle(role_id.clone(), secret_id.clone()));
     let t0 = Instant::now();
     assert_eq!(conn.ensure_token(t0).await.unwrap(), TokenAction::LoggedIn);
     let status = conn.token_status();
@@ -163,14 +158,7 @@ async fn approle_login_renewal_and_login_after_revocation() {
             json!({ "token_policies": ["rotator"], "token_type": "batch", "token_ttl": "3s" }),
         )
         .await;
-    let batch = connect(
-        &bao.addr,
-        VaultAuth::AppRole {
-            mount: "approle".into(),
-            role_id: SecretString::from(batch_role),
-            secret_id: SecretString::from(batch_secret),
-        },
-    );
+    let batch = connect(&bao.addr, approle(batch_role, batch_secret));
     let t1 = Instant::now();
     assert_eq!(batch.ensure_token(t1).await.unwrap(), TokenAction::LoggedIn);
     assert!(!batch.token_status().lease.unwrap().renewable);
@@ -201,11 +189,10 @@ async fn approle_login_renewal_and_login_after_revocation() {
     // Wrong credentials: a permanent login error that shows none of them.
     let wrong = connect(
         &bao.addr,
-        VaultAuth::AppRole {
-            mount: "approle".into(),
-            role_id: SecretString::from(role_id.clone()),
-            secret_id: SecretString::from("00000000-0000-0000-0000-000000000000".to_owned()),
-        },
+        approle(
+            role_id.clone(),
+            "00000000-0000-0000-0000-000000000000".to_owned(),
+        ),
     );
     let e = dest(&wrong, "secret", path, KvVersion::V2)
         .load()
@@ -271,11 +258,7 @@ async fn a_renewal_refused_past_the_max_ttl_logs_in_again() {
         .await;
     let conn = connect(
         &server.uri(),
-        VaultAuth::AppRole {
-            mount: "approle".into(),
-            role_id: SecretString::from("role".to_owned()),
-            secret_id: SecretString::from("secret".to_owned()),
-        },
+        approle("role".to_owned(), "secret".to_owned()),
     );
     let t0 = Instant::now();
     assert_eq!(conn.ensure_token(t0).await.unwrap(), TokenAction::LoggedIn);
