@@ -152,6 +152,14 @@ impl World {
         assert_killed_at(self.bin(), status, point);
     }
 
+    /// Runs `args` as child `name`, which must exit 1 and say `says` in
+    /// its output file `file` (e.g. `name.out`).
+    async fn run_refused(&self, name: &str, config: &Path, args: &[&str], file: &str, says: &str) {
+        let status = self.bin().run(name, config, args, None).await;
+        assert_eq!(status.code(), Some(1), "{}", self.logs());
+        assert!(self.log(file).contains(says), "{}", self.logs());
+    }
+
     fn log(&self, name: &str) -> String {
         self.bin().log(name)
     }

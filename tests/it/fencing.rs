@@ -22,82 +22,70 @@ use serde_json::Value;
 use crate::chaos::{RETRY, Source, Tally, consume, remote_stores_toml};
 use crate::support::config_toml;
 use crate::support::daemon::signal;
-use crate::support::services::{Moto, OpenBao};
-use crate::support::world::{self, Bench, Scratch};
+use crate::support::world::{self, Bench, RemoteBench, Scratch};
 
-struct World {
-    bench: Bench,
-    bao: OpenBao,
-    moto: Moto,
+/// Writes `config.toml`: two policies rotating every few seconds, one on
+/// each store, verified by a hook that takes 3 s.
+fn config(w: &RemoteBench) -> PathBuf {
+    let path = w.bench.dir().join("config.toml");
+    let verify = r#"[{ type = "command", command = ["/bin/sh", "-c", "sleep 3"], interval = "100ms", deadline = "30s", timeout = "10s" }]"#;
+    let policy = |name: &str, dest: &str| {
+        config_toml::policy_on(
+            name,
+            &format!("svc_{name}"),
+            r#"{ interval = "6s" }"#,
+            "1s",
+            dest,
+        ) + &format!("verify = {verify}\n{RETRY}")
+    };
+    let src = config_toml::motherduck_unthrottled(&w.bench.sim.base_url())
+        + &config_toml::daemon(
+            "orphan_min_age = \"2s\"\nsweep_interval = \"5s\"\nshutdown_timeout = \"10s\"\nlock_retry_interval = \"300ms\"\nrecheck_interval = \"1s\"\n",
+        )
+        + &remote_stores_toml(&w.bao, &w.moto)
+        + &policy("vfence", r#"{ store = "vault", path = "fence/v" }"#)
+        + &policy("afence", r#"{ store = "aws", path = "fence/a" }"#);
+    std::fs::write(&path, src).unwrap();
+    path
 }
 
-impl World {
-    async fn new() -> World {
-        let scratch = Scratch::kept_on_failure("fencing");
-        let accounts = ["svc_vfence", "svc_afence"];
-        let (bench, bao, moto) = Bench::with_remote_stores(scratch, &accounts, "info").await;
-        World { bench, bao, moto }
-    }
+fn spawn(w: &RemoteBench, config: &Path, name: &str) -> tokio::process::Child {
+    w.bench.bin.spawn(name, config, &["run"], None)
+}
 
-    fn config(&self) -> PathBuf {
-        let path = self.bench.dir().join("config.toml");
-        let verify = r#"[{ type = "command", command = ["/bin/sh", "-c", "sleep 3"], interval = "100ms", deadline = "30s", timeout = "10s" }]"#;
-        let policy = |name: &str, dest: &str| {
-            config_toml::policy_on(
-                name,
-                &format!("svc_{name}"),
-                r#"{ interval = "6s" }"#,
-                "1s",
-                dest,
-            ) + &format!("verify = {verify}\n{RETRY}")
-        };
-        let src = config_toml::motherduck_unthrottled(&self.bench.sim.base_url())
-            + &config_toml::daemon(
-                "orphan_min_age = \"2s\"\nsweep_interval = \"5s\"\nshutdown_timeout = \"10s\"\nlock_retry_interval = \"300ms\"\nrecheck_interval = \"1s\"\n",
-            )
-            + &remote_stores_toml(&self.bao, &self.moto)
-            + &policy("vfence", r#"{ store = "vault", path = "fence/v" }"#)
-            + &policy("afence", r#"{ store = "aws", path = "fence/a" }"#);
-        std::fs::write(&path, src).unwrap();
-        path
-    }
+fn log(w: &RemoteBench, name: &str) -> String {
+    w.bench.bin.log(&format!("{name}.err"))
+}
 
-    fn spawn(&self, config: &Path, name: &str) -> tokio::process::Child {
-        self.bench.bin.spawn(name, config, &["run"], None)
-    }
+fn logs(w: &RemoteBench) -> String {
+    w.bench.bin.logs()
+}
 
-    fn log(&self, name: &str) -> String {
-        self.bench.bin.log(&format!("{name}.err"))
-    }
-
-    fn logs(&self) -> String {
-        self.bench.bin.logs()
-    }
-
-    /// `(policy, rotation id)` of each line of `log` with `message`.
-    fn events(&self, log: &str, message: &str) -> Vec<(String, String)> {
-        let needle = format!(r#""message":"{message}""#);
-        self.log(log)
-            .lines()
-            .filter(|l| l.contains(&needle))
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .map(|v| {
-                let field = |k: &str| {
-                    v[k].as_str()
-                        .or_else(|| v["span"][k].as_str())
-                        .unwrap_or_default()
-                        .to_owned()
-                };
-                (field("policy"), field("rotation_id"))
-            })
-            .collect()
-    }
+/// `(policy, rotation id)` of each line of `log` with `message`.
+fn events(w: &RemoteBench, log: &str, message: &str) -> Vec<(String, String)> {
+    let needle = format!(r#""message":"{message}""#);
+    self::log(w, log)
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|v| {
+            let field = |k: &str| {
+                v[k].as_str()
+                    .or_else(|| v["span"][k].as_str())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            (field("policy"), field("rotation_id"))
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_paused_past_its_lease_writes_nothing_when_it_resumes() {
-    let w = World::new().await;
-    let config = w.config();
+    let scratch = Scratch::kept_on_failure("fencing");
+    let accounts = ["svc_vfence", "svc_afence"];
+    let w = Bench::with_remote_stores(scratch, &accounts, "info").await;
+    let config = config(&w);
     let sources = vec![
         Source::vault(&w.bao, "fence/v"),
         Source::aws(&w.moto, "fence/a"),
@@ -111,8 +99,8 @@ async fn a_replica_paused_past_its_lease_writes_nothing_when_it_resumes() {
         stop.clone(),
     ));
 
-    let mut a = w.spawn(&config, "a");
-    let mut b = w.spawn(&config, "b");
+    let mut a = spawn(&w, &config, "a");
+    let mut b = spawn(&w, &config, "b");
     let daemons = [("a", &mut a), ("b", &mut b)];
 
     // Wait for each policy's first verification after both run, then stop
@@ -120,7 +108,7 @@ async fn a_replica_paused_past_its_lease_writes_nothing_when_it_resumes() {
     let mut stopped_in = Vec::new();
     for policy in ["vfence", "afence"] {
         let verifying = |n: &str| {
-            w.events(n, "verifying the new token")
+            events(&w, n, "verifying the new token")
                 .iter()
                 .filter(|(p, _)| p == policy)
                 .count()
@@ -140,7 +128,7 @@ async fn a_replica_paused_past_its_lease_writes_nothing_when_it_resumes() {
                 assert!(
                     tokio::time::Instant::now() < give_up,
                     "no verification of {policy}\n{}",
-                    w.logs()
+                    logs(&w)
                 );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -151,7 +139,7 @@ async fn a_replica_paused_past_its_lease_writes_nothing_when_it_resumes() {
         signal(child, libc::SIGSTOP);
         let resumed_at_line = {
             tokio::time::sleep(Duration::from_secs(10)).await;
-            let lines = w.log(name).lines().count();
+            let lines = log(&w, name).lines().count();
             signal(child, libc::SIGCONT);
             lines
         };
@@ -177,13 +165,12 @@ async fn a_replica_paused_past_its_lease_writes_nothing_when_it_resumes() {
             t.dead == 0 && t.unknown == 0,
             "consumers read dead tokens: {:#?}\n{}",
             t.examples,
-            w.logs()
+            logs(&w)
         );
     }
     for (policy, name, from_line) in &stopped_in {
         // The resumed daemon's lines after SIGCONT for this policy.
-        let after: Vec<String> = w
-            .log(name)
+        let after: Vec<String> = log(&w, name)
             .lines()
             .skip(*from_line)
             .filter(|l| l.contains(&format!(r#""policy":"{policy}""#)))
@@ -206,7 +193,7 @@ async fn a_replica_paused_past_its_lease_writes_nothing_when_it_resumes() {
                 assert!(
                     !l.contains(forbidden),
                     "{name} wrote after resuming ({forbidden}): {l}\n{}",
-                    w.logs()
+                    logs(&w)
                 );
             }
         }
@@ -219,23 +206,23 @@ async fn a_replica_paused_past_its_lease_writes_nothing_when_it_resumes() {
         );
         // The other daemon took over and finished that rotation.
         assert!(
-            w.events(other(name), "rotation complete")
+            events(&w, other(name), "rotation complete")
                 .iter()
                 .any(|(p, _)| p == policy),
             "{} did not finish {policy}\n{}",
             other(name),
-            w.logs()
+            logs(&w)
         );
     }
     // No rotation completed twice, across both daemons.
     let mut done: HashMap<String, usize> = HashMap::new();
     for n in ["a", "b"] {
-        for (_, rid) in w.events(n, "rotation complete") {
+        for (_, rid) in events(&w, n, "rotation complete") {
             *done.entry(rid).or_default() += 1;
         }
     }
     done.retain(|_, c| *c > 1);
-    assert!(done.is_empty(), "completed twice: {done:?}\n{}", w.logs());
+    assert!(done.is_empty(), "completed twice: {done:?}\n{}", logs(&w));
     // Nothing live beyond what the stores hold (the newest token and, in
     // a rotation's overlap, the one before).
     let http = reqwest::Client::new();
@@ -246,7 +233,7 @@ async fn a_replica_paused_past_its_lease_writes_nothing_when_it_resumes() {
         assert!(
             live.contains(&stored) && live.len() <= 2,
             "{label}: live {live:?}, stored {stored}\n{}",
-            w.logs()
+            logs(&w)
         );
     }
 }

@@ -38,6 +38,15 @@ fn signal(child: &Child, sig: &str) {
     assert!(ok, "kill -{sig}");
 }
 
+/// The exit status of `child`, which must end within `secs` seconds
+/// (else a failure saying `what`).
+async fn exit_within(secs: u64, child: &mut Child, what: &str) -> std::process::ExitStatus {
+    tokio::time::timeout(Duration::from_secs(secs), child.wait())
+        .await
+        .expect(what)
+        .unwrap()
+}
+
 struct Env {
     bench: Bench,
     port: u16,
@@ -207,10 +216,7 @@ async fn sd_notify_reload_and_graceful_stop() {
     seen.clear();
     signal(&child, "TERM");
     expect_notification(&sock, &mut seen, "STOPPING=1").await;
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .expect("exits after SIGTERM")
-        .unwrap();
+    let status = exit_within(20, &mut child, "exits after SIGTERM").await;
     assert_eq!(status.code(), Some(0));
 }
 
@@ -236,10 +242,7 @@ async fn a_second_signal_exits_at_once_and_a_restart_converges() {
         "the first signal waits for the in-flight step"
     );
     signal(&child, "TERM");
-    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
-        .await
-        .expect("the second signal exits at once")
-        .unwrap();
+    let status = exit_within(5, &mut child, "the second signal exits at once").await;
     assert_eq!(status.code(), Some(130));
 
     // Every step can be resumed: a restart completes the rotation.
@@ -252,10 +255,7 @@ async fn a_second_signal_exits_at_once_and_a_restart_converges() {
     let live = world::live_ids(&env.bench.sim.sim, "svc_alpha");
     assert_eq!(live, vec![stored["token_id"].as_str().unwrap().to_owned()]);
     signal(&child, "TERM");
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = exit_within(20, &mut child, "exits").await;
     assert_eq!(status.code(), Some(0));
 }
 
@@ -289,10 +289,7 @@ async fn reload_and_stop_mid_verification() {
     // SIGTERM: the verification is interrupted at a safe point, not rolled
     // back, and the process exits 0.
     signal(&child, "TERM");
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .expect("exits after SIGTERM")
-        .unwrap();
+    let status = exit_within(20, &mut child, "exits after SIGTERM").await;
     assert_eq!(status.code(), Some(0));
     let rec = env.record("alpha.json").unwrap();
     assert_eq!(rec["rotation"]["state"], "promoted");

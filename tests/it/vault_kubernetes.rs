@@ -187,6 +187,18 @@ impl World {
         .await;
     }
 
+    /// Every token the kubernetes login issued is revoked, and the
+    /// kubelet projects `jwt`.
+    async fn revoke_logins_and_project(&self, jwt: &str) {
+        self.root(
+            "PUT",
+            "sys/leases/revoke-prefix/auth/kubernetes/login",
+            Value::Null,
+        )
+        .await;
+        self.project(jwt);
+    }
+
     /// The kubelet projects a new JWT into the pod; the old one stops
     /// being valid.
     fn project(&self, jwt: &str) {
@@ -260,14 +272,8 @@ async fn kubernetes_login_rotates_and_logs_in_again_with_the_projected_jwt() {
 
     // Every token the kubernetes login issued is revoked, and the kubelet
     // has projected a new JWT: the next run logs in with the new one.
-    w.root(
-        "PUT",
-        "sys/leases/revoke-prefix/auth/kubernetes/login",
-        Value::Null,
-    )
-    .await;
     let second = jwt(2);
-    w.project(&second);
+    w.revoke_logins_and_project(&second).await;
     let out = w.rotate().await;
     assert!(out.status.success(), "{}", printed(&out));
     let live = w.live();
@@ -329,14 +335,8 @@ async fn a_revoked_token_is_replaced_by_a_new_kubernetes_login() {
     d.check().await.unwrap();
     assert_eq!(w.review.reviewed.lock().unwrap().len(), 1);
 
-    w.root(
-        "PUT",
-        "sys/leases/revoke-prefix/auth/kubernetes/login",
-        Value::Null,
-    )
-    .await;
     let second = jwt(2);
-    w.project(&second);
+    w.revoke_logins_and_project(&second).await;
     d.load().await.unwrap();
     assert_eq!(
         w.review.reviewed.lock().unwrap().as_slice(),

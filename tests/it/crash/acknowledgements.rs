@@ -152,12 +152,7 @@ async fn rotate_receives_acknowledgements_on_the_listen_address() {
     // The address taken, as by a running daemon: nothing is rotated.
     let _held = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
     let issued = w.issued_count();
-    let status = w.bin().run("taken", &cfg, ROTATE, None).await;
-    assert_eq!(status.code(), Some(1), "{}", w.logs());
-    assert!(
-        w.log("taken.err").contains("cannot be used"),
-        "{}",
-        w.logs()
-    );
+    w.run_refused("taken", &cfg, ROTATE, "taken.err", "cannot be used")
+        .await;
     assert_eq!(w.issued_count(), issued, "no token created");
 }

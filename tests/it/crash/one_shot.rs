@@ -36,14 +36,14 @@ async fn two_rotate_processes_rotate_once() {
     .await;
 
     // B is refused while A holds the lock.
-    let status = w.bin().run("b", &cfg, ROTATE, None).await;
-    assert_eq!(status.code(), Some(1), "{}", w.logs());
-    assert!(
-        w.log("b.out")
-            .contains("etl: another replica holds the lock; not rotated"),
-        "{}",
-        w.logs()
-    );
+    w.run_refused(
+        "b",
+        &cfg,
+        ROTATE,
+        "b.out",
+        "etl: another replica holds the lock; not rotated",
+    )
+    .await;
     assert_eq!(w.issued_count(), 2, "B created nothing\n{}", w.logs());
 
     // A finishes.
@@ -111,17 +111,14 @@ async fn validate_online_finds_a_missing_service_account() {
         ),
     )
     .unwrap();
-    let status = w
-        .bin()
-        .run("bad", &bad, &["validate", "--online"], None)
-        .await;
-    assert_eq!(status.code(), Some(1), "{}", w.logs());
-    assert!(
-        w.log("bad.out")
-            .contains("service account svc_nobody (etl): FAILED: no such user in MotherDuck"),
-        "{}",
-        w.logs()
-    );
+    w.run_refused(
+        "bad",
+        &bad,
+        &["validate", "--online"],
+        "bad.out",
+        "service account svc_nobody (etl): FAILED: no such user in MotherDuck",
+    )
+    .await;
 }
 
 /// A destination that lost its record (a store restored from an old

@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::support::config_toml;
 use crate::support::daemon;
 use crate::support::services::{Moto, OpenBao};
-use crate::support::world::{self, Bench, Scratch};
+use crate::support::world::{self, Bench, RemoteBench, Scratch};
 
 const SA: &str = "svc_crash_remote";
 const VAULT_PATH: &str = "motherduck/crash";
@@ -34,7 +34,7 @@ struct World {
 impl World {
     async fn new() -> World {
         let scratch = Scratch::new("crash-remote");
-        let (bench, bao, moto) =
+        let RemoteBench { bench, bao, moto } =
             Bench::with_remote_stores(scratch, &[SA], "info,motherduck_rotator=debug").await;
         World { bench, bao, moto }
     }

@@ -119,14 +119,14 @@ async fn the_daemon_finishes_a_rotation_started_by_rotate() {
         "the old token stays valid for the overlap"
     );
     // Another `rotate` during the overlap cannot begin yet, and says why.
-    let status = w.bin().run("third", &good, ROTATE, None).await;
-    assert_eq!(status.code(), Some(1), "{}", w.logs());
-    assert!(
-        w.log("third.out")
-            .contains("is in its overlap period until"),
-        "{}",
-        w.logs()
-    );
+    w.run_refused(
+        "third",
+        &good,
+        ROTATE,
+        "third.out",
+        "is in its overlap period until",
+    )
+    .await;
     assert_eq!(w.current().unwrap()["token_id"], second_id.as_str());
     daemon::until_converged(
         &mut daemon,

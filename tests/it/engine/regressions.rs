@@ -3,6 +3,18 @@
 use super::verification::probe_specs;
 use super::*;
 
+/// One pass, which must return within 10 s: after the failed attempt,
+/// not in a loop of retries.
+async fn pass_within_10s(driver: &Driver, policy: &Policy) -> Tick {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        driver.reconcile(policy, false, &CancellationToken::new()),
+    )
+    .await
+    .expect("reconcile returns after the failed attempt")
+    .unwrap()
+}
+
 /// Regression: when the very first token of a policy failed verification,
 /// the rollback left no record to carry the retry time, so the same
 /// reconcile pass began a new rotation at once, forever.
@@ -14,13 +26,7 @@ async fn regression_first_token_failing_verification_does_not_retry_in_a_loop() 
     let (ok, failing) = probe_specs(&probe);
     let (driver, policy) = fx.restart(&failing);
     let started = fx.now();
-    let tick = tokio::time::timeout(
-        Duration::from_secs(10),
-        driver.reconcile(&policy, false, &CancellationToken::new()),
-    )
-    .await
-    .expect("reconcile returns after the failed attempt")
-    .unwrap();
+    let tick = pass_within_10s(&driver, &policy).await;
     assert!(
         matches!(tick, Tick::Wait { until, .. } if until == started + chrono::Duration::minutes(10)),
         "{tick:?}"
@@ -48,13 +54,7 @@ async fn regression_first_token_create_failing_does_not_retry_in_a_loop() {
     let fx = Fixture::new().await;
     fx.sim().set_error_rate(Endpoint::CreateToken, 1.0);
     let (driver, policy) = fx.restart(&PolicySpec::new("0s").retry(SLOW_RETRY));
-    let tick = tokio::time::timeout(
-        Duration::from_secs(10),
-        driver.reconcile(&policy, false, &CancellationToken::new()),
-    )
-    .await
-    .expect("reconcile returns after the failed attempt")
-    .unwrap();
+    let tick = pass_within_10s(&driver, &policy).await;
     assert!(matches!(tick, Tick::Wait { .. }), "{tick:?}");
     let creates = fx.sim().request_count(Endpoint::CreateToken);
     assert!(

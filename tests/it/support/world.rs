@@ -132,6 +132,13 @@ pub fn token_id_of(record: &Value, store: &str) -> Result<String, String> {
         .ok_or_else(|| format!("no token_id in {store}: {record}"))
 }
 
+/// A [`Bench`] with OpenBao and moto.
+pub struct RemoteBench {
+    pub bench: Bench,
+    pub bao: OpenBao,
+    pub moto: Moto,
+}
+
 /// A scratch directory, a simulator whose admin token is written there,
 /// and the binary run as children in it, their output there too.
 pub struct Bench {
@@ -158,9 +165,10 @@ impl Bench {
         scratch: Scratch,
         accounts: &[&str],
         log_filter: &'static str,
-    ) -> (Bench, OpenBao, Moto) {
+    ) -> RemoteBench {
         let (bao, moto) = remote_stores(scratch.path()).await;
-        (Bench::new(scratch, accounts, log_filter).await, bao, moto)
+        let bench = Bench::new(scratch, accounts, log_filter).await;
+        RemoteBench { bench, bao, moto }
     }
 
     pub fn dir(&self) -> &Path {
