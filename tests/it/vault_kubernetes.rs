@@ -87,6 +87,11 @@ impl Respond for TokenReview {
     }
 }
 
+/// The JSON body `request` is answered with.
+async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 struct World {
     dir: std::path::PathBuf,
     _scratch: Scratch,
@@ -370,14 +375,10 @@ async fn a_namespaced_store_rotates_inside_its_namespace() {
         .await
         .unwrap();
     assert!(r.status().is_success());
-    let created: Value = in_ns("POST", "auth/token/create")
-        .json(&json!({ "policies": ["rotator"], "ttl": "1h" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = json_of(
+        in_ns("POST", "auth/token/create").json(&json!({ "policies": ["rotator"], "ttl": "1h" })),
+    )
+    .await;
     crate::support::write_secret(
         w.dir.join("ns.token"),
         created["auth"]["client_token"].as_str().unwrap(),
@@ -403,13 +404,7 @@ async fn a_namespaced_store_rotates_inside_its_namespace() {
     }
     let live = w.live();
     assert_eq!(live.len(), 1);
-    let v: Value = in_ns("GET", "kv/data/motherduck/k8s")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = json_of(in_ns("GET", "kv/data/motherduck/k8s")).await;
     assert_eq!(
         v["data"]["data"]["token_id"],
         json!(live[0]),

@@ -147,11 +147,30 @@ impl Api {
         (role_id, secret_id)
     }
 
+    /// `POST /v1/<path>` of `body` as root.
+    async fn post(&self, path: &str, body: Value) -> Value {
+        self.root(reqwest::Method::POST, path, Some(body)).await
+    }
+
     /// What a consumer gets from `GET /v1/<path>` with the root token.
     async fn read(&self, path: &str) -> (u16, Value) {
         self.call(&self.root, reqwest::Method::GET, path, None)
             .await
     }
+}
+
+/// A fresh OpenBao dev server and root access to it.
+async fn start() -> (OpenBao, Api) {
+    let bao = OpenBao::start().await;
+    let api = Api::new(&bao);
+    (bao, api)
+}
+
+/// The error of promoting `r` in `d`, which must fail.
+async fn promote_err(d: &VaultDestination, r: &NewRecord) -> StoreError {
+    d.promote(&journal(r, JournalState::Promoted))
+        .await
+        .unwrap_err()
 }
 
 fn settings(addr: &str, auth: VaultAuth) -> VaultSettings {

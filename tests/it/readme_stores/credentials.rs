@@ -2,6 +2,24 @@
 
 use super::*;
 
+/// Creates the IAM role `motherduck-rotator` that `principal` may assume
+/// with `action`.
+async fn create_role(moto: &Moto, principal: Value, action: &str) {
+    let trust = json!({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow",
+        "Principal": principal,
+        "Action": action}]});
+    iam(
+        moto,
+        &[
+            ("Action", "CreateRole"),
+            ("RoleName", "motherduck-rotator"),
+            ("AssumeRolePolicyDocument", &trust.to_string()),
+        ],
+    )
+    .await;
+}
+
 /// The default credential chain, beyond environment variables: a named
 /// profile in the shared files (with moto enforcing IAM, so only the
 /// profile's keys can work), and web identity (IRSA: a projected token
@@ -56,20 +74,10 @@ async fn the_default_credential_chain_reads_profiles_and_web_identity() {
     // Web identity. moto answers STS's unsigned AssumeRoleWithWebIdentity
     // only while it does not enforce IAM.
     enforce_iam(&moto, false).await;
-    iam(
+    create_role(
         &moto,
-        &[
-            ("Action", "CreateRole"),
-            ("RoleName", "motherduck-rotator"),
-            (
-                "AssumeRolePolicyDocument",
-                &json!({"Version": "2012-10-17", "Statement": [{
-                    "Effect": "Allow",
-                    "Principal": {"Federated": format!("arn:aws:iam::{ACCOUNT}:oidc-provider/oidc.eks.example")},
-                    "Action": "sts:AssumeRoleWithWebIdentity"}]})
-                .to_string(),
-            ),
-        ],
+        json!({"Federated": format!("arn:aws:iam::{ACCOUNT}:oidc-provider/oidc.eks.example")}),
+        "sts:AssumeRoleWithWebIdentity",
     )
     .await;
     std::fs::write(
@@ -110,20 +118,10 @@ async fn the_default_credential_chain_reads_instance_metadata() {
 
     let (w, moto, config) = World::with_aws().await;
     secrets_manager(&moto, "CreateSecret", json!({ "Name": SECRET })).await;
-    iam(
+    create_role(
         &moto,
-        &[
-            ("Action", "CreateRole"),
-            ("RoleName", "motherduck-rotator"),
-            (
-                "AssumeRolePolicyDocument",
-                &json!({"Version": "2012-10-17", "Statement": [{
-                    "Effect": "Allow",
-                    "Principal": {"Service": "ec2.amazonaws.com"},
-                    "Action": "sts:AssumeRole"}]})
-                .to_string(),
-            ),
-        ],
+        json!({"Service": "ec2.amazonaws.com"}),
+        "sts:AssumeRole",
     )
     .await;
     iam(

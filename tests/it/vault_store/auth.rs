@@ -13,8 +13,7 @@ fn approle(role_id: String, secret_id: String) -> VaultAuth {
 
 #[tokio::test]
 async fn permission_denied_is_permanent_and_names_the_path() {
-    let bao = OpenBao::start().await;
-    let api = Api::new(&bao);
+    let (bao, api) = start().await;
     let path = "motherduck/ro";
     api.policy(
         "read-only",
@@ -92,8 +91,7 @@ path "secret/metadata/motherduck/ro*" { capabilities = ["read"] }
 
 #[tokio::test]
 async fn approle_login_renewal_and_login_after_revocation() {
-    let bao = OpenBao::start().await;
-    let api = Api::new(&bao);
+    let (bao, api) = start().await;
     let path = "motherduck/approle";
     let probe = root_dest(&bao, path);
     api.policy("rotator", &probe.required_policy_hcl()).await;
@@ -141,10 +139,9 @@ async fn approle_login_renewal_and_login_after_revocation() {
 
     // The token is revoked behind the daemon's back: the next request gets
     // a 403, logs in again and succeeds.
-    api.root(
-        reqwest::Method::POST,
+    api.post(
         "auth/token/revoke-accessor",
-        Some(json!({ "accessor": accessor })),
+        json!({ "accessor": accessor }),
     )
     .await;
     let v = d.load().await.unwrap();

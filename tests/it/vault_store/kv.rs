@@ -5,8 +5,7 @@ use super::*;
 
 #[tokio::test]
 async fn kv2_full_rotation_with_the_least_privilege_policy() {
-    let bao = OpenBao::start().await;
-    let api = Api::new(&bao);
+    let (bao, api) = start().await;
     let root = connect(&bao.addr, token_auth(&bao.root_token));
     let path = "motherduck/etl";
     // The policy the store documents is the one the rotation runs under.
@@ -16,10 +15,9 @@ async fn kv2_full_rotation_with_the_least_privilege_policy() {
     let conn = connect(&bao.addr, token_auth(&limited));
     let d = dest(&conn, "secret", path, KvVersion::V2);
     // An operator's own metadata on the secret survives the rotations.
-    api.root(
-        reqwest::Method::POST,
+    api.post(
         &format!("secret/metadata/{path}"),
-        Some(json!({ "custom_metadata": { "owner": "team-data" } })),
+        json!({ "custom_metadata": { "owner": "team-data" } }),
     )
     .await;
     d.check().await.unwrap();
@@ -130,8 +128,7 @@ async fn kv2_full_rotation_with_the_least_privilege_policy() {
 
 #[tokio::test]
 async fn kv2_rollback_restores_the_previous_version_as_a_new_version() {
-    let bao = OpenBao::start().await;
-    let api = Api::new(&bao);
+    let (bao, api) = start().await;
     let conn = connect(&bao.addr, token_auth(&bao.root_token));
     let path = "motherduck/rb";
     let d = dest(&conn, "secret", path, KvVersion::V2);
@@ -212,8 +209,7 @@ async fn kv2_rollback_restores_the_previous_version_as_a_new_version() {
 
 #[tokio::test]
 async fn kv2_a_write_behind_the_stores_back_is_a_conflict() {
-    let bao = OpenBao::start().await;
-    let api = Api::new(&bao);
+    let (bao, api) = start().await;
     let conn = connect(&bao.addr, token_auth(&bao.root_token));
     let path = "motherduck/cas";
     let d = dest(&conn, "secret", path, KvVersion::V2);
@@ -226,20 +222,16 @@ async fn kv2_a_write_behind_the_stores_back_is_a_conflict() {
 
     // An operator replaces the token by hand between load and promote.
     let manual = secret("manual");
-    api.root(
-        reqwest::Method::POST,
+    api.post(
         &format!("secret/data/{path}"),
-        Some(json!({ "data": {
+        json!({ "data": {
             "token": manual, "token_id": "id-manual", "token_name": "by-hand",
             "service_account": "svc_etl", "token_type": "read_write",
             "created_at": "2026-01-02T00:00:00Z", "rotation_id": "manual"
-        }})),
+        }}),
     )
     .await;
-    let e = d
-        .promote(&journal(&r2, JournalState::Promoted))
-        .await
-        .unwrap_err();
+    let e = promote_err(&d, &r2).await;
     assert_eq!(e.kind, StoreErrorKind::Conflict, "{e}");
     assert!(e.is_retryable());
     assert!(e.to_string().contains("changed since it was loaded"), "{e}");
@@ -280,8 +272,7 @@ async fn kv2_a_write_behind_the_stores_back_is_a_conflict() {
 /// state machine continues from.
 #[tokio::test]
 async fn kv2_a_crash_between_record_and_journal_is_recovered() {
-    let bao = OpenBao::start().await;
-    let api = Api::new(&bao);
+    let (bao, api) = start().await;
     let conn = connect(&bao.addr, token_auth(&bao.root_token));
     let path = "motherduck/crash";
     let d = dest(&conn, "secret", path, KvVersion::V2);
@@ -293,10 +284,9 @@ async fn kv2_a_crash_between_record_and_journal_is_recovered() {
     // `promote` wrote the new version of `P`, then the process died before
     // the journal: copy the staged data over by hand.
     let (_, staged) = api.read(&format!("secret/data/{path}.pending")).await;
-    api.root(
-        reqwest::Method::POST,
+    api.post(
         &format!("secret/data/{path}"),
-        Some(json!({ "data": staged["data"]["data"], "options": { "cas": 1 } })),
+        json!({ "data": staged["data"]["data"], "options": { "cas": 1 } }),
     )
     .await;
     let v = d.load().await.unwrap();
@@ -354,15 +344,14 @@ async fn kv2_a_crash_between_record_and_journal_is_recovered() {
     // `stage` wrote the journal of `P.pending`, then died before the data:
     // nothing is staged (the created token is an orphan for the sweep).
     let r3 = record("r3", &secret("r3"), Some("id-r2"));
-    api.root(
-        reqwest::Method::POST,
+    api.post(
         &format!("secret/metadata/{path}.pending"),
-        Some(json!({ "custom_metadata": {
+        json!({ "custom_metadata": {
             "rotation_record_version": "1", "rotation_id": "r3",
             "rotation_state": "staged", "rotation_new_token_id": "id-r3",
             "rotation_started_at": "2026-01-01T00:00:00Z",
             "rotation_updated_at": "2026-01-01T00:00:00Z", "rotation_failures": "0"
-        }})),
+        }}),
     )
     .await;
     let v = d.load().await.unwrap();
@@ -381,8 +370,7 @@ async fn kv2_a_crash_between_record_and_journal_is_recovered() {
 
 #[tokio::test]
 async fn kv1_full_rotation_rollback_and_no_lease() {
-    let bao = OpenBao::start().await;
-    let api = Api::new(&bao);
+    let (bao, api) = start().await;
     api.enable_kv1("kv1").await;
     let conn = connect(&bao.addr, token_auth(&bao.root_token));
     let path = "motherduck/etl";
@@ -460,15 +448,13 @@ async fn kv1_full_rotation_rollback_and_no_lease() {
 
 #[tokio::test]
 async fn corrupt_records_and_journals_are_clear_errors_without_secrets() {
-    let bao = OpenBao::start().await;
-    let api = Api::new(&bao);
+    let (bao, api) = start().await;
     let conn = connect(&bao.addr, token_auth(&bao.root_token));
     let d = dest(&conn, "secret", "motherduck/bad", KvVersion::V2);
     let leaked = "eyJsecret-should-never-be-printed";
-    api.root(
-        reqwest::Method::POST,
+    api.post(
         "secret/data/motherduck/bad",
-        Some(json!({ "data": { "token": leaked, "token_id": 5 } })),
+        json!({ "data": { "token": leaked, "token_id": 5 } }),
     )
     .await;
     let e = d.load().await.unwrap_err();
@@ -486,10 +472,9 @@ async fn corrupt_records_and_journals_are_clear_errors_without_secrets() {
     let (_, meta) = api.read("secret/metadata/motherduck/badjournal").await;
     let mut custom = meta["data"]["custom_metadata"].clone();
     custom["rotation_state"] = json!("exploded");
-    api.root(
-        reqwest::Method::POST,
+    api.post(
         "secret/metadata/motherduck/badjournal",
-        Some(json!({ "custom_metadata": custom })),
+        json!({ "custom_metadata": custom }),
     )
     .await;
     let e = ok.load().await.unwrap_err();
@@ -510,16 +495,14 @@ async fn corrupt_records_and_journals_are_clear_errors_without_secrets() {
 /// setting, and `max_versions = 0` (the mount's default) is fine.
 #[tokio::test]
 async fn a_secret_keeping_one_version_is_refused_before_rotating() {
-    let bao = OpenBao::start().await;
-    let api = Api::new(&bao);
+    let (bao, api) = start().await;
     let path = "motherduck/one-version";
     let d = root_dest(&bao, path);
     d.check().await.unwrap();
     d.preflight().await.unwrap();
-    api.root(
-        reqwest::Method::POST,
+    api.post(
         &format!("secret/metadata/{path}"),
-        Some(json!({ "max_versions": 1 })),
+        json!({ "max_versions": 1 }),
     )
     .await;
     for e in [
@@ -533,10 +516,9 @@ async fn a_secret_keeping_one_version_is_refused_before_rotating() {
             "{text}"
         );
     }
-    api.root(
-        reqwest::Method::POST,
+    api.post(
         &format!("secret/metadata/{path}"),
-        Some(json!({ "max_versions": 0 })),
+        json!({ "max_versions": 0 }),
     )
     .await;
     d.preflight().await.unwrap();

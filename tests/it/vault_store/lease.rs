@@ -4,8 +4,7 @@ use super::*;
 
 #[tokio::test]
 async fn the_lease_is_exclusive_expires_and_is_taken_over_safely() {
-    let bao = OpenBao::start().await;
-    let api = Api::new(&bao);
+    let (bao, api) = start().await;
     let path = "motherduck/lease";
     // Two daemons, each with its own connection, on one path.
     let a = root_dest(&bao, path);
@@ -77,10 +76,7 @@ async fn a_stopped_server_is_a_transient_error() {
     d.stage(&r1).await.unwrap();
     d.load().await.unwrap();
     bao.kill();
-    let e = d
-        .promote(&journal(&r1, JournalState::Promoted))
-        .await
-        .unwrap_err();
+    let e = promote_err(&d, &r1).await;
     assert_eq!(e.kind, StoreErrorKind::Transient, "{e}");
     assert!(e.is_retryable());
     assert!(e.to_string().contains("cannot reach Vault"), "{e}");
