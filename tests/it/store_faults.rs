@@ -450,6 +450,13 @@ fn read_of(record: &Value) -> Read {
     }
 }
 
+/// `text` names every one of `parts`.
+fn assert_mentions(text: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(text.contains(part), "`{part}` missing in: {text}");
+    }
+}
+
 /// The token created by the latest rotation attempt.
 fn newest(ids: &[String]) -> String {
     ids.last().expect("a token was issued").clone()

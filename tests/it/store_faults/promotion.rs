@@ -64,14 +64,15 @@ async fn aws_throttling_while_promoting_rolls_vault_back_too() {
     );
     assert_eq!(w.store_ops("aws", "promote", "failure"), ATTEMPTS as u64);
     let reason = w.rolled_back_error(&driver, &policy, 1).await;
-    for part in [
-        "promote",
-        AWS_LABEL,
-        "UpdateSecretVersionStage",
-        "ThrottlingException",
-    ] {
-        assert!(reason.contains(part), "`{part}` missing in: {reason}");
-    }
+    assert_mentions(
+        &reason,
+        &[
+            "promote",
+            AWS_LABEL,
+            "UpdateSecretVersionStage",
+            "ThrottlingException",
+        ],
+    );
     w.assert_no_secret("the recorded error", &reason);
     assert_rolled_back_everywhere_then_recover(&w, &driver, &policy, &old, &old_secret).await;
 }
@@ -104,9 +105,7 @@ async fn vault_503_while_promoting_after_aws(matcher: Match, vault_writes: u64) 
     );
     assert_eq!(w.store_ops("vault", "promote", "failure"), ATTEMPTS as u64);
     let reason = w.rolled_back_error(&driver, &policy, 1).await;
-    for part in ["promote", VAULT_LABEL, "HTTP 503"] {
-        assert!(reason.contains(part), "`{part}` missing in: {reason}");
-    }
+    assert_mentions(&reason, &["promote", VAULT_LABEL, "HTTP 503"]);
     w.assert_no_secret("the recorded error", &reason);
     assert_rolled_back_everywhere_then_recover(&w, &driver, &policy, &old, &old_secret).await;
 }
@@ -162,9 +161,10 @@ async fn vault_refusing_the_rollback_too_still_revokes_the_new_token() {
         .expect_err("the rollback cannot finish");
     assert_eq!(rule.intercepted(), 2 * ATTEMPTS, "staging, then rollback");
     let text = err.to_string();
-    for part in ["rollback incomplete", "rollback", VAULT_LABEL, "HTTP 503"] {
-        assert!(text.contains(part), "`{part}` missing in: {text}");
-    }
+    assert_mentions(
+        &text,
+        &["rollback incomplete", "rollback", VAULT_LABEL, "HTTP 503"],
+    );
     w.assert_no_secret("the error", &text);
 
     let new = newest(&w.issued());
@@ -228,14 +228,15 @@ async fn aws_throttling_that_outlasts_the_rollback_still_revokes_and_counts() {
         .expect_err("the rollback cannot finish");
     assert_eq!(rule.intercepted(), 2 * ATTEMPTS, "promote, then rollback");
     let text = err.to_string();
-    for part in [
-        "rollback incomplete",
-        "rollback",
-        AWS_LABEL,
-        "ThrottlingException",
-    ] {
-        assert!(text.contains(part), "`{part}` missing in: {text}");
-    }
+    assert_mentions(
+        &text,
+        &[
+            "rollback incomplete",
+            "rollback",
+            AWS_LABEL,
+            "ThrottlingException",
+        ],
+    );
     w.assert_no_secret("the error", &text);
 
     // Consumers never noticed: both stores serve the old, live token.

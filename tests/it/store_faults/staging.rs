@@ -50,9 +50,7 @@ async fn vault_503_on_staging_revokes_the_new_token_and_the_next_pass_rotates() 
     assert_eq!(w.rotations("failed"), 1);
     assert_eq!(w.rollbacks(), 1);
     let reason = w.rolled_back_error(&driver, &policy, 0).await;
-    for part in ["stage", VAULT_LABEL, "HTTP 503"] {
-        assert!(reason.contains(part), "`{part}` missing in: {reason}");
-    }
+    assert_mentions(&reason, &["stage", VAULT_LABEL, "HTTP 503"]);
     w.assert_no_secret("the recorded error", &reason);
 
     // Within the backoff nothing happens; after it the rotation succeeds.
