@@ -92,6 +92,18 @@ pub fn http_client() -> reqwest::Client {
     crate::support::services::probe_client()
 }
 
+/// Whether `GET url` answers with JSON that `accept` takes.
+async fn answers_json(
+    http: &reqwest::Client,
+    url: String,
+    accept: impl FnOnce(&Value) -> bool,
+) -> bool {
+    match http.get(url).send().await {
+        Ok(r) => r.json::<Value>().await.is_ok_and(|v| accept(&v)),
+        Err(_) => false,
+    }
+}
+
 /// Polls `probe` every [`POLL_STEP`] until it returns `Ok`, at most `cap`.
 /// `Err` carries the current state ("why not yet"); on timeout the test
 /// fails with `what`, the last state and `context()` (logs, say).
@@ -321,13 +333,10 @@ impl Prometheus {
                     );
                     // Our server, not another test's that took the port.
                     ready
-                        && match http.get(format!("{base}/api/v1/status/flags")).send().await {
-                            Ok(r) => r
-                                .json::<Value>()
-                                .await
-                                .is_ok_and(|v| v["data"]["config.file"] == want.as_str()),
-                            Err(_) => false,
-                        }
+                        && answers_json(&http, format!("{base}/api/v1/status/flags"), |v| {
+                            v["data"]["config.file"] == want.as_str()
+                        })
+                        .await
                 }
             },
         )
@@ -525,14 +534,12 @@ impl Alertmanager {
                         Ok(r) if r.status() == reqwest::StatusCode::OK
                     );
                     ready
-                        && match http.get(format!("{base}/api/v2/status")).send().await {
-                            Ok(r) => r.json::<Value>().await.is_ok_and(|v| {
-                                v["config"]["original"]
-                                    .as_str()
-                                    .is_some_and(|c| c.contains(&receiver))
-                            }),
-                            Err(_) => false,
-                        }
+                        && answers_json(&http, format!("{base}/api/v2/status"), |v| {
+                            v["config"]["original"]
+                                .as_str()
+                                .is_some_and(|c| c.contains(&receiver))
+                        })
+                        .await
                 }
             },
         )
