@@ -13,18 +13,16 @@ use std::time::Duration;
 use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
 use chrono::{DateTime, Utc};
 use motherduck_rotator::clock::Clock;
-use motherduck_rotator::motherduck::TokenType;
 use motherduck_rotator::secret::{ExposeSecret, SecretString};
 use motherduck_rotator::stores::aws::{
     AwsConnection, AwsConnectionSettings, AwsDestination, version_id_for,
 };
-use motherduck_rotator::stores::{
-    Journal, JournalState, NewRecord, Slot, StoreError, StoreErrorKind, TokenMeta,
-};
+use motherduck_rotator::stores::{JournalState, NewRecord, Slot, StoreError, StoreErrorKind};
 use serde_json::{Value, json};
 use wiremock::matchers::{header, method};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+use crate::support::records::{self, journal};
 use crate::support::services::Moto;
 
 /// The static test credentials; the secret key must never be printed.
@@ -122,47 +120,36 @@ fn rid() -> String {
 }
 
 fn record(rid: &str, secret: &str, prev: Option<&str>) -> NewRecord {
-    NewRecord {
-        token: SecretString::from(secret.to_owned()),
-        meta: TokenMeta {
-            token_id: format!("id-{rid}"),
-            token_name: format!("rotator.etl.{rid}"),
-            service_account: "svc_etl".into(),
-            token_type: TokenType::ReadWrite,
-            created_at: t0(),
-            expires_at: None,
-            rotation_id: rid.into(),
-        },
-        journal: Journal {
-            rotation_id: rid.into(),
-            state: JournalState::Staged,
-            previous_token_id: prev.map(str::to_owned),
-            new_token_id: format!("id-{rid}"),
-            started_at: t0(),
-            updated_at: t0(),
-            revoke_after: None,
-            last_error: None,
-            failures: 0,
-            retry_at: None,
-            acknowledged_at: None,
-        },
-        ack_secret: None,
-    }
+    records::staged(rid, secret, prev, t0(), None)
 }
 
-fn journal(r: &NewRecord, state: JournalState) -> Journal {
-    Journal {
-        state,
-        ..r.journal.clone()
-    }
-}
-
-/// Stages and promotes `r`, and finishes it as the driver would.
-async fn rotate(d: &AwsDestination, r: &NewRecord) {
+/// Stages and promotes `r`.
+async fn stage_and_promote(d: &AwsDestination, r: &NewRecord) {
     d.stage(r).await.unwrap();
     d.promote(&journal(r, JournalState::Promoted))
         .await
         .unwrap();
+}
+
+/// moto, a consumer's client, the destination `etl` (created if
+/// missing), and the record of a first complete rotation into it.
+async fn one_rotation() -> (
+    Moto,
+    aws_sdk_secretsmanager::Client,
+    AwsDestination,
+    NewRecord,
+) {
+    let moto = Moto::start().await;
+    let client = consumer(&moto.endpoint);
+    let d = destination(&connection(&moto.endpoint), "etl").create_if_missing(true, None);
+    let r1 = record(&rid(), "eyJone", None);
+    rotate(&d, &r1).await;
+    (moto, client, d, r1)
+}
+
+/// Stages and promotes `r`, and finishes it as the driver would.
+async fn rotate(d: &AwsDestination, r: &NewRecord) {
+    stage_and_promote(d, r).await;
     d.set_journal(&journal(r, JournalState::Verified))
         .await
         .unwrap();
@@ -295,11 +282,7 @@ async fn full_rotation_is_what_consumers_read() {
 
 #[tokio::test]
 async fn every_operation_repeats_harmlessly() {
-    let moto = Moto::start().await;
-    let client = consumer(&moto.endpoint);
-    let d = destination(&connection(&moto.endpoint), "etl").create_if_missing(true, None);
-    let r1 = record(&rid(), "eyJone", None);
-    rotate(&d, &r1).await;
+    let (_moto, client, d, r1) = one_rotation().await;
     let r2 = record(&rid(), "eyJtwo", Some(&r1.meta.token_id));
 
     d.stage(&r2).await.unwrap();
@@ -345,18 +328,11 @@ async fn every_operation_repeats_harmlessly() {
 
 #[tokio::test]
 async fn rollback_moves_awscurrent_back() {
-    let moto = Moto::start().await;
-    let client = consumer(&moto.endpoint);
-    let d = destination(&connection(&moto.endpoint), "etl").create_if_missing(true, None);
-    let r1 = record(&rid(), "eyJone", None);
-    rotate(&d, &r1).await;
+    let (_moto, client, d, r1) = one_rotation().await;
 
     // Rolled back after promotion.
     let r2 = record(&rid(), "eyJtwo", Some(&r1.meta.token_id));
-    d.stage(&r2).await.unwrap();
-    d.promote(&journal(&r2, JournalState::Promoted))
-        .await
-        .unwrap();
+    stage_and_promote(&d, &r2).await;
     assert_eq!(consumer_token(&client, "etl").await, "eyJtwo");
     let mut rb = journal(&r2, JournalState::RolledBack);
     rb.last_error = Some("verify: probe returned 401".into());
@@ -403,10 +379,7 @@ async fn first_token_rolled_back_leaves_no_current_record() {
     let moto = Moto::start().await;
     let d = destination(&connection(&moto.endpoint), "etl").create_if_missing(true, None);
     let r1 = record(&rid(), "eyJone", None);
-    d.stage(&r1).await.unwrap();
-    d.promote(&journal(&r1, JournalState::Promoted))
-        .await
-        .unwrap();
+    stage_and_promote(&d, &r1).await;
     let rb = journal(&r1, JournalState::RolledBack);
     d.rollback(&rb).await.unwrap();
     d.rollback(&rb).await.unwrap();
@@ -426,11 +399,7 @@ async fn first_token_rolled_back_leaves_no_current_record() {
 
 #[tokio::test]
 async fn interrupted_promotion_is_finished_by_a_repeat() {
-    let moto = Moto::start().await;
-    let client = consumer(&moto.endpoint);
-    let d = destination(&connection(&moto.endpoint), "etl").create_if_missing(true, None);
-    let r1 = record(&rid(), "eyJone", None);
-    rotate(&d, &r1).await;
+    let (_moto, client, d, r1) = one_rotation().await;
     let r2 = record(&rid(), "eyJtwo", Some(&r1.meta.token_id));
     d.stage(&r2).await.unwrap();
     // The process died right after promote's first call moved AWSCURRENT.
@@ -592,17 +561,14 @@ async fn the_lock_is_exclusive_expires_and_is_released() {
     // Dropping a lease releases it in the background.
     drop(lease_c);
     let d = destination(&conn, "etl").with_clock(late);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let lease_d = loop {
-        if let Some(l) = d.try_lock("replica-d").await.unwrap() {
-            break l;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "a dropped lease was not released"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let lease_d = crate::support::daemon::eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(5),
+        "a dropped lease was not released",
+        String::new,
+        async || d.try_lock("replica-d").await.unwrap(),
+    )
+    .await;
     assert!(!format!("{lease_d:?}").is_empty());
     lease_d.release().await.unwrap();
 }

@@ -22,7 +22,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,12 +29,12 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use motherduck_rotator::motherduck::Endpoint;
-use motherduck_rotator::secret::ExposeSecret;
-use motherduck_rotator::simulator::{RunningSimulator, Simulator, SimulatorOptions};
+use motherduck_rotator::simulator::{RunningSimulator, Simulator};
 
+use crate::support::config_toml;
+use crate::support::daemon::{self, Rotator, signal};
 use crate::support::services::{Moto, OpenBao};
-
-const BIN: &str = env!("CARGO_BIN_EXE_motherduck-rotator");
+use crate::support::world::{self, Scratch};
 
 /// The steps the daemon logs; a kill is aimed right after one of them.
 const STEPS: &[&str] = &[
@@ -47,6 +46,10 @@ const STEPS: &[&str] = &[
     "rotation complete",
     "rotation rolled back; the old token is current",
 ];
+
+/// Step retries of the chaos and fencing policies.
+pub(crate) const RETRY: &str =
+    "retry = { max_attempts = 3, initial_backoff = \"100ms\", max_backoff = \"1s\" }\n";
 
 /// How long a consumer waits between two reads of its destinations.
 const READ_EVERY: Duration = Duration::from_millis(100);
@@ -65,6 +68,19 @@ pub(crate) enum Source {
 }
 
 impl Source {
+    /// The current version of `secret/<path>` on `bao`, labelled.
+    pub(crate) fn vault(bao: &OpenBao, path: &str) -> (String, Source) {
+        let url = format!("{}/v1/secret/data/{path}", bao.addr);
+        let token = bao.root_token.clone();
+        (format!("vault:{path}"), Source::Vault { url, token })
+    }
+
+    /// `AWSCURRENT` of the secret `name` on `moto`, labelled.
+    pub(crate) fn aws(moto: &Moto, name: &str) -> (String, Source) {
+        let (endpoint, secret) = (moto.endpoint.clone(), name.to_owned());
+        (format!("aws:{name}"), Source::Aws { endpoint, secret })
+    }
+
     /// The token read, `None` when nothing is stored yet.
     pub(crate) async fn read(&self, http: &reqwest::Client) -> Result<Option<String>, String> {
         let field = |v: &Value| {
@@ -220,69 +236,16 @@ struct PolicySpec {
     sources: Vec<(String, Source)>,
 }
 
-/// The binary with `--config config`, run in `cwd`, with static AWS test
-/// credentials and `MDR_LOG=log`, nothing inherited that changes it.
-fn rotator_env(
-    mut cmd: tokio::process::Command,
-    config: &Path,
-    cwd: &Path,
-    log: &str,
-) -> tokio::process::Command {
-    cmd.arg("--config")
-        .arg(config)
-        .current_dir(cwd)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env_remove("AWS_PROFILE")
-        .env_remove("MDR_CRASH_AT")
-        .env_remove("MOTHERDUCK_ROTATOR_CONFIG")
-        .env("MDR_LOG", log);
-    cmd
-}
-
-/// `rotator_env` running `args`, its output in `<logs>/<name>.out` and
-/// `.err`, killed when dropped.
-pub(crate) fn rotator(
-    config: &Path,
-    cwd: &Path,
-    logs: &Path,
-    name: &str,
-    args: &[&str],
-) -> tokio::process::Command {
-    let out = std::fs::File::create(logs.join(format!("{name}.out"))).unwrap();
-    let err = std::fs::File::create(logs.join(format!("{name}.err"))).unwrap();
-    let mut cmd = rotator_env(tokio::process::Command::new(BIN), config, cwd, "info");
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out))
-        .stderr(Stdio::from(err))
-        .kill_on_drop(true);
-    cmd
-}
-
 /// `[stores.vault]` on OpenBao's `secret/` (root token in `vault.token`)
 /// and `[stores.aws]` on moto, with the shortest lease and lock TTLs and a
 /// version budget moto does not need (it has no quota; these schedules
 /// rotate every few seconds).
 pub(crate) fn remote_stores_toml(bao: &OpenBao, moto: &Moto) -> String {
-    format!(
-        r#"
-[stores.vault]
-type = "vault"
-address = "{}"
-auth = {{ method = "token", token = {{ file = "vault.token" }} }}
-lease_ttl = "2s"
-
-[stores.aws]
-type = "aws"
-region = "us-east-1"
-endpoint_url = "{}"
-create_if_missing = true
-lock_ttl = "3s"
-version_budget = 1000000
-"#,
-        bao.addr, moto.endpoint
-    )
+    config_toml::vault_store(&bao.addr, "2s")
+        + &config_toml::aws_store(
+            &moto.endpoint,
+            "lock_ttl = \"3s\"\nversion_budget = 1000000\n",
+        )
 }
 
 /// Which stores the run uses.
@@ -292,39 +255,36 @@ enum Stores {
 }
 
 struct Chaos {
-    root: PathBuf,
     sim: RunningSimulator,
     stores: Stores,
     policies: Vec<PolicySpec>,
+    /// Runs the daemons, their logs in `logs/`.
+    bin: Rotator,
+    root: Scratch,
 }
 
 impl Chaos {
     async fn new(remote: bool) -> Chaos {
-        let root =
-            std::env::temp_dir().join(format!("mdr-chaos-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(root.join("logs")).unwrap();
-        let sim = Simulator::spawn(SimulatorOptions::default())
-            .await
-            .expect("simulator starts");
+        let root = Scratch::kept_on_failure("chaos");
+        let dir = root.path();
+        std::fs::create_dir_all(dir.join("logs")).unwrap();
+        let sim = world::simulator(dir, &[]).await;
         sim.sim
             .set_latency(Duration::from_millis(3), Duration::from_millis(7));
         sim.sim.set_error_rate(Endpoint::CreateToken, 0.03);
         sim.sim.set_error_rate(Endpoint::RevokeToken, 0.03);
-        let admin = root.join("admin.token");
-        crate::support::write_secret(&admin, sim.admin_token.expose_secret());
         let (stores, policies) = if remote {
-            let bao = OpenBao::start().await;
-            let moto = Moto::start().await;
-            crate::support::write_secret(root.join("vault.token"), &bao.root_token);
+            let (bao, moto) = world::remote_stores(dir).await;
             let policies = remote_policies(&bao, &moto);
             (Stores::Remote(Box::new((bao, moto))), policies)
         } else {
-            (Stores::Files, file_policies(&root))
+            (Stores::Files, file_policies(dir))
         };
         for p in &policies {
             sim.sim.add_service_account(&sa(p.name));
         }
         Chaos {
+            bin: Rotator::new(dir, &dir.join("logs"), "info"),
             root,
             sim,
             stores,
@@ -336,76 +296,48 @@ impl Chaos {
     /// so the daemon only finishes what is under way and sweeps.
     fn config(&self, settle: bool) -> PathBuf {
         let name = if settle { "settle.toml" } else { "chaos.toml" };
-        let path = self.root.join(name);
+        let path = self.root.path().join(name);
         let stores = match &self.stores {
-            Stores::Files => r#"
-[stores.local]
-type = "file"
-directory = "store"
-
-[stores.other]
-type = "file"
-directory = "other"
-"#
-            .to_owned(),
+            Stores::Files => {
+                config_toml::file_store("local", "store")
+                    + &config_toml::file_store("other", "other")
+            }
             Stores::Remote(remote) => remote_stores_toml(&remote.0, &remote.1),
         };
-        let mut src = format!(
-            r#"
-[motherduck]
-api_url = "{api}"
-admin_token = {{ file = "admin.token" }}
-request_timeout = "5s"
-rate_limit_per_second = 1000
-
-[daemon]
-listen = "127.0.0.1:0"
-log_format = "json"
-sweep_interval = "10s"
-orphan_min_age = "3s"
-shutdown_timeout = "10s"
-lock_retry_interval = "300ms"
-recheck_interval = "1s"
-{stores}
-"#,
-            api = self.sim.base_url(),
-        );
+        let mut src = config_toml::motherduck_unthrottled(&self.sim.base_url())
+            + &config_toml::daemon(
+                "sweep_interval = \"10s\"\norphan_min_age = \"3s\"\nshutdown_timeout = \"10s\"\nlock_retry_interval = \"300ms\"\nrecheck_interval = \"1s\"\n",
+            )
+            + &stores;
         for p in &self.policies {
             let schedule = if settle {
                 r#"{ interval = "1d" }"#
             } else {
                 p.schedule
             };
-            src.push_str(&format!(
-                r#"
-[[policy]]
-name = "{name}"
-service_account = "{sa}"
-schedule = {schedule}
-overlap = "{overlap}"
-verify = [{{ type = "motherduck", interval = "50ms", deadline = "5s" }}]
-destinations = [{dests}]
-retry = {{ max_attempts = 3, initial_backoff = "100ms", max_backoff = "1s" }}
-"#,
-                name = p.name,
-                sa = sa(p.name),
-                overlap = p.overlap,
-                dests = p.destinations.join(", "),
+            src.push_str(&config_toml::policy_on(
+                p.name,
+                &sa(p.name),
+                schedule,
+                p.overlap,
+                &p.destinations.join(", "),
             ));
+            src.push_str(
+                r#"verify = [{ type = "motherduck", interval = "50ms", deadline = "5s" }]
+"#,
+            );
+            src.push_str(RETRY);
         }
         std::fs::write(&path, src).unwrap();
         path
     }
 
     fn spawn(&self, config: &Path, log: &str) -> tokio::process::Child {
-        rotator(config, &self.root, &self.root.join("logs"), log, &["run"])
-            .spawn()
-            .expect("the binary starts")
+        self.bin.spawn(log, config, &["run"], None)
     }
 
     fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.root.join("logs").join(format!("{name}.err")))
-            .unwrap_or_default()
+        self.bin.log(&format!("{name}.err"))
     }
 
     /// The last lines of the last few logs, for a failure message.
@@ -431,23 +363,10 @@ retry = {{ max_attempts = 3, initial_backoff = "100ms", max_backoff = "1s" }}
     /// bare files, Vault's current version, `AWSCURRENT`) holds it. Returns
     /// a reason when not.
     async fn converged(&self, config: &Path, http: &reqwest::Client) -> Result<(), String> {
-        let out = rotator_env(
-            tokio::process::Command::new(BIN),
-            config,
-            &self.root,
-            "error",
+        let status = daemon::status_json(
+            daemon::command(config, self.root.path(), "error").args(["status", "--json"]),
         )
-        .args(["status", "--json"])
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| e.to_string())?;
-        let status: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
-            format!(
-                "status --json: {e}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })?;
+        .await?;
         let list = status.as_array().cloned().unwrap_or_default();
         for spec in &self.policies {
             let p = list
@@ -494,7 +413,7 @@ retry = {{ max_attempts = 3, initial_backoff = "100ms", max_backoff = "1s" }}
     fn temp_files(&self) -> Vec<String> {
         let mut left = Vec::new();
         for dir in ["store", "other"] {
-            let Ok(entries) = std::fs::read_dir(self.root.join(dir)) else {
+            let Ok(entries) = std::fs::read_dir(self.root.path().join(dir)) else {
                 continue;
             };
             for e in entries.flatten() {
@@ -505,14 +424,6 @@ retry = {{ max_attempts = 3, initial_backoff = "100ms", max_backoff = "1s" }}
             }
         }
         left
-    }
-}
-
-impl Drop for Chaos {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.root);
-        }
     }
 }
 
@@ -573,28 +484,12 @@ fn file_policies(root: &Path) -> Vec<PolicySpec> {
 /// Vault (holding the lock) plus AWS.
 fn remote_policies(bao: &OpenBao, moto: &Moto) -> Vec<PolicySpec> {
     let vault = |path: &str| {
-        (
-            format!(r#"{{ store = "vault", path = "{path}" }}"#),
-            (
-                format!("vault:{path}"),
-                Source::Vault {
-                    url: format!("{}/v1/secret/data/{path}", bao.addr),
-                    token: bao.root_token.clone(),
-                },
-            ),
-        )
+        let dest = format!(r#"{{ store = "vault", path = "{path}" }}"#);
+        (dest, Source::vault(bao, path))
     };
     let aws = |name: &str| {
-        (
-            format!(r#"{{ store = "aws", path = "{name}" }}"#),
-            (
-                format!("aws:{name}"),
-                Source::Aws {
-                    endpoint: moto.endpoint.clone(),
-                    secret: name.to_owned(),
-                },
-            ),
-        )
+        let dest = format!(r#"{{ store = "aws", path = "{name}" }}"#);
+        (dest, Source::aws(moto, name))
     };
     let spec = |name, schedule, parts: Vec<(String, (String, Source))>| {
         let (destinations, sources) = parts.into_iter().unzip();
@@ -664,24 +559,6 @@ fn find_key(v: &Value, k: &str) -> Option<String> {
     }
 }
 
-fn sigkill(child: &tokio::process::Child) {
-    if let Some(pid) = child.id() {
-        // SAFETY: kill(2) on a child we started; no memory is involved.
-        unsafe {
-            libc::kill(pid as i32, libc::SIGKILL);
-        }
-    }
-}
-
-fn sigterm(child: &tokio::process::Child) {
-    if let Some(pid) = child.id() {
-        // SAFETY: as above.
-        unsafe {
-            libc::kill(pid as i32, libc::SIGTERM);
-        }
-    }
-}
-
 async fn run_chaos(remote: bool, default_secs: u64) -> Figures {
     let what = if remote { "openbao+moto" } else { "file" };
     let chaos = Chaos::new(remote).await;
@@ -727,7 +604,7 @@ async fn run_chaos(remote: bool, default_secs: u64) -> Figures {
                 chaos.recent_logs(&names)
             );
         }
-        sigkill(&child);
+        signal(&child, libc::SIGKILL);
         let _ = child.wait().await;
         figures.kills += 1;
     }
@@ -750,9 +627,9 @@ async fn run_chaos(remote: bool, default_secs: u64) -> Figures {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    sigterm(&last);
+    signal(&last, libc::SIGTERM);
     let _ = tokio::time::timeout(Duration::from_secs(20), last.wait()).await;
-    sigkill(&last);
+    signal(&last, libc::SIGKILL);
     let _ = last.wait().await;
 
     // Settle: schedules a day away; what is under way finishes, orphans
@@ -775,7 +652,7 @@ async fn run_chaos(remote: bool, default_secs: u64) -> Figures {
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     consumer.await.unwrap();
-    sigterm(&settle);
+    signal(&settle, libc::SIGTERM);
     let _ = tokio::time::timeout(Duration::from_secs(20), settle.wait()).await;
 
     let mut done = BTreeMap::new();

@@ -9,6 +9,16 @@ use motherduck_rotator::config::{LoadOptions, load_with};
 
 const BIN: &str = env!("CARGO_BIN_EXE_motherduck-rotator");
 
+/// `validate` of the configuration at `path`.
+fn validate(path: &std::path::Path) -> std::process::Output {
+    Command::new(BIN)
+        .arg("--config")
+        .arg(path)
+        .arg("validate")
+        .output()
+        .expect("the binary runs")
+}
+
 /// The repository's `config/` folder.
 fn config_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("config")
@@ -83,12 +93,7 @@ fn validate_reports_file_line_column_field_and_reason_and_exits_64() {
     )
     .unwrap();
 
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(&path)
-        .arg("validate")
-        .output()
-        .expect("the binary runs");
+    let out = validate(&path);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "stderr:\n{stderr}");
     let p = path.display();
@@ -114,12 +119,7 @@ fn validate_reports_a_toml_syntax_error_with_its_place() {
     let scratch = Scratch::new();
     let path = scratch.0.join("broken.toml");
     std::fs::write(&path, "[motherduck\nadmin_token = { env = \"X\" }\n").unwrap();
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(&path)
-        .arg("validate")
-        .output()
-        .expect("the binary runs");
+    let out = validate(&path);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "stderr:\n{stderr}");
     let expected = format!("{}:1:12: unclosed table", path.display());
@@ -179,14 +179,7 @@ fn validate_refuses_secret_files_that_others_can_read() {
          destinations = [{ store = \"local\", path = \"orders.json\" }]\n",
     )
     .unwrap();
-    let validate = || {
-        Command::new(BIN)
-            .arg("--config")
-            .arg(&path)
-            .arg("validate")
-            .output()
-            .expect("the binary runs")
-    };
+    let validate = || validate(&path);
 
     // Readable by others: refused at the key that names the file.
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();

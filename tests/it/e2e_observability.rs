@@ -213,6 +213,23 @@ fn substitute(expr: &str, policy: &str, rate_interval: &str) -> String {
 /// rolled back), so failure, rollback and step-failure series exist; the
 /// tokens expire, so the expiry gauges exist. `/metrics` is bearer-protected and
 /// Prometheus scrapes it with the token.
+/// `Ok` when nothing is `missing`, else what is.
+fn none_missing(missing: Vec<String>) -> Result<(), String> {
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("missing: {}", missing.join(", ")))
+    }
+}
+
+/// Whether a Slack message on `hook` names `alert` and `status` (e.g.
+/// `[firing]`).
+fn on_slack(hook: &WebhookReceiver, alert: &str, status: &str) -> bool {
+    slack_texts(hook)
+        .iter()
+        .any(|t| t.contains(alert) && t.contains(status))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_query_returns_data() {
     let t0 = Instant::now();
@@ -652,17 +669,10 @@ destinations = [{{ store = "local", path = "flaky.json" }}]
             {
                 missing.push("firing MotherDuckRotationFailed on the webhook".to_owned());
             }
-            if !slack_texts(&hook)
-                .iter()
-                .any(|t| t.contains("MotherDuckRotationFailed") && t.contains("[firing]"))
-            {
+            if !on_slack(&hook, "MotherDuckRotationFailed", "[firing]") {
                 missing.push("firing MotherDuckRotationFailed on Slack".to_owned());
             }
-            if missing.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("missing: {}", missing.join(", ")))
-            }
+            none_missing(missing)
         },
         diagnostics,
     )
@@ -802,17 +812,10 @@ destinations = [{{ store = "local", path = "flaky.json" }}]
                     missing.push(format!("resolved {name} on the webhook"));
                 }
             }
-            if !slack_texts(&hook)
-                .iter()
-                .any(|t| t.contains("MotherDuckRotationFailed") && t.contains("[resolved]"))
-            {
+            if !on_slack(&hook, "MotherDuckRotationFailed", "[resolved]") {
                 missing.push("resolved MotherDuckRotationFailed on Slack".to_owned());
             }
-            if missing.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("missing: {}", missing.join(", ")))
-            }
+            none_missing(missing)
         },
         diagnostics,
     )

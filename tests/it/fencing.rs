@@ -19,173 +19,88 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use motherduck_rotator::secret::ExposeSecret;
-use motherduck_rotator::simulator::{RunningSimulator, Simulator, SimulatorOptions};
+use crate::chaos::{RETRY, Source, Tally, consume, remote_stores_toml};
+use crate::support::config_toml;
+use crate::support::daemon::signal;
+use crate::support::world::{self, Bench, RemoteBench, Scratch};
 
-use crate::chaos::{Source, Tally, consume, remote_stores_toml, rotator};
-use crate::support::services::{Moto, OpenBao};
-
-struct World {
-    root: PathBuf,
-    sim: RunningSimulator,
-    bao: OpenBao,
-    moto: Moto,
+/// Writes `config.toml`: two policies rotating every few seconds, one on
+/// each store, verified by a hook that takes 3 s.
+fn config(w: &RemoteBench) -> PathBuf {
+    let path = w.bench.dir().join("config.toml");
+    let verify = r#"[{ type = "command", command = ["/bin/sh", "-c", "sleep 3"], interval = "100ms", deadline = "30s", timeout = "10s" }]"#;
+    let policy = |name: &str, dest: &str| {
+        config_toml::policy_on(
+            name,
+            &format!("svc_{name}"),
+            r#"{ interval = "6s" }"#,
+            "1s",
+            dest,
+        ) + &format!("verify = {verify}\n{RETRY}")
+    };
+    let src = config_toml::motherduck_unthrottled(&w.bench.sim.base_url())
+        + &config_toml::daemon(
+            "orphan_min_age = \"2s\"\nsweep_interval = \"5s\"\nshutdown_timeout = \"10s\"\nlock_retry_interval = \"300ms\"\nrecheck_interval = \"1s\"\n",
+        )
+        + &remote_stores_toml(&w.bao, &w.moto)
+        + &policy("vfence", r#"{ store = "vault", path = "fence/v" }"#)
+        + &policy("afence", r#"{ store = "aws", path = "fence/a" }"#);
+    std::fs::write(&path, src).unwrap();
+    path
 }
 
-impl World {
-    async fn new() -> World {
-        let root =
-            std::env::temp_dir().join(format!("mdr-fencing-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&root).unwrap();
-        let bao = OpenBao::start().await;
-        let moto = Moto::start().await;
-        let sim = Simulator::spawn(SimulatorOptions::default())
-            .await
-            .expect("simulator starts");
-        sim.sim.add_service_account("svc_vfence");
-        sim.sim.add_service_account("svc_afence");
-        crate::support::write_secret(root.join("admin.token"), sim.admin_token.expose_secret());
-        crate::support::write_secret(root.join("vault.token"), &bao.root_token);
-        World {
-            root,
-            sim,
-            bao,
-            moto,
-        }
-    }
-
-    fn config(&self) -> PathBuf {
-        let path = self.root.join("config.toml");
-        let verify = r#"[{ type = "command", command = ["/bin/sh", "-c", "sleep 3"], interval = "100ms", deadline = "30s", timeout = "10s" }]"#;
-        let src = format!(
-            r#"
-[motherduck]
-api_url = "{api}"
-admin_token = {{ file = "admin.token" }}
-request_timeout = "5s"
-rate_limit_per_second = 1000
-
-[daemon]
-listen = "127.0.0.1:0"
-log_format = "json"
-orphan_min_age = "2s"
-sweep_interval = "5s"
-shutdown_timeout = "10s"
-lock_retry_interval = "300ms"
-recheck_interval = "1s"
-
-{stores}
-[[policy]]
-name = "vfence"
-service_account = "svc_vfence"
-schedule = {{ interval = "6s" }}
-overlap = "1s"
-verify = {verify}
-destinations = [{{ store = "vault", path = "fence/v" }}]
-retry = {{ max_attempts = 3, initial_backoff = "100ms", max_backoff = "1s" }}
-
-[[policy]]
-name = "afence"
-service_account = "svc_afence"
-schedule = {{ interval = "6s" }}
-overlap = "1s"
-verify = {verify}
-destinations = [{{ store = "aws", path = "fence/a" }}]
-retry = {{ max_attempts = 3, initial_backoff = "100ms", max_backoff = "1s" }}
-"#,
-            api = self.sim.base_url(),
-            stores = remote_stores_toml(&self.bao, &self.moto),
-        );
-        std::fs::write(&path, src).unwrap();
-        path
-    }
-
-    fn spawn(&self, config: &Path, name: &str) -> tokio::process::Child {
-        rotator(config, &self.root, &self.root, name, &["run"])
-            .spawn()
-            .expect("the binary starts")
-    }
-
-    fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.root.join(format!("{name}.err"))).unwrap_or_default()
-    }
-
-    fn logs(&self) -> String {
-        ["a", "b"]
-            .iter()
-            .map(|n| format!("--- {n}.err\n{}", self.log(n)))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// `(policy, rotation id)` of each line of `log` with `message`.
-    fn events(&self, log: &str, message: &str) -> Vec<(String, String)> {
-        let needle = format!(r#""message":"{message}""#);
-        self.log(log)
-            .lines()
-            .filter(|l| l.contains(&needle))
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .map(|v| {
-                let field = |k: &str| {
-                    v[k].as_str()
-                        .or_else(|| v["span"][k].as_str())
-                        .unwrap_or_default()
-                        .to_owned()
-                };
-                (field("policy"), field("rotation_id"))
-            })
-            .collect()
-    }
+fn spawn(w: &RemoteBench, config: &Path, name: &str) -> tokio::process::Child {
+    w.bench.bin.spawn(name, config, &["run"], None)
 }
 
-impl Drop for World {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.root);
-        }
-    }
+fn log(w: &RemoteBench, name: &str) -> String {
+    w.bench.bin.log(&format!("{name}.err"))
 }
 
-fn signal(child: &tokio::process::Child, sig: i32) {
-    if let Some(pid) = child.id() {
-        // SAFETY: kill(2) on a child we started; no memory is involved.
-        unsafe {
-            libc::kill(pid as i32, sig);
-        }
-    }
+fn logs(w: &RemoteBench) -> String {
+    w.bench.bin.logs()
+}
+
+/// `(policy, rotation id)` of each line of `log` with `message`.
+fn events(w: &RemoteBench, log: &str, message: &str) -> Vec<(String, String)> {
+    let needle = format!(r#""message":"{message}""#);
+    self::log(w, log)
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|v| {
+            let field = |k: &str| {
+                v[k].as_str()
+                    .or_else(|| v["span"][k].as_str())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            (field("policy"), field("rotation_id"))
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_paused_past_its_lease_writes_nothing_when_it_resumes() {
-    let w = World::new().await;
-    let config = w.config();
+    let scratch = Scratch::kept_on_failure("fencing");
+    let accounts = ["svc_vfence", "svc_afence"];
+    let w = Bench::with_remote_stores(scratch, &accounts, "info").await;
+    let config = config(&w);
     let sources = vec![
-        (
-            "vault:fence/v".to_owned(),
-            Source::Vault {
-                url: format!("{}/v1/secret/data/fence/v", w.bao.addr),
-                token: w.bao.root_token.clone(),
-            },
-        ),
-        (
-            "aws:fence/a".to_owned(),
-            Source::Aws {
-                endpoint: w.moto.endpoint.clone(),
-                secret: "fence/a".to_owned(),
-            },
-        ),
+        Source::vault(&w.bao, "fence/v"),
+        Source::aws(&w.moto, "fence/a"),
     ];
     let tally = Arc::new(Mutex::new(Tally::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let consumer = tokio::spawn(consume(
         sources.clone(),
-        w.sim.sim.clone(),
+        w.bench.sim.sim.clone(),
         tally.clone(),
         stop.clone(),
     ));
 
-    let mut a = w.spawn(&config, "a");
-    let mut b = w.spawn(&config, "b");
+    let mut a = spawn(&w, &config, "a");
+    let mut b = spawn(&w, &config, "b");
     let daemons = [("a", &mut a), ("b", &mut b)];
 
     // Wait for each policy's first verification after both run, then stop
@@ -193,7 +108,7 @@ async fn a_replica_paused_past_its_lease_writes_nothing_when_it_resumes() {
     let mut stopped_in = Vec::new();
     for policy in ["vfence", "afence"] {
         let verifying = |n: &str| {
-            w.events(n, "verifying the new token")
+            events(&w, n, "verifying the new token")
                 .iter()
                 .filter(|(p, _)| p == policy)
                 .count()
@@ -213,7 +128,7 @@ async fn a_replica_paused_past_its_lease_writes_nothing_when_it_resumes() {
                 assert!(
                     tokio::time::Instant::now() < give_up,
                     "no verification of {policy}\n{}",
-                    w.logs()
+                    logs(&w)
                 );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -224,7 +139,7 @@ async fn a_replica_paused_past_its_lease_writes_nothing_when_it_resumes() {
         signal(child, libc::SIGSTOP);
         let resumed_at_line = {
             tokio::time::sleep(Duration::from_secs(10)).await;
-            let lines = w.log(name).lines().count();
+            let lines = log(&w, name).lines().count();
             signal(child, libc::SIGCONT);
             lines
         };
@@ -250,13 +165,12 @@ async fn a_replica_paused_past_its_lease_writes_nothing_when_it_resumes() {
             t.dead == 0 && t.unknown == 0,
             "consumers read dead tokens: {:#?}\n{}",
             t.examples,
-            w.logs()
+            logs(&w)
         );
     }
     for (policy, name, from_line) in &stopped_in {
         // The resumed daemon's lines after SIGCONT for this policy.
-        let after: Vec<String> = w
-            .log(name)
+        let after: Vec<String> = log(&w, name)
             .lines()
             .skip(*from_line)
             .filter(|l| l.contains(&format!(r#""policy":"{policy}""#)))
@@ -279,7 +193,7 @@ async fn a_replica_paused_past_its_lease_writes_nothing_when_it_resumes() {
                 assert!(
                     !l.contains(forbidden),
                     "{name} wrote after resuming ({forbidden}): {l}\n{}",
-                    w.logs()
+                    logs(&w)
                 );
             }
         }
@@ -292,40 +206,34 @@ async fn a_replica_paused_past_its_lease_writes_nothing_when_it_resumes() {
         );
         // The other daemon took over and finished that rotation.
         assert!(
-            w.events(other(name), "rotation complete")
+            events(&w, other(name), "rotation complete")
                 .iter()
                 .any(|(p, _)| p == policy),
             "{} did not finish {policy}\n{}",
             other(name),
-            w.logs()
+            logs(&w)
         );
     }
     // No rotation completed twice, across both daemons.
     let mut done: HashMap<String, usize> = HashMap::new();
     for n in ["a", "b"] {
-        for (_, rid) in w.events(n, "rotation complete") {
+        for (_, rid) in events(&w, n, "rotation complete") {
             *done.entry(rid).or_default() += 1;
         }
     }
     done.retain(|_, c| *c > 1);
-    assert!(done.is_empty(), "completed twice: {done:?}\n{}", w.logs());
+    assert!(done.is_empty(), "completed twice: {done:?}\n{}", logs(&w));
     // Nothing live beyond what the stores hold (the newest token and, in
     // a rotation's overlap, the one before).
     let http = reqwest::Client::new();
     for ((label, src), sa) in sources.iter().zip(["svc_vfence", "svc_afence"]) {
         let secret = src.read(&http).await.unwrap().expect("a token is stored");
-        let stored = w.sim.sim.token_by_secret(&secret).unwrap().id;
-        let live: Vec<String> = w
-            .sim
-            .sim
-            .live_tokens(sa)
-            .into_iter()
-            .map(|t| t.id)
-            .collect();
+        let stored = w.bench.sim.sim.token_by_secret(&secret).unwrap().id;
+        let live = world::live_ids(&w.bench.sim.sim, sa);
         assert!(
             live.contains(&stored) && live.len() <= 2,
             "{label}: live {live:?}, stored {stored}\n{}",
-            w.logs()
+            logs(&w)
         );
     }
 }

@@ -7,9 +7,11 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use motherduck_rotator::secret::ExposeSecret;
-use motherduck_rotator::simulator::{Simulator, SimulatorOptions};
 
+use crate::support::config_toml;
+use crate::support::daemon;
 use crate::support::services::tool_path;
+use crate::support::world::{self, Scratch};
 
 const REQUIRED: &[&str] = &[
     "motherduck_rotator_rotations_total",
@@ -34,52 +36,27 @@ const REQUIRED: &[&str] = &[
 
 #[tokio::test]
 async fn metrics_health_and_readiness() {
-    let dir = std::env::temp_dir().join(format!("mdr-http-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let sim = Simulator::spawn(SimulatorOptions::default()).await.unwrap();
-    sim.sim.add_service_account("svc_http");
-    crate::support::write_secret(dir.join("admin.token"), sim.admin_token.expose_secret());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    std::fs::write(
-        dir.join("config.toml"),
-        format!(
-            r#"
-[motherduck]
-api_url = "{url}"
-admin_token = {{ file = "admin.token" }}
-
-[daemon]
-listen = "127.0.0.1:{port}"
-
-[stores.local]
-type = "file"
-directory = "store"
-
-[[policy]]
-name = "web"
-service_account = "svc_http"
-token_ttl = "1h"
-schedule = {{ interval = "1d" }}
-overlap = "0s"
-verify = [{{ type = "motherduck", interval = "10ms", deadline = "10s" }}]
-destinations = [{{ store = "local", path = "web.json" }}]
-"#,
-            url = sim.base_url()
-        ),
-    )
-    .unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_motherduck-rotator"))
-        .arg("--config")
-        .arg(dir.join("config.toml"))
+    let scratch = Scratch::new("http");
+    let dir = scratch.path();
+    let sim = world::simulator(dir, &["svc_http"]).await;
+    let port = crate::support::services::free_port();
+    let src = config_toml::motherduck(&sim.base_url())
+        + &format!("\n[daemon]\nlisten = \"127.0.0.1:{port}\"\n")
+        + &config_toml::file_store("local", "store")
+        + &config_toml::policy(
+            "web",
+            "svc_http",
+            r#"{ store = "local", path = "web.json" }"#,
+            &format!(
+                "token_ttl = \"1h\"\n{}",
+                config_toml::verify_motherduck("10s")
+            ),
+        );
+    std::fs::write(dir.join("config.toml"), src).unwrap();
+    let mut child = daemon::command_default_log(&dir.join("config.toml"), dir)
         .arg("run")
-        .current_dir(&dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
 
@@ -174,5 +151,4 @@ destinations = [{{ store = "local", path = "web.json" }}]
         .unwrap()
         .unwrap();
     assert_eq!(status.code(), Some(0));
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -5,7 +5,9 @@
 use std::process::{Command, Output};
 
 use motherduck_rotator::secret::ExposeSecret;
-use motherduck_rotator::simulator::{Simulator, SimulatorOptions};
+
+use crate::support::config_toml;
+use crate::support::world::{self, Scratch};
 
 /// Every substring that looks like a JWT (`eyJ…` with two dots).
 fn jwt_candidates(text: &str) -> Vec<String> {
@@ -30,64 +32,39 @@ fn jwt_candidates(text: &str) -> Vec<String> {
 // the in-process simulator the children talk to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_secret_in_any_output() {
-    let dir = std::env::temp_dir().join(format!("mdr-leak-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let running = Simulator::spawn(SimulatorOptions::default()).await.unwrap();
-    for sa in ["svc_leak_a", "svc_leak_b", "svc_leak_c"] {
-        running.sim.add_service_account(sa);
-    }
-    let token_file = dir.join("admin.token");
-    crate::support::write_secret(&token_file, running.admin_token.expose_secret());
+    let scratch = Scratch::new("leak");
+    let dir = scratch.path();
+    let running = world::simulator(dir, &["svc_leak_a", "svc_leak_b", "svc_leak_c"]).await;
     let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[motherduck]
-api_url = "{url}"
-admin_token = {{ file = "{token}" }}
-
-[daemon]
-orphan_min_age = "0s"
-
-[stores.local]
-type = "file"
-directory = "{store}"
-
-[[policy]]
-name = "alpha"
-service_account = "svc_leak_a"
-schedule = {{ interval = "1d" }}
-overlap = "0s"
-verify = [{{ type = "motherduck", interval = "10ms", deadline = "5s" }}]
-destinations = [{{ store = "local", path = "alpha.json", bare_token_file = "alpha.token" }}]
-
-[[policy]]
-name = "beta"
-service_account = "svc_leak_b"
-schedule = {{ interval = "1d" }}
-overlap = "0s"
-# The hook is handed the token and prints it: the daemon must not pass
+    let admin_token = format!(r#"{{ file = "{}" }}"#, dir.join("admin.token").display());
+    let src = config_toml::motherduck_with(&running.base_url(), &admin_token)
+        + "\n[daemon]\norphan_min_age = \"0s\"\n"
+        + &config_toml::file_store("local", &dir.join("store").display().to_string())
+        + &config_toml::policy(
+            "alpha",
+            "svc_leak_a",
+            r#"{ store = "local", path = "alpha.json", bare_token_file = "alpha.token" }"#,
+            &config_toml::verify_motherduck("5s"),
+        )
+        + &config_toml::policy(
+            "beta",
+            "svc_leak_b",
+            r#"{ store = "local", path = "beta.json" }"#,
+            r#"# The hook is handed the token and prints it: the daemon must not pass
 # that output on unscrubbed.
-verify = [{{ type = "command", command = ["sh", "-c", "echo token=$MOTHERDUCK_TOKEN; echo err=$MOTHERDUCK_TOKEN >&2"], pass_token = true, timeout = "5s", interval = "10ms", deadline = "10s" }}]
-destinations = [{{ store = "local", path = "beta.json" }}]
-
-[[policy]]
-name = "gamma"
-service_account = "svc_leak_c"
-schedule = {{ interval = "1d" }}
-overlap = "0s"
-# Always fails: exercises the rollback path and its messages.
-verify = [{{ type = "command", command = ["sh", "-c", "echo $MOTHERDUCK_TOKEN; exit 3"], pass_token = true, timeout = "50ms", interval = "10ms", deadline = "100ms" }}]
-destinations = [{{ store = "local", path = "gamma.json" }}]
-retry = {{ max_attempts = 1, initial_backoff = "1s", max_backoff = "1s" }}
+verify = [{ type = "command", command = ["sh", "-c", "echo token=$MOTHERDUCK_TOKEN; echo err=$MOTHERDUCK_TOKEN >&2"], pass_token = true, timeout = "5s", interval = "10ms", deadline = "10s" }]
 "#,
-            url = running.base_url(),
-            token = token_file.display(),
-            store = dir.join("store").display(),
-        ),
-    )
-    .unwrap();
+        )
+        + &config_toml::policy(
+            "gamma",
+            "svc_leak_c",
+            r#"{ store = "local", path = "gamma.json" }"#,
+            r#"# Always fails: exercises the rollback path and its messages.
+verify = [{ type = "command", command = ["sh", "-c", "echo $MOTHERDUCK_TOKEN; exit 3"], pass_token = true, timeout = "50ms", interval = "10ms", deadline = "100ms" }]
+retry = { max_attempts = 1, initial_backoff = "1s", max_backoff = "1s" }
+"#,
+        );
+    std::fs::write(&config, src).unwrap();
 
     let bin = env!("CARGO_BIN_EXE_motherduck-rotator");
     let run = |args: &[&str]| -> Output {
@@ -151,5 +128,4 @@ retry = {{ max_attempts = 1, initial_backoff = "1s", max_backoff = "1s" }}
             .sim
             .is_issued_secret(stored["token"].as_str().unwrap())
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -7,7 +7,6 @@ mod client_sim;
 mod client_wiremock;
 mod config_files;
 mod crash;
-mod crash_remote;
 mod deploy;
 mod e2e_observability;
 mod engine;

@@ -4,114 +4,89 @@
 //! `rotate` processes, or two `run` daemons, rotate once, coordinated by
 //! the Vault lease.
 
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use motherduck_rotator::motherduck::Endpoint;
-use motherduck_rotator::secret::ExposeSecret;
-use motherduck_rotator::simulator::{Simulator, SimulatorOptions};
-use serde_json::{Value, json};
+use motherduck_rotator::simulator::RunningSimulator;
+use serde_json::Value;
 
-use crate::smoke_services::secrets_manager;
+use crate::support::config_toml;
+use crate::support::daemon::{self, Rotator};
 use crate::support::services::{Moto, OpenBao};
+use crate::support::world::{self, Scratch};
+
+const SA: &str = "svc_mixed";
+const VAULT_PATH: &str = "motherduck/mixed";
+const AWS_PATH: &str = "prod/motherduck/mixed";
 
 struct Setup {
-    dir: std::path::PathBuf,
     bao: OpenBao,
     moto: Moto,
-    sim: motherduck_rotator::simulator::RunningSimulator,
+    sim: RunningSimulator,
+    scratch: Scratch,
 }
 
 async fn setup(verify: &str) -> Setup {
-    let dir = std::env::temp_dir().join(format!("mdr-mixed-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let bao = OpenBao::start().await;
-    let moto = Moto::start().await;
-    let sim = Simulator::spawn(SimulatorOptions::default()).await.unwrap();
-    sim.sim.add_service_account("svc_mixed");
-    crate::support::write_secret(dir.join("admin.token"), sim.admin_token.expose_secret());
-    crate::support::write_secret(dir.join("vault.token"), &bao.root_token);
-    std::fs::write(
-        dir.join("config.toml"),
-        format!(
-            r#"
-[motherduck]
-api_url = "{api}"
-admin_token = {{ file = "admin.token" }}
-
-[daemon]
-orphan_min_age = "0s"
-
-[stores.vault]
-type = "vault"
-address = "{vault}"
-auth = {{ method = "token", token = {{ file = "vault.token" }} }}
-lease_ttl = "1m"
-
-[stores.aws]
-type = "aws"
-region = "us-east-1"
-endpoint_url = "{aws}"
-create_if_missing = true
-
-[[policy]]
-name = "mixed"
-service_account = "svc_mixed"
-schedule = {{ interval = "1d" }}
-overlap = "0s"
-verify = [{verify}]
-destinations = [{{ store = "vault", path = "motherduck/mixed" }}, {{ store = "aws", path = "prod/motherduck/mixed" }}]
-"#,
-            api = sim.base_url(),
-            vault = bao.addr,
-            aws = moto.endpoint,
-        ),
-    )
-    .unwrap();
+    let scratch = Scratch::new("mixed");
+    let dir = scratch.path();
+    let (bao, moto) = world::remote_stores(dir).await;
+    let sim = world::simulator(dir, &[SA]).await;
+    let src = config_toml::motherduck(&sim.base_url())
+        + "\n[daemon]\norphan_min_age = \"0s\"\n"
+        + &config_toml::vault_store(&bao.addr, "1m")
+        + &config_toml::aws_store(&moto.endpoint, "")
+        + &config_toml::policy(
+            "mixed",
+            SA,
+            &format!(
+                r#"{{ store = "vault", path = "{VAULT_PATH}" }}, {{ store = "aws", path = "{AWS_PATH}" }}"#
+            ),
+            &format!("verify = [{verify}]\n"),
+        );
+    std::fs::write(dir.join("config.toml"), src).unwrap();
     Setup {
-        dir,
         bao,
         moto,
         sim,
+        scratch,
     }
 }
 
+impl Setup {
+    fn dir(&self) -> &Path {
+        self.scratch.path()
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir().join("config.toml")
+    }
+
+    /// Exactly one token live and stored in Vault and AWS; its id.
+    async fn assert_one_token_everywhere(&self, why: &str) -> String {
+        let live = world::live_ids(&self.sim.sim, SA);
+        assert_eq!(live.len(), 1, "{why}");
+        assert_eq!(vault_token_id(self).await, live[0]);
+        assert_eq!(aws_record(self).await["token_id"], live[0]);
+        live[0].clone()
+    }
+}
+
+/// The binary on the shared configuration, its output captured.
 fn command(s: &Setup, args: &[&str]) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_motherduck-rotator"));
-    c.arg("--config")
-        .arg(s.dir.join("config.toml"))
-        .args(args)
-        .current_dir(&s.dir)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env_remove("AWS_PROFILE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    let mut c = daemon::command(&s.config(), s.dir(), "info");
+    c.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
     c
 }
 
 async fn vault_token_id(s: &Setup) -> String {
-    let v: Value = reqwest::Client::new()
-        .get(format!("{}/v1/secret/data/motherduck/mixed", s.bao.addr))
-        .header("X-Vault-Token", &s.bao.root_token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["data"]["data"]["token_id"].as_str().unwrap().to_owned()
+    let record = world::vault_record(&s.bao, VAULT_PATH).await.unwrap();
+    record["token_id"].as_str().unwrap().to_owned()
 }
 
 async fn aws_record(s: &Setup) -> Value {
-    let v = secrets_manager(
-        &s.moto,
-        "GetSecretValue",
-        json!({"SecretId": "prod/motherduck/mixed", "VersionStage": "AWSCURRENT"}),
-    )
-    .await;
-    serde_json::from_str(v["SecretString"].as_str().unwrap()).unwrap()
+    world::aws_record(&s.moto, AWS_PATH).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,21 +101,10 @@ async fn one_policy_rotates_into_vault_and_aws_and_status_reports_both() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let live: Vec<String> = s
-        .sim
-        .sim
-        .live_tokens("svc_mixed")
-        .into_iter()
-        .map(|t| t.id)
-        .collect();
-    assert_eq!(
-        live.len(),
-        1,
-        "the first token was revoked after the second rotation"
-    );
-    assert_eq!(vault_token_id(&s).await, live[0]);
+    let live = s
+        .assert_one_token_everywhere("the first token was revoked after the second rotation")
+        .await;
     let aws = aws_record(&s).await;
-    assert_eq!(aws["token_id"], live[0]);
     assert!(s.sim.sim.is_issued_secret(aws["token"].as_str().unwrap()));
 
     // The README's consumer command, as written, against OpenBao.
@@ -148,7 +112,7 @@ async fn one_policy_rotates_into_vault_and_aws_and_status_reports_both() {
         .args(["kv", "get", "-field=token", "secret/motherduck/mixed"])
         .env("BAO_ADDR", &s.bao.addr)
         .env("BAO_TOKEN", &s.bao.root_token)
-        .env("HOME", &s.dir)
+        .env("HOME", s.dir())
         .output()
         .await
         .unwrap();
@@ -173,7 +137,7 @@ async fn one_policy_rotates_into_vault_and_aws_and_status_reports_both() {
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
     let p = &status[0];
     assert_eq!(p["state"], "idle");
-    assert_eq!(p["token_id"], live[0]);
+    assert_eq!(p["token_id"], live);
     let dests = p["destinations"].as_array().unwrap();
     assert_eq!(dests.len(), 2);
     assert!(
@@ -189,9 +153,8 @@ async fn one_policy_rotates_into_vault_and_aws_and_status_reports_both() {
             .starts_with("aws:")
     );
     for d in dests {
-        assert_eq!(d["current_token_id"], live[0], "{d}");
+        assert_eq!(d["current_token_id"], live, "{d}");
     }
-    std::fs::remove_dir_all(&s.dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,17 +192,7 @@ async fn two_rotate_processes_on_shared_vault_and_aws_rotate_once() {
         1,
         "exactly one rotation"
     );
-    let live: Vec<String> = s
-        .sim
-        .sim
-        .live_tokens("svc_mixed")
-        .into_iter()
-        .map(|t| t.id)
-        .collect();
-    assert_eq!(live.len(), 1, "no orphan");
-    assert_eq!(vault_token_id(&s).await, live[0]);
-    assert_eq!(aws_record(&s).await["token_id"], live[0]);
-    std::fs::remove_dir_all(&s.dir).unwrap();
+    s.assert_one_token_everywhere("no orphan").await;
     std::fs::remove_dir_all(&gate_dir).unwrap();
 }
 
@@ -250,36 +203,20 @@ async fn two_rotate_processes_on_shared_vault_and_aws_rotate_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_daemons_on_shared_vault_and_aws_rotate_once() {
     let s = setup(r#"{ type = "motherduck", interval = "10ms", deadline = "10s" }"#).await;
-    let config = s.dir.join("config.toml");
+    let config = s.config();
     let src = std::fs::read_to_string(&config).unwrap().replace(
         "[daemon]\n",
         "[daemon]\nlisten = \"127.0.0.1:0\"\nlock_retry_interval = \"100ms\"\n",
     );
     std::fs::write(&config, src).unwrap();
-    let daemon = |name: &str| {
-        let mut c = command(&s, &["run"]);
-        c.env("MDR_LOG", "info,motherduck_rotator=debug")
-            .stdout(std::fs::File::create(s.dir.join(format!("{name}.out"))).unwrap())
-            .stderr(std::fs::File::create(s.dir.join(format!("{name}.err"))).unwrap());
-        c.spawn().unwrap()
-    };
-    let logs = || {
-        ["a", "b"]
-            .iter()
-            .map(|n| {
-                let text = std::fs::read_to_string(s.dir.join(format!("{n}.err")));
-                format!("--- daemon {n}\n{}", text.unwrap_or_default())
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    let mut a = daemon("a");
-    let mut b = daemon("b");
+    let bin = Rotator::new(s.dir(), s.dir(), "info,motherduck_rotator=debug");
+    let logs = || bin.logs();
+    let mut a = bin.spawn("a", &config, &["run"], None);
+    let mut b = bin.spawn("b", &config, &["run"], None);
     // Settled once each daemon has ended a pass waiting for the next due
     // time (the loser is told "busy" until the winner's rotation is over).
     let waited = |n: &str| {
-        std::fs::read_to_string(s.dir.join(format!("{n}.err")))
-            .unwrap_or_default()
+        bin.log(&format!("{n}.err"))
             .contains(r#""message":"waiting""#)
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -302,27 +239,12 @@ async fn two_daemons_on_shared_vault_and_aws_rotate_once() {
         "exactly one rotation\n{}",
         logs()
     );
-    let live: Vec<String> = s
-        .sim
-        .sim
-        .live_tokens("svc_mixed")
-        .into_iter()
-        .map(|t| t.id)
-        .collect();
-    assert_eq!(live.len(), 1, "no orphan\n{}", logs());
-    assert_eq!(vault_token_id(&s).await, live[0]);
-    assert_eq!(aws_record(&s).await["token_id"], live[0]);
+    s.assert_one_token_everywhere(&format!("no orphan\n{}", logs()))
+        .await;
     for (name, child) in [("a", &mut a), ("b", &mut b)] {
-        let pid = child.id().unwrap() as i32;
-        // SAFETY: kill(2) on a child this test started.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-        let st = tokio::time::timeout(Duration::from_secs(30), child.wait())
-            .await
-            .unwrap_or_else(|_| panic!("daemon {name} did not stop\n{}", logs()))
-            .unwrap();
+        let st = daemon::stop(child, logs).await;
         assert!(st.success(), "daemon {name}: {st}\n{}", logs());
     }
-    let live = s.sim.sim.live_tokens("svc_mixed");
+    let live = s.sim.sim.live_tokens(SA);
     assert_eq!(live.len(), 1, "no orphan\n{}", logs());
-    std::fs::remove_dir_all(&s.dir).unwrap();
 }

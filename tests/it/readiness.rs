@@ -6,14 +6,19 @@
 //! of its own is checked too. Runs on tokio's paused clock.
 
 use std::net::TcpListener;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use motherduck_rotator::clock::Clock;
-use motherduck_rotator::config::{self, Env};
+use motherduck_rotator::config::{self, Config, Env};
 use motherduck_rotator::daemon;
 use motherduck_rotator::metrics::Metrics;
+use motherduck_rotator::rotation::driver::Driver;
 use motherduck_rotator::verify::AckRegistry;
+
+use crate::support::config_toml;
+use crate::support::world::Scratch;
 
 struct NoEnv;
 
@@ -39,75 +44,25 @@ fn black_hole() -> String {
     format!("http://{addr}")
 }
 
-#[tokio::test(start_paused = true)]
-async fn hung_servers_fail_readiness_within_one_deadline_and_the_lock_store_is_checked() {
-    let dir = std::env::temp_dir().join(format!("mdr-ready-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// A scratch directory with an owner-only `store/` and the secret files
+/// `admin.token` and `vault.token` holding `admin` and `vault`.
+fn scratch(admin: &str, vault: &str) -> Scratch {
+    let scratch = Scratch::new("ready");
     {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
             .mode(0o700)
-            .create(dir.join("store"))
+            .create(scratch.path().join("store"))
             .unwrap();
     }
-    crate::support::write_secret(dir.join("admin.token"), "md-admin-token-for-readiness");
-    crate::support::write_secret(dir.join("vault.token"), "vault-token-for-readiness");
-    let api = black_hole();
-    let vault = black_hole();
-    let src = format!(
-        r#"
-[motherduck]
-api_url = "{api}"
-admin_token = {{ file = "admin.token" }}
+    crate::support::write_secret(scratch.path().join("admin.token"), admin);
+    crate::support::write_secret(scratch.path().join("vault.token"), vault);
+    scratch
+}
 
-[stores.local]
-type = "file"
-directory = "store"
-
-[stores.vault]
-type = "vault"
-address = "{vault}"
-auth = {{ method = "token", token = {{ file = "vault.token" }} }}
-
-[[policy]]
-name = "a"
-service_account = "svc_a"
-schedule = {{ interval = "1d" }}
-overlap = "0s"
-destinations = [{{ store = "vault", path = "md/a" }}]
-
-[[policy]]
-name = "b"
-service_account = "svc_b"
-schedule = {{ interval = "1d" }}
-overlap = "0s"
-destinations = [{{ store = "vault", path = "md/b" }}]
-
-[[policy]]
-name = "c"
-service_account = "svc_c"
-schedule = {{ interval = "1d" }}
-overlap = "0s"
-destinations = [{{ store = "local", path = "c.json" }}]
-lock = {{ store = "vault", path = "locks/c" }}
-
-[stores.vault2]
-type = "vault"
-address = "{vault2}"
-auth = {{ method = "token", token = {{ file = "vault.token" }} }}
-
-# The same mount and path as its destination, on another server.
-[[policy]]
-name = "d"
-service_account = "svc_d"
-schedule = {{ interval = "1d" }}
-overlap = "0s"
-destinations = [{{ store = "vault", path = "md/d" }}]
-lock = {{ store = "vault2", path = "md/d" }}
-"#,
-        vault2 = black_hole(),
-    );
-    let config = config::parse(&dir.join("config.toml"), &src, &NoEnv)
+/// `src` parsed as `<dir>/config.toml`, and the daemon's driver for it.
+fn driver(dir: &Path, src: &str) -> (Config, Driver) {
+    let config = config::parse(&dir.join("config.toml"), src, &NoEnv)
         .unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
     let driver = daemon::driver_for(
         &config,
@@ -116,6 +71,35 @@ lock = {{ store = "vault2", path = "md/d" }}
         AckRegistry::default(),
     )
     .unwrap();
+    (config, driver)
+}
+
+/// A policy `<p>` for `svc_<p>` writing to `destination`.
+fn policy(p: &str, destination: &str, lines: &str) -> String {
+    config_toml::policy(p, &format!("svc_{p}"), destination, lines)
+}
+
+#[tokio::test(start_paused = true)]
+async fn hung_servers_fail_readiness_within_one_deadline_and_the_lock_store_is_checked() {
+    let scratch = scratch("md-admin-token-for-readiness", "vault-token-for-readiness");
+    let src = config_toml::motherduck(&black_hole())
+        + &config_toml::file_store("local", "store")
+        + &config_toml::vault_store_named("vault", &black_hole(), "")
+        + &policy("a", r#"{ store = "vault", path = "md/a" }"#, "")
+        + &policy("b", r#"{ store = "vault", path = "md/b" }"#, "")
+        + &policy(
+            "c",
+            r#"{ store = "local", path = "c.json" }"#,
+            "lock = { store = \"vault\", path = \"locks/c\" }\n",
+        )
+        + &config_toml::vault_store_named("vault2", &black_hole(), "")
+        + "\n# The same mount and path as its destination, on another server."
+        + &policy(
+            "d",
+            r#"{ store = "vault", path = "md/d" }"#,
+            "lock = { store = \"vault2\", path = \"md/d\" }\n",
+        );
+    let (config, driver) = driver(scratch.path(), &src);
 
     let started = tokio::time::Instant::now();
     let r = daemon::readiness(&driver, &config).await;
@@ -155,7 +139,6 @@ lock = {{ store = "vault2", path = "md/d" }}
         took >= daemon::CHECK_DEADLINE && took < daemon::CHECK_DEADLINE + Duration::from_secs(1),
         "the checks run at once and are cut off at the deadline: took {took:?}"
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// A lock kept on an OpenBao KV v2 mount of its own is checked for what
@@ -168,60 +151,27 @@ async fn a_lock_on_its_own_vault_mount_is_checked() {
     let sim = motherduck_rotator::simulator::Simulator::spawn(Default::default())
         .await
         .unwrap();
-    let dir = std::env::temp_dir().join(format!("mdr-ready-{}", uuid::Uuid::new_v4().simple()));
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir.join("store"))
-            .unwrap();
-    }
-    {
+    let scratch = {
         use motherduck_rotator::secret::ExposeSecret;
-        crate::support::write_secret(dir.join("admin.token"), sim.admin_token.expose_secret());
-    }
-    crate::support::write_secret(dir.join("vault.token"), &bao.root_token);
+        scratch(sim.admin_token.expose_secret(), &bao.root_token)
+    };
     let config_for = |mount: &str| {
-        let src = format!(
-            r#"
-[motherduck]
-api_url = "{api}"
-admin_token = {{ file = "admin.token" }}
-
-[stores.local]
-type = "file"
-directory = "store"
-
-[stores.vault]
-type = "vault"
-address = "{addr}"
-mount = "{mount}"
-auth = {{ method = "token", token = {{ file = "vault.token" }} }}
-
-[[policy]]
-name = "c"
-service_account = "svc_c"
-schedule = {{ interval = "1d" }}
-overlap = "0s"
-destinations = [{{ store = "local", path = "c.json" }}]
-lock = {{ store = "vault", path = "locks/c" }}
-"#,
-            api = sim.base_url(),
-            addr = bao.addr,
-        );
-        config::parse(&dir.join("config.toml"), &src, &NoEnv)
-            .unwrap_or_else(|e| panic!("test config is invalid:\n{e}"))
+        let src = config_toml::motherduck(&sim.base_url())
+            + &config_toml::file_store("local", "store")
+            + &config_toml::vault_store_named(
+                "vault",
+                &bao.addr,
+                &format!("mount = \"{mount}\"\n"),
+            )
+            + &policy(
+                "c",
+                r#"{ store = "local", path = "c.json" }"#,
+                "lock = { store = \"vault\", path = \"locks/c\" }\n",
+            );
+        driver(scratch.path(), &src)
     };
     for (mount, ok) in [("secret", true), ("nolockmount", false)] {
-        let config = config_for(mount);
-        let driver = daemon::driver_for(
-            &config,
-            Clock::System,
-            Arc::new(Metrics::new()),
-            AckRegistry::default(),
-        )
-        .unwrap();
+        let (config, driver) = config_for(mount);
         let r = daemon::readiness(&driver, &config).await;
         let lock = r
             .checks
@@ -240,7 +190,6 @@ lock = {{ store = "vault", path = "locks/c" }}
             assert!(reason.contains("nolockmount"), "{reason}");
         }
     }
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// `status` looks at every policy at once and gives up on a store that
@@ -248,37 +197,17 @@ lock = {{ store = "vault", path = "locks/c" }}
 /// destination's request timeout in turn.
 #[tokio::test(start_paused = true)]
 async fn status_gives_up_on_a_hung_store_after_one_deadline() {
-    let dir = std::env::temp_dir().join(format!("mdr-ready-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    crate::support::write_secret(dir.join("admin.token"), "md-admin-token-for-status");
-    crate::support::write_secret(dir.join("vault.token"), "vault-token-for-status");
-    let mut src = format!(
-        r#"
-[motherduck]
-api_url = "{api}"
-admin_token = {{ file = "admin.token" }}
-
-[stores.vault]
-type = "vault"
-address = "{vault}"
-auth = {{ method = "token", token = {{ file = "vault.token" }} }}
-"#,
-        api = black_hole(),
-        vault = black_hole(),
-    );
+    let scratch = scratch("md-admin-token-for-status", "vault-token-for-status");
+    let mut src = config_toml::motherduck(&black_hole())
+        + &config_toml::vault_store_named("vault", &black_hole(), "");
     for p in ["a", "b", "c"] {
-        src.push_str(&format!(
-            r#"
-[[policy]]
-name = "{p}"
-service_account = "svc_{p}"
-schedule = {{ interval = "1d" }}
-overlap = "0s"
-destinations = [{{ store = "vault", path = "md/{p}" }}]
-"#
+        src.push_str(&policy(
+            p,
+            &format!(r#"{{ store = "vault", path = "md/{p}" }}"#),
+            "",
         ));
     }
-    let path = dir.join("config.toml");
+    let path = scratch.path().join("config.toml");
     std::fs::write(&path, src).unwrap();
     let started = tokio::time::Instant::now();
     let code = motherduck_rotator::cli::ops::status(
@@ -293,5 +222,4 @@ destinations = [{{ store = "vault", path = "md/{p}" }}]
         took >= daemon::CHECK_DEADLINE && took < daemon::CHECK_DEADLINE + Duration::from_secs(1),
         "took {took:?}"
     );
-    std::fs::remove_dir_all(&dir).ok();
 }

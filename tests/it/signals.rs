@@ -8,10 +8,13 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use motherduck_rotator::motherduck::Endpoint;
-use motherduck_rotator::secret::ExposeSecret;
-use motherduck_rotator::simulator::{Fault, RunningSimulator, Simulator, SimulatorOptions};
+use motherduck_rotator::simulator::Fault;
 use tokio::net::UnixDatagram;
 use tokio::process::{Child, Command};
+
+use crate::support::config_toml;
+use crate::support::services::free_port;
+use crate::support::world::{self, Bench, Scratch};
 
 /// Waits for `cond`, polling every 10 ms, at most `secs` seconds.
 async fn eventually<F: FnMut() -> bool>(what: &str, secs: u64, mut cond: F) {
@@ -25,14 +28,6 @@ async fn eventually<F: FnMut() -> bool>(what: &str, secs: u64, mut cond: F) {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn signal(child: &Child, sig: &str) {
     let pid = child.id().expect("running").to_string();
     let ok = std::process::Command::new("kill")
@@ -43,63 +38,53 @@ fn signal(child: &Child, sig: &str) {
     assert!(ok, "kill -{sig}");
 }
 
+/// The exit status of `child`, which must end within `secs` seconds
+/// (else a failure saying `what`).
+async fn exit_within(secs: u64, child: &mut Child, what: &str) -> std::process::ExitStatus {
+    tokio::time::timeout(Duration::from_secs(secs), child.wait())
+        .await
+        .expect(what)
+        .unwrap()
+}
+
 struct Env {
-    dir: PathBuf,
-    sim: RunningSimulator,
+    bench: Bench,
     port: u16,
 }
 
 impl Env {
     async fn new() -> Env {
-        let dir = std::env::temp_dir().join(format!("mdr-sig-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let sim = Simulator::spawn(SimulatorOptions::default()).await.unwrap();
-        for sa in ["svc_alpha", "svc_beta"] {
-            sim.sim.add_service_account(sa);
-        }
-        crate::support::write_secret(dir.join("admin.token"), sim.admin_token.expose_secret());
+        let scratch = Scratch::new("sig");
+        let bench = Bench::new(scratch, &["svc_alpha", "svc_beta"], "info").await;
         Env {
-            dir,
-            sim,
+            bench,
             port: free_port(),
         }
     }
 
+    fn dir(&self) -> &Path {
+        self.bench.dir()
+    }
+
     fn config_path(&self) -> PathBuf {
-        self.dir.join("config.toml")
+        self.dir().join("config.toml")
     }
 
     /// Writes the configuration with `policies` (TOML) appended.
     fn write_config(&self, extra_daemon: &str, policies: &str) {
-        std::fs::write(
-            self.config_path(),
-            format!(
-                r#"
-[motherduck]
-api_url = "{url}"
-admin_token = {{ file = "admin.token" }}
-request_timeout = "60s"
-
-[daemon]
-listen = "127.0.0.1:{port}"
-log_format = "json"
-orphan_min_age = "0s"
-{extra_daemon}
-
-[stores.local]
-type = "file"
-directory = "store"
-{policies}
-"#,
-                url = self.sim.base_url(),
-                port = self.port,
-            ),
-        )
-        .unwrap();
+        let src = config_toml::motherduck(&self.bench.sim.base_url())
+            + "request_timeout = \"60s\"\n"
+            + &format!(
+                "\n[daemon]\nlisten = \"127.0.0.1:{}\"\nlog_format = \"json\"\norphan_min_age = \"0s\"\n{extra_daemon}\n",
+                self.port
+            )
+            + &config_toml::file_store("local", "store")
+            + policies;
+        std::fs::write(self.config_path(), src).unwrap();
     }
 
     fn record(&self, file: &str) -> Option<serde_json::Value> {
-        let bytes = std::fs::read(self.dir.join("store").join(file)).ok()?;
+        let bytes = std::fs::read(self.dir().join("store").join(file)).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
@@ -113,7 +98,7 @@ directory = "store"
         cmd.arg("--config")
             .arg(self.config_path())
             .arg("run")
-            .current_dir(&self.dir)
+            .current_dir(self.dir())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true);
@@ -131,31 +116,20 @@ directory = "store"
     }
 }
 
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// The built-in check, as a policy's `verify` line.
+const VERIFY: &str =
+    "verify = [{ type = \"motherduck\", interval = \"10ms\", deadline = \"10s\" }]\n";
+
+/// Policy `name` for `svc_<name>`, writing `<name>.json` in the file store,
+/// verified by the `verify` line (none when empty).
+fn local_policy(name: &str, verify: &str) -> String {
+    config_toml::policy(
+        name,
+        &format!("svc_{name}"),
+        &format!(r#"{{ store = "local", path = "{name}.json" }}"#),
+        verify,
+    )
 }
-
-const ALPHA: &str = r#"
-[[policy]]
-name = "alpha"
-service_account = "svc_alpha"
-schedule = { interval = "1d" }
-overlap = "0s"
-verify = [{ type = "motherduck", interval = "10ms", deadline = "10s" }]
-destinations = [{ store = "local", path = "alpha.json" }]
-"#;
-
-const BETA: &str = r#"
-[[policy]]
-name = "beta"
-service_account = "svc_beta"
-schedule = { interval = "1d" }
-overlap = "0s"
-verify = [{ type = "motherduck", interval = "10ms", deadline = "10s" }]
-destinations = [{ store = "local", path = "beta.json" }]
-"#;
 
 /// Collects notification datagrams until one contains `want`.
 async fn expect_notification(sock: &UnixDatagram, seen: &mut Vec<String>, want: &str) {
@@ -176,8 +150,8 @@ async fn expect_notification(sock: &UnixDatagram, seen: &mut Vec<String>, want: 
 #[tokio::test]
 async fn sd_notify_reload_and_graceful_stop() {
     let env = Env::new().await;
-    env.write_config("", ALPHA);
-    let sock_path = env.dir.join("notify.sock");
+    env.write_config("", &local_policy("alpha", VERIFY));
+    let sock_path = env.dir().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     let mut child = env.spawn(Some(&sock_path));
     let mut seen = Vec::new();
@@ -197,7 +171,10 @@ async fn sd_notify_reload_and_graceful_stop() {
     .await;
 
     // A good reload adds a policy.
-    env.write_config("", &format!("{ALPHA}{BETA}"));
+    env.write_config(
+        "",
+        &(local_policy("alpha", VERIFY) + &local_policy("beta", VERIFY)),
+    );
     seen.clear();
     signal(&child, "HUP");
     expect_notification(&sock, &mut seen, "RELOADING=1").await;
@@ -239,23 +216,23 @@ async fn sd_notify_reload_and_graceful_stop() {
     seen.clear();
     signal(&child, "TERM");
     expect_notification(&sock, &mut seen, "STOPPING=1").await;
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .expect("exits after SIGTERM")
-        .unwrap();
+    let status = exit_within(20, &mut child, "exits after SIGTERM").await;
     assert_eq!(status.code(), Some(0));
 }
 
 #[tokio::test]
 async fn a_second_signal_exits_at_once_and_a_restart_converges() {
     let env = Env::new().await;
-    env.write_config("shutdown_timeout = \"60s\"", ALPHA);
+    env.write_config("shutdown_timeout = \"60s\"", &local_policy("alpha", VERIFY));
     // The create hangs: the rotation is stuck in a step that cannot be
     // interrupted, so the first SIGTERM has to wait.
-    env.sim.sim.fail_next(Endpoint::CreateToken, 1, Fault::Hang);
+    env.bench
+        .sim
+        .sim
+        .fail_next(Endpoint::CreateToken, 1, Fault::Hang);
     let mut child = env.spawn(None);
     eventually("the create to be in flight", 20, || {
-        env.sim.sim.request_count(Endpoint::CreateToken) >= 1
+        env.bench.sim.sim.request_count(Endpoint::CreateToken) >= 1
     })
     .await;
     signal(&child, "TERM");
@@ -265,10 +242,7 @@ async fn a_second_signal_exits_at_once_and_a_restart_converges() {
         "the first signal waits for the in-flight step"
     );
     signal(&child, "TERM");
-    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
-        .await
-        .expect("the second signal exits at once")
-        .unwrap();
+    let status = exit_within(5, &mut child, "the second signal exits at once").await;
     assert_eq!(status.code(), Some(130));
 
     // Every step can be resumed: a restart completes the rotation.
@@ -278,37 +252,24 @@ async fn a_second_signal_exits_at_once_and_a_restart_converges() {
     })
     .await;
     let stored = env.record("alpha.json").unwrap();
-    let live: Vec<String> = env
-        .sim
-        .sim
-        .live_tokens("svc_alpha")
-        .into_iter()
-        .map(|t| t.id)
-        .collect();
+    let live = world::live_ids(&env.bench.sim.sim, "svc_alpha");
     assert_eq!(live, vec![stored["token_id"].as_str().unwrap().to_owned()]);
     signal(&child, "TERM");
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = exit_within(20, &mut child, "exits").await;
     assert_eq!(status.code(), Some(0));
 }
 
 #[tokio::test]
 async fn reload_and_stop_mid_verification() {
     let env = Env::new().await;
-    let gate = env.dir.join("go");
-    let waiting = format!(
-        r#"
-[[policy]]
-name = "alpha"
-service_account = "svc_alpha"
-schedule = {{ interval = "1d" }}
-overlap = "0s"
-verify = [{{ type = "command", command = ["sh", "-c", "while [ ! -f '{gate}' ]; do sleep 0.01; done"], timeout = "60s", interval = "10ms", deadline = "60s" }}]
-destinations = [{{ store = "local", path = "alpha.json" }}]
+    let gate = env.dir().join("go");
+    let waiting = local_policy(
+        "alpha",
+        &format!(
+            r#"verify = [{{ type = "command", command = ["sh", "-c", "while [ ! -f '{gate}' ]; do sleep 0.01; done"], timeout = "60s", interval = "10ms", deadline = "60s" }}]
 "#,
-        gate = gate.display()
+            gate = gate.display()
+        ),
     );
     env.write_config("", &waiting);
     let mut child = env.spawn(None);
@@ -320,13 +281,7 @@ destinations = [{{ store = "local", path = "alpha.json" }}]
 
     // SIGHUP while verifying: the rotation keeps its policy (still waits on
     // the gate) even though the new configuration has no hook at all.
-    env.write_config(
-        "",
-        &ALPHA.replace(
-            r#"verify = [{ type = "motherduck", interval = "10ms", deadline = "10s" }]"#,
-            "",
-        ),
-    );
+    env.write_config("", &local_policy("alpha", ""));
     signal(&child, "HUP");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(env.state_of("alpha.json").as_deref(), Some("promoted"));
@@ -334,10 +289,7 @@ destinations = [{{ store = "local", path = "alpha.json" }}]
     // SIGTERM: the verification is interrupted at a safe point, not rolled
     // back, and the process exits 0.
     signal(&child, "TERM");
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .expect("exits after SIGTERM")
-        .unwrap();
+    let status = exit_within(20, &mut child, "exits after SIGTERM").await;
     assert_eq!(status.code(), Some(0));
     let rec = env.record("alpha.json").unwrap();
     assert_eq!(rec["rotation"]["state"], "promoted");
@@ -352,7 +304,7 @@ destinations = [{{ store = "local", path = "alpha.json" }}]
     })
     .await;
     assert_eq!(env.record("alpha.json").unwrap()["rotation_id"], rotation);
-    assert_eq!(env.sim.sim.live_tokens("svc_alpha").len(), 1);
+    assert_eq!(env.bench.sim.sim.live_tokens("svc_alpha").len(), 1);
     signal(&child, "TERM");
     let _ = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
 }

@@ -14,14 +14,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
-use motherduck_rotator::secret::ExposeSecret;
-use motherduck_rotator::simulator::{RunningSimulator, Simulator, SimulatorOptions};
+use motherduck_rotator::simulator::RunningSimulator;
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 use crate::support::child_logs::printed;
+use crate::support::config_toml;
+use crate::support::daemon;
 use crate::support::services::{OpenBao, tool_path};
+use crate::support::world::{self, Scratch};
 
 const NAMESPACE: &str = "prod";
 const SERVICE_ACCOUNT: &str = "motherduck-rotator";
@@ -85,8 +87,14 @@ impl Respond for TokenReview {
     }
 }
 
+/// The JSON body `request` is answered with.
+async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 struct World {
     dir: std::path::PathBuf,
+    _scratch: Scratch,
     bao: OpenBao,
     sim: RunningSimulator,
     review: TokenReview,
@@ -96,12 +104,10 @@ struct World {
 
 impl World {
     async fn new() -> World {
-        let dir = std::env::temp_dir().join(format!("mdr-k8s-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = Scratch::new("k8s");
+        let dir = scratch.path().to_path_buf();
         let bao = OpenBao::start().await;
-        let sim = Simulator::spawn(SimulatorOptions::default()).await.unwrap();
-        sim.sim.add_service_account("svc_k8s");
-        crate::support::write_secret(dir.join("admin.token"), sim.admin_token.expose_secret());
+        let sim = world::simulator(&dir, &["svc_k8s"]).await;
         let review = TokenReview::default();
         let k8s = MockServer::start().await;
         Mock::given(method("POST"))
@@ -111,6 +117,7 @@ impl World {
             .await;
         let w = World {
             dir,
+            _scratch: scratch,
             bao,
             sim,
             review,
@@ -185,6 +192,18 @@ impl World {
         .await;
     }
 
+    /// Every token the kubernetes login issued is revoked, and the
+    /// kubelet projects `jwt`.
+    async fn revoke_logins_and_project(&self, jwt: &str) {
+        self.root(
+            "PUT",
+            "sys/leases/revoke-prefix/auth/kubernetes/login",
+            Value::Null,
+        )
+        .await;
+        self.project(jwt);
+    }
+
     /// The kubelet projects a new JWT into the pod; the old one stops
     /// being valid.
     fn project(&self, jwt: &str) {
@@ -194,45 +213,31 @@ impl World {
 
     fn config(&self) -> std::path::PathBuf {
         let path = self.dir.join("config.toml");
-        std::fs::write(
-            &path,
-            format!(
+        let src = config_toml::motherduck(&self.sim.base_url())
+            + &format!(
                 r#"
-[motherduck]
-api_url = "{api}"
-admin_token = {{ file = "admin.token" }}
-
 [stores.vault]
 type = "vault"
-address = "{vault}"
+address = "{}"
 auth = {{ method = "kubernetes", role = "motherduck-rotator", jwt_file = "sa.token" }}
-
-[[policy]]
-name = "k8s"
-service_account = "svc_k8s"
-schedule = {{ interval = "1d" }}
-overlap = "0s"
-verify = [{{ type = "motherduck", interval = "10ms", deadline = "10s" }}]
-destinations = [{{ store = "vault", path = "motherduck/k8s" }}]
 "#,
-                api = self.sim.base_url(),
-                vault = self.bao.addr,
-            ),
-        )
-        .unwrap();
+                self.bao.addr
+            )
+            + &config_toml::policy(
+                "k8s",
+                "svc_k8s",
+                r#"{ store = "vault", path = "motherduck/k8s" }"#,
+                &config_toml::verify_motherduck("10s"),
+            );
+        std::fs::write(&path, src).unwrap();
         path
     }
 
     async fn rotate(&self) -> Output {
-        let c = tokio::process::Command::new(env!("CARGO_BIN_EXE_motherduck-rotator"))
-            .arg("--config")
-            .arg(self.config())
+        let c = daemon::command_default_log(&self.config(), &self.dir)
             .args(["rotate", "k8s"])
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
             .output();
         tokio::time::timeout(Duration::from_secs(60), c)
             .await
@@ -248,18 +253,7 @@ destinations = [{{ store = "vault", path = "motherduck/k8s" }}]
     }
 
     fn live(&self) -> Vec<String> {
-        self.sim
-            .sim
-            .live_tokens("svc_k8s")
-            .into_iter()
-            .map(|t| t.id)
-            .collect()
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        world::live_ids(&self.sim.sim, "svc_k8s")
     }
 }
 
@@ -283,14 +277,8 @@ async fn kubernetes_login_rotates_and_logs_in_again_with_the_projected_jwt() {
 
     // Every token the kubernetes login issued is revoked, and the kubelet
     // has projected a new JWT: the next run logs in with the new one.
-    w.root(
-        "PUT",
-        "sys/leases/revoke-prefix/auth/kubernetes/login",
-        Value::Null,
-    )
-    .await;
     let second = jwt(2);
-    w.project(&second);
+    w.revoke_logins_and_project(&second).await;
     let out = w.rotate().await;
     assert!(out.status.success(), "{}", printed(&out));
     let live = w.live();
@@ -352,14 +340,8 @@ async fn a_revoked_token_is_replaced_by_a_new_kubernetes_login() {
     d.check().await.unwrap();
     assert_eq!(w.review.reviewed.lock().unwrap().len(), 1);
 
-    w.root(
-        "PUT",
-        "sys/leases/revoke-prefix/auth/kubernetes/login",
-        Value::Null,
-    )
-    .await;
     let second = jwt(2);
-    w.project(&second);
+    w.revoke_logins_and_project(&second).await;
     d.load().await.unwrap();
     assert_eq!(
         w.review.reviewed.lock().unwrap().as_slice(),
@@ -393,14 +375,10 @@ async fn a_namespaced_store_rotates_inside_its_namespace() {
         .await
         .unwrap();
     assert!(r.status().is_success());
-    let created: Value = in_ns("POST", "auth/token/create")
-        .json(&json!({ "policies": ["rotator"], "ttl": "1h" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = json_of(
+        in_ns("POST", "auth/token/create").json(&json!({ "policies": ["rotator"], "ttl": "1h" })),
+    )
+    .await;
     crate::support::write_secret(
         w.dir.join("ns.token"),
         created["auth"]["client_token"].as_str().unwrap(),
@@ -417,11 +395,8 @@ async fn a_namespaced_store_rotates_inside_its_namespace() {
     )
     .unwrap();
     for round in 0..2 {
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_motherduck-rotator"))
-            .arg("--config")
-            .arg(&config)
+        let out = daemon::command_default_log(&config, &w.dir)
             .args(["rotate", "k8s"])
-            .current_dir(&w.dir)
             .output()
             .await
             .unwrap();
@@ -429,13 +404,7 @@ async fn a_namespaced_store_rotates_inside_its_namespace() {
     }
     let live = w.live();
     assert_eq!(live.len(), 1);
-    let v: Value = in_ns("GET", "kv/data/motherduck/k8s")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = json_of(in_ns("GET", "kv/data/motherduck/k8s")).await;
     assert_eq!(
         v["data"]["data"]["token_id"],
         json!(live[0]),

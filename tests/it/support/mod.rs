@@ -1,10 +1,15 @@
 //! Shared helpers for the integration tests.
 
 pub mod child_logs;
+pub mod config_toml;
+pub mod daemon;
+pub mod driver;
 pub mod fault_proxy;
 pub mod log_lines;
 pub mod observability;
+pub mod records;
 pub mod services;
+pub mod world;
 
 /// Writes a secret file the way an operator must: owner-only (mode 0600).
 /// The daemon refuses a secret file that others can read.

@@ -89,12 +89,19 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
 
 /// A loopback HTTP client: never via a proxy, short timeouts.
 pub fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("build reqwest client")
+    crate::support::services::probe_client()
+}
+
+/// Whether `GET url` answers with JSON that `accept` takes.
+async fn answers_json(
+    http: &reqwest::Client,
+    url: String,
+    accept: impl FnOnce(&Value) -> bool,
+) -> bool {
+    match http.get(url).send().await {
+        Ok(r) => r.json::<Value>().await.is_ok_and(|v| accept(&v)),
+        Err(_) => false,
+    }
 }
 
 /// Polls `probe` every [`POLL_STEP`] until it returns `Ok`, at most `cap`.
@@ -326,13 +333,10 @@ impl Prometheus {
                     );
                     // Our server, not another test's that took the port.
                     ready
-                        && match http.get(format!("{base}/api/v1/status/flags")).send().await {
-                            Ok(r) => r
-                                .json::<Value>()
-                                .await
-                                .is_ok_and(|v| v["data"]["config.file"] == want.as_str()),
-                            Err(_) => false,
-                        }
+                        && answers_json(&http, format!("{base}/api/v1/status/flags"), |v| {
+                            v["data"]["config.file"] == want.as_str()
+                        })
+                        .await
                 }
             },
         )
@@ -530,14 +534,12 @@ impl Alertmanager {
                         Ok(r) if r.status() == reqwest::StatusCode::OK
                     );
                     ready
-                        && match http.get(format!("{base}/api/v2/status")).send().await {
-                            Ok(r) => r.json::<Value>().await.is_ok_and(|v| {
-                                v["config"]["original"]
-                                    .as_str()
-                                    .is_some_and(|c| c.contains(&receiver))
-                            }),
-                            Err(_) => false,
-                        }
+                        && answers_json(&http, format!("{base}/api/v2/status"), |v| {
+                            v["config"]["original"]
+                                .as_str()
+                                .is_some_and(|c| c.contains(&receiver))
+                        })
+                        .await
                 }
             },
         )

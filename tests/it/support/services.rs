@@ -171,7 +171,7 @@ fn log_tail(path: &Path) -> String {
 
 /// An HTTP client for talking to loopback services: never via a proxy, and
 /// with short timeouts so a wedged process cannot stall a readiness loop.
-fn probe_client() -> reqwest::Client {
+pub fn probe_client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
         .connect_timeout(Duration::from_secs(2))
