@@ -1,22 +1,26 @@
 //! Configuration validation, data-driven: every case is a TOML text fed to
-//! the pure [`parse_with`] through [`check`], with a fake environment and a
-//! scratch directory holding the secret files the cases refer to. The
-//! expectation is the rendered result: every error in order, as `validate`
-//! prints it but without the file (``3:1: `policy[0].name`: reason``), or
-//! a summary of the valid configuration with its warnings (see [`render`]).
-//! `UPDATE_EXPECT=1 cargo test` rewrites the expectations; review each one
-//! before committing it.
+//! the pure [`parse_with`], with a fake environment and a scratch directory
+//! holding the secret files the cases refer to. The expectation is the
+//! rendered result: every error in order, as `validate` prints it but
+//! without the file (``3:1: `policy[0].name`: reason``), or a summary of the
+//! valid configuration with its warnings (see [`render`]).
 //!
-//! One file a section of the configuration; the few tests that look at
-//! something a rendering cannot show (what `Debug` hides, several
-//! environments for one text) keep a small body of their own.
+//! The cases are data files, a directory per section of the configuration
+//! under `data/` and a test per directory below ([`check_cases`]): a case is
+//! `<case>.toml`, the whole text parsed, and `<case>.expected`, its
+//! rendering; a case that is parsed without reading secrets, as `validate`
+//! does on a machine that does not hold them, is named
+//! `<case>.unresolved.toml`. Notes about a case, such as the bug a
+//! regression case pins, are comments at the end of its TOML, where they
+//! move no line number. Adding a case is adding its `.toml` and running
+//! `UPDATE_EXPECT=1 cargo test --lib config`, which writes (or rewrites)
+//! the `.expected` files; review each one before committing it.
+//!
+//! The few tests that look at something a rendering cannot show (what
+//! `Debug` hides, several environments or modes for one text) keep a body
+//! of their own, in `secrets`, `stores` and `valid`, and below.
 
-mod destinations;
-mod hooks;
-mod parse;
-mod policy;
 mod secrets;
-mod settings;
 mod stores;
 mod valid;
 
@@ -188,9 +192,120 @@ fn check_unresolved(src: &str, expect: Expect) {
 }
 
 fn check_with(env: &FakeEnv, resolve: bool, src: &str, expect: Expect) {
+    expect.assert_eq(&rendered(env, resolve, src));
+}
+
+/// The rendering of `src` parsed in a fresh scratch directory.
+fn rendered(env: &FakeEnv, resolve: bool, src: &str) -> String {
     let scratch = Scratch::new();
     let result = parse_in(&scratch, src, env, resolve);
-    expect.assert_eq(&render(&scratch, &result));
+    render(&scratch, &result)
+}
+
+/// Runs the cases of `data/<section>/`, in file name order: each
+/// `<case>.toml` is parsed as [`check`] does and its rendering compared,
+/// byte for byte, with `<case>.expected` beside it. A case whose name ends
+/// in `.unresolved` (`<case>.unresolved.toml`) is parsed without reading
+/// secrets, as [`check_unresolved`] does. Every mismatch is reported, not
+/// just the first; with `UPDATE_EXPECT=1` the `.expected` files are
+/// rewritten instead (a new case can start as a lone `.toml`).
+fn check_cases(section: &str) {
+    let shown = Path::new("src/config/tests/data").join(section);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(&shown);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    files.sort();
+    let update = std::env::var_os("UPDATE_EXPECT").is_some();
+    let mut cases = 0;
+    let mut failures = Vec::new();
+    for path in &files {
+        let name = path.file_name().unwrap().to_string_lossy();
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("toml") => {}
+            Some("expected") if path.with_extension("toml").exists() => continue,
+            _ => {
+                failures.push(format!(
+                    "{name}: not a case (a case is <case>.toml and <case>.expected)\n"
+                ));
+                continue;
+            }
+        }
+        cases += 1;
+        let src = std::fs::read_to_string(path).unwrap();
+        let resolve = !path
+            .file_stem()
+            .unwrap()
+            .to_string_lossy()
+            .ends_with(".unresolved");
+        let actual = rendered(&FakeEnv::new(), resolve, &src);
+        let expected_path = path.with_extension("expected");
+        let expected = std::fs::read_to_string(&expected_path).ok();
+        if expected.as_deref() == Some(actual.as_str()) {
+            continue;
+        }
+        if update {
+            std::fs::write(&expected_path, &actual).unwrap();
+            println!("updated {}", expected_path.display());
+            continue;
+        }
+        failures.push(match expected {
+            Some(expected) => format!(
+                "{name}: the rendering differs from {} (-expected +actual):\n{}",
+                expected_path.file_name().unwrap().to_string_lossy(),
+                line_diff(&expected, &actual)
+            ),
+            None => format!(
+                "{name}: {} is missing; the rendering is:\n{actual}",
+                expected_path.file_name().unwrap().to_string_lossy(),
+            ),
+        });
+    }
+    assert!(cases > 0, "no cases in {}", shown.display());
+    assert!(
+        failures.is_empty(),
+        "{} problems in {} ({cases} cases); `UPDATE_EXPECT=1 cargo test --lib config` rewrites the .expected files:\n\n{}",
+        failures.len(),
+        shown.display(),
+        failures.join("\n")
+    );
+}
+
+/// A line diff of `expected` and `actual`: each line prefixed with ` `
+/// (in both), `-` (only expected) or `+` (only actual).
+fn line_diff(expected: &str, actual: &str) -> String {
+    let (a, b): (Vec<&str>, Vec<&str>) = (expected.lines().collect(), actual.lines().collect());
+    // lcs[i][j]: the length of the longest common subsequence of a[i..]
+    // and b[j..].
+    let mut lcs = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for i in (0..a.len()).rev() {
+        for j in (0..b.len()).rev() {
+            lcs[i][j] = if a[i] == b[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let mut out = String::new();
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() || j < b.len() {
+        if i < a.len() && j < b.len() && a[i] == b[j] {
+            writeln!(out, "  {}", a[i]).unwrap();
+            (i, j) = (i + 1, j + 1);
+        } else if j == b.len() || (i < a.len() && lcs[i + 1][j] >= lcs[i][j + 1]) {
+            writeln!(out, "- {}", a[i]).unwrap();
+            i += 1;
+        } else {
+            writeln!(out, "+ {}", b[j]).unwrap();
+            j += 1;
+        }
+    }
+    if expected.ends_with('\n') != actual.ends_with('\n') {
+        out.push_str("(the two differ in their final line break)\n");
+    }
+    out
 }
 
 /// The errors, one a line as `validate` prints them but without the file
@@ -391,6 +506,61 @@ fn destination_summary(dest: &Destination) -> String {
             a.version_budget()
         ),
     }
+}
+
+/// Errors that serde or the TOML parser reports: one a case, since they
+/// stop the parse; and a file with a problem in every section, none hiding
+/// another.
+#[test]
+fn parse_cases() {
+    check_cases("parse");
+}
+
+/// Errors of the `[motherduck]` and `[daemon]` sections and of secrets.
+#[test]
+fn settings_cases() {
+    check_cases("settings");
+}
+
+/// Secret references whose form is checked even without reading them.
+#[test]
+fn secrets_cases() {
+    check_cases("secrets");
+}
+
+/// Errors of `[[policy]]`: names, token settings, schedules, windows,
+/// destinations on file stores, and retries.
+#[test]
+fn policy_cases() {
+    check_cases("policy");
+}
+
+/// Errors of verification hooks (`[[policy.verify]]`). A hook's table is
+/// read on its own, so the rest of the file is still checked.
+#[test]
+fn hooks_cases() {
+    check_cases("hooks");
+}
+
+/// Vault and AWS stores: their errors, and the connections and
+/// destinations they become.
+#[test]
+fn stores_cases() {
+    check_cases("stores");
+}
+
+/// Destinations and locks on Vault and AWS stores, and the places two
+/// destinations must not share.
+#[test]
+fn destinations_cases() {
+    check_cases("destinations");
+}
+
+/// Valid configurations, the validated values they become, and their
+/// warnings.
+#[test]
+fn valid_cases() {
+    check_cases("valid");
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! Secret references: where they resolve from, what is checked without
-//! reading them, and that a pasted secret is never echoed.
+//! reading them, and that a pasted secret is never echoed. The errors of a
+//! reference's form are cases in `data/secrets/`.
 
 use super::*;
 
@@ -101,55 +102,4 @@ fn inline_secrets_never_appear_in_errors() {
             );
         }
     }
-}
-
-// Without `resolve_secrets` the form of a reference is still checked.
-
-#[test]
-fn inline_token_not_resolving() {
-    check_unresolved(
-        r#"
-[motherduck]
-admin_token = "md-inline-secret"
-"#,
-        expect![[r#"
-            2:1: `motherduck.admin_token`: inline secrets are not allowed; reference it with { file = "..." }, { env = "VAR" } or { credential = "name" }
-        "#]],
-    );
-}
-
-#[test]
-fn two_references_not_resolving() {
-    check_unresolved(
-        r#"
-motherduck = { admin_token = { env = "MD_TOKEN", credential = "md_admin" } }
-"#,
-        expect![[r#"
-            1:30: `motherduck.admin_token`: give exactly one of `file`, `env` or `credential`, not `env` and `credential`
-        "#]],
-    );
-}
-
-#[test]
-fn bad_credential_name_not_resolving() {
-    check_unresolved(
-        r#"
-motherduck = { admin_token = { credential = "../md_admin" } }
-"#,
-        expect![[r#"
-            1:32: `motherduck.admin_token.credential`: invalid credential name `../md_admin`: it must be a file name in $CREDENTIALS_DIRECTORY (no `/`, not starting with `.`)
-        "#]],
-    );
-}
-
-#[test]
-fn bad_variable_name_not_resolving() {
-    check_unresolved(
-        r#"
-motherduck = { admin_token = { env = "MD TOKEN" } }
-"#,
-        expect![[r#"
-            1:32: `motherduck.admin_token.env`: `MD TOKEN` is not an environment variable name (letters, digits and `_`, not starting with a digit)
-        "#]],
-    );
 }

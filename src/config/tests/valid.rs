@@ -1,4 +1,5 @@
-//! Valid configurations and the validated values they become.
+//! Valid configurations and the validated values they become, where a test
+//! needs more than a rendering; the others are cases in `data/valid/`.
 
 use super::*;
 
@@ -118,70 +119,6 @@ fn full_configuration_becomes_validated_types() {
     );
 }
 
-#[test]
-fn omitted_settings_take_their_defaults() {
-    check(
-        r#"
-motherduck = { admin_token = { env = "MD_TOKEN" } }
-stores.local = { type = "file", directory = "/var/lib/mdr" }
-[[policy]]
-name = "app"
-service_account = "svc_app"
-schedule = { interval = "1d" }
-destinations = [{ store = "local", path = "app.json" }]
-verify = [
-  { type = "http", url = "https://app.example.com/health" },
-  { type = "command", command = ["true"] },
-  { type = "ack" },
-  { type = "motherduck" },
-]
-"#,
-        expect![[r#"
-            motherduck: api_url https://api.motherduck.com, admin_token md-admin-token-from-env (env MD_TOKEN), request_timeout 15s, max_retries 4, rate_limit_per_second 100
-            daemon: listen 127.0.0.1:9464, metrics_bearer_token none, log_format Auto, rotation_concurrency 4, sweep_interval 1h, orphan_min_age 5m, shutdown_timeout 30s, lock_retry_interval 30s, recheck_interval 5m, instance_id <host>:<pid>
-            alerts: repeat_interval 1h, expiry_warning 1day, max_per_minute 30, max_attempts 5, runbook_url none, sinks []
-            vault connections: []
-            policy app: service_account svc_app, token_type ReadWrite, token_ttl none, token names rotator.app.<rotation id>, overlap 5m
-              schedule: interval 1day, jitter 0s, rotate_before_expiry none
-              hook http: GET https://app.example.com/health, expect_status [200], json_field none, interval 2s, deadline 2m, request_timeout 10s
-              hook command: true [], pass_token false, inherit_env [], timeout 30s, interval 5s, deadline 2m
-              hook ack: deadline 10m
-              hook motherduck: interval 5s, deadline 1m
-              destination: file store local: /var/lib/mdr/app.json, bare_token_file none
-              lock: file store local: /var/lib/mdr/app.json, bare_token_file none
-              retry: max_attempts 3, initial_backoff 30s, max_backoff 1h
-        "#]],
-    );
-}
-
-#[test]
-fn expiring_tokens_rotate_a_third_of_their_lifetime_before_expiry_by_default() {
-    check(
-        r#"
-motherduck = { admin_token = { env = "MD_TOKEN" } }
-stores.local = { type = "file", directory = "store" }
-[[policy]]
-name = "app"
-service_account = "svc_app"
-token_ttl = "3d"
-destinations = [{ store = "local", path = "app.json" }]
-verify = [{ type = "motherduck" }]
-"#,
-        expect![[r#"
-            motherduck: api_url https://api.motherduck.com, admin_token md-admin-token-from-env (env MD_TOKEN), request_timeout 15s, max_retries 4, rate_limit_per_second 100
-            daemon: listen 127.0.0.1:9464, metrics_bearer_token none, log_format Auto, rotation_concurrency 4, sweep_interval 1h, orphan_min_age 5m, shutdown_timeout 30s, lock_retry_interval 30s, recheck_interval 5m, instance_id <host>:<pid>
-            alerts: repeat_interval 1h, expiry_warning 1day, max_per_minute 30, max_attempts 5, runbook_url none, sinks []
-            vault connections: []
-            policy app: service_account svc_app, token_type ReadWrite, token_ttl 3days, token names rotator.app.<rotation id>, overlap 5m
-              schedule: no cadence, jitter 0s, rotate_before_expiry 1day
-              hook motherduck: interval 5s, deadline 1m
-              destination: file store local: $DIR/store/app.json, bare_token_file none
-              lock: file store local: $DIR/store/app.json, bare_token_file none
-              retry: max_attempts 3, initial_backoff 30s, max_backoff 1h
-        "#]],
-    );
-}
-
 /// The cron forms config/example.toml tells users about.
 #[test]
 fn documented_cron_forms_are_accepted() {
@@ -219,63 +156,4 @@ fn documented_cron_forms_are_accepted() {
         };
         assert_eq!(c.expression(), cron);
     }
-}
-
-#[test]
-fn warnings_name_the_line_and_field_but_do_not_fail() {
-    check(
-        r#"
-motherduck = { admin_token = { env = "MD_TOKEN" } }
-stores.local = { type = "file", directory = "store" }
-[[policy]]
-name = "no-hook"
-service_account = "svc_app"
-schedule = { interval = "1d" }
-overlap = "10m"
-destinations = [{ store = "local", path = "a.json" }]
-
-[[policy]]
-name = "never-expires"
-service_account = "svc_app"
-schedule = { interval = "1d" }
-rotate_before_expiry = "1d"
-destinations = [{ store = "local", path = "b.json" }]
-verify = [{ type = "motherduck" }]
-"#,
-        expect![[r#"
-            motherduck: api_url https://api.motherduck.com, admin_token md-admin-token-from-env (env MD_TOKEN), request_timeout 15s, max_retries 4, rate_limit_per_second 100
-            daemon: listen 127.0.0.1:9464, metrics_bearer_token none, log_format Auto, rotation_concurrency 4, sweep_interval 1h, orphan_min_age 5m, shutdown_timeout 30s, lock_retry_interval 30s, recheck_interval 5m, instance_id <host>:<pid>
-            alerts: repeat_interval 1h, expiry_warning 1day, max_per_minute 30, max_attempts 5, runbook_url none, sinks []
-            vault connections: []
-            policy no-hook: service_account svc_app, token_type ReadWrite, token_ttl none, token names rotator.no-hook.<rotation id>, overlap 10m
-              schedule: interval 1day, jitter 0s, rotate_before_expiry none
-              destination: file store local: $DIR/store/a.json, bare_token_file none
-              lock: file store local: $DIR/store/a.json, bare_token_file none
-              retry: max_attempts 3, initial_backoff 30s, max_backoff 1h
-            policy never-expires: service_account svc_app, token_type ReadWrite, token_ttl none, token names rotator.never-expires.<rotation id>, overlap 5m
-              schedule: interval 1day, jitter 0s, rotate_before_expiry 1day
-              hook motherduck: interval 5s, deadline 1m
-              destination: file store local: $DIR/store/b.json, bare_token_file none
-              lock: file store local: $DIR/store/b.json, bare_token_file none
-              retry: max_attempts 3, initial_backoff 30s, max_backoff 1h
-            warning: $DIR/rotator.toml:4: `policy[0].name`: policy `no-hook` has no verification hook; it relies on the overlap period (10m) alone
-            warning: $DIR/rotator.toml:14: `policy[1].rotate_before_expiry`: has no effect: `token_ttl` is not set, tokens never expire
-        "#]],
-    );
-}
-
-#[test]
-fn a_configuration_without_policies_is_valid_but_warned_about() {
-    check(
-        r#"
-motherduck = { admin_token = { env = "MD_TOKEN" } }
-"#,
-        expect![[r#"
-            motherduck: api_url https://api.motherduck.com, admin_token md-admin-token-from-env (env MD_TOKEN), request_timeout 15s, max_retries 4, rate_limit_per_second 100
-            daemon: listen 127.0.0.1:9464, metrics_bearer_token none, log_format Auto, rotation_concurrency 4, sweep_interval 1h, orphan_min_age 5m, shutdown_timeout 30s, lock_retry_interval 30s, recheck_interval 5m, instance_id <host>:<pid>
-            alerts: repeat_interval 1h, expiry_warning 1day, max_per_minute 30, max_attempts 5, runbook_url none, sinks []
-            vault connections: []
-            warning: $DIR/rotator.toml:1: ``: no [[policy]] defined; the daemon will have nothing to rotate
-        "#]],
-    );
 }
