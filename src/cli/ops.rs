@@ -271,24 +271,42 @@ pub async fn rotate(path: &Path, args: &RotateArgs) -> anyhow::Result<ExitCode> 
     // Policies rotate side by side, as many at once as the daemon would
     // (`rotation_concurrency`), under the client's one rate limit; each
     // policy's lines are printed as it gets there.
+    let (d, cancel) = (&d, &cancel);
+    Ok(each_policy(&config, policies, &out, |p| {
+        rotate_one(d, p, args, cancel, &out)
+    })
+    .await)
+}
+
+/// Runs `one` for every policy, as many at once as the daemon would
+/// (`rotation_concurrency`), counting each as it finishes; fails when any
+/// of them returned `false`.
+async fn each_policy<'a, F, Fut>(
+    config: &Config,
+    policies: Vec<&'a Policy>,
+    out: &Progress,
+    one: F,
+) -> ExitCode
+where
+    F: Fn(&'a Policy) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let one = &one;
     let results: Vec<bool> = futures_util::stream::iter(policies)
-        .map(|p| {
-            let (d, out, cancel) = (&d, &out, &cancel);
-            async move {
-                let ok = rotate_one(d, p, args, cancel, out).await;
-                out.finished(ok);
-                ok
-            }
+        .map(|p| async move {
+            let ok = one(p).await;
+            out.finished(ok);
+            ok
         })
         .buffer_unordered(config.daemon.rotation_concurrency.get())
         .collect()
         .await;
     out.done();
-    Ok(if results.iter().any(|ok| !ok) {
+    if results.iter().any(|ok| !ok) {
         ExitCode::from(EXIT_FAILURE)
     } else {
         ExitCode::SUCCESS
-    })
+    }
 }
 
 /// Rotates one policy for `rotate`, printing what happens; `false` when it
@@ -691,24 +709,11 @@ pub async fn sweep(path: &Path, args: &SweepArgs) -> anyhow::Result<ExitCode> {
     };
     let d = driver(&config)?;
     let out = Progress::new(policies.len(), "swept");
-    let results: Vec<bool> = futures_util::stream::iter(policies)
-        .map(|p| {
-            let (d, out) = (&d, &out);
-            async move {
-                let ok = sweep_one(d, p, args.dry_run, out).await;
-                out.finished(ok);
-                ok
-            }
-        })
-        .buffer_unordered(config.daemon.rotation_concurrency.get())
-        .collect()
-        .await;
-    out.done();
-    Ok(if results.iter().any(|ok| !ok) {
-        ExitCode::from(EXIT_FAILURE)
-    } else {
-        ExitCode::SUCCESS
+    let d = &d;
+    Ok(each_policy(&config, policies, &out, |p| {
+        sweep_one(d, p, args.dry_run, &out)
     })
+    .await)
 }
 
 /// Sweeps one policy for `sweep`, printing what it finds; `false` when the
