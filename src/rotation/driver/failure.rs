@@ -201,11 +201,8 @@ impl Driver {
         for &i in dests {
             let d = &policy.destinations[i];
             let r = self
-                .retrying(policy, cancel, || async {
-                    let r = d.rollback(journal).await;
-                    self.metrics
-                        .store_op(d.kind(), crate::stores::StoreOp::Rollback, r.is_ok());
-                    r.map_err(|e| store_err("rollback", &e))
+                .store_retrying(policy, cancel, d, crate::stores::StoreOp::Rollback, || {
+                    d.rollback(journal)
                 })
                 .await;
             if let Err(e) = r {

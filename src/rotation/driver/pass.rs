@@ -50,15 +50,7 @@ impl Driver {
             }
             _ => {}
         }
-        let lease = policy
-            .lock
-            .try_lock(&self.instance_id)
-            .await
-            .map_err(|source| DriveError::Store {
-                policy: policy.name.clone(),
-                source,
-            })?;
-        let Some(lease) = lease else {
+        let Some(lease) = self.try_lock(policy).await? else {
             info!(policy = %policy.name, "another replica holds the lock; looking again later");
             return Ok(Tick::Busy {
                 until: now
@@ -326,6 +318,45 @@ impl Driver {
                 .with_label_values(&[p])
                 .observe(s.elapsed().as_secs_f64());
         }
+    }
+
+    /// Takes the policy's lock for this instance; `None` when another
+    /// holds it.
+    pub(super) async fn try_lock(
+        &self,
+        policy: &Policy,
+    ) -> Result<Option<crate::stores::Lease>, DriveError> {
+        policy
+            .lock
+            .try_lock(&self.instance_id)
+            .await
+            .map_err(|source| DriveError::Store {
+                policy: policy.name.clone(),
+                source,
+            })
+    }
+
+    /// Runs the store call `f` on `d` under the policy's retry settings,
+    /// counting each attempt in the store metrics as `op`; `Err` (for the
+    /// step named as `op`) once it gives up.
+    pub(super) async fn store_retrying<F, Fut>(
+        &self,
+        policy: &Policy,
+        cancel: &CancellationToken,
+        d: &crate::stores::Destination,
+        op: crate::stores::StoreOp,
+        f: F,
+    ) -> Result<(), StepError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<(), StoreError>>,
+    {
+        self.retrying(policy, cancel, || async {
+            let r = f().await;
+            self.metrics.store_op(d.kind(), op, r.is_ok());
+            r.map_err(|e| store_err(op.as_str(), &e))
+        })
+        .await
     }
 
     /// Runs `f` under the policy's retry settings; `Err` once it gives up.

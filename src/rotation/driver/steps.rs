@@ -175,11 +175,8 @@ impl Driver {
         };
         for &i in dests {
             let d = &policy.destinations[i];
-            self.retrying(policy, cancel, || async {
-                let r = d.stage(&record).await;
-                self.metrics
-                    .store_op(d.kind(), crate::stores::StoreOp::Stage, r.is_ok());
-                r.map_err(|e| store_err("stage", &e))
+            self.store_retrying(policy, cancel, d, crate::stores::StoreOp::Stage, || {
+                d.stage(&record)
             })
             .await?;
             info!(policy = %policy.name, rotation_id = %journal.rotation_id, step = "stage", destination = %d.label(), "new token staged");
@@ -200,11 +197,8 @@ impl Driver {
         };
         for &i in dests {
             let d = &policy.destinations[i];
-            self.retrying(policy, cancel, || async {
-                let r = d.promote(&journal).await;
-                self.metrics
-                    .store_op(d.kind(), crate::stores::StoreOp::Promote, r.is_ok());
-                r.map_err(|e| store_err("promote", &e))
+            self.store_retrying(policy, cancel, d, crate::stores::StoreOp::Promote, || {
+                d.promote(&journal)
             })
             .await?;
             info!(policy = %policy.name, rotation_id = %journal.rotation_id, step = "promote", destination = %d.label(), token_id = %journal.new_token_id, "new token is current");
@@ -221,11 +215,8 @@ impl Driver {
     ) -> Result<(), StepError> {
         for &i in dests {
             let d = &policy.destinations[i];
-            self.retrying(policy, cancel, || async {
-                let r = d.set_journal(journal).await;
-                self.metrics
-                    .store_op(d.kind(), crate::stores::StoreOp::Journal, r.is_ok());
-                r.map_err(|e| store_err("journal", &e))
+            self.store_retrying(policy, cancel, d, crate::stores::StoreOp::Journal, || {
+                d.set_journal(journal)
             })
             .await?;
         }

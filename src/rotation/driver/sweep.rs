@@ -62,15 +62,9 @@ impl Driver {
         let _lease = if first.orphans.is_empty() && (leftovers == 0 || dry_run) {
             None
         } else {
-            let lease = policy
-                .lock
-                .try_lock(&self.instance_id)
-                .await
-                .map_err(|source| DriveError::Store {
-                    policy: policy.name.clone(),
-                    source,
-                })?;
-            let Some(lease) = lease else { return Ok(None) };
+            let Some(lease) = self.try_lock(policy).await? else {
+                return Ok(None);
+            };
             Some(lease)
         };
         if leftovers > 0 && !dry_run {

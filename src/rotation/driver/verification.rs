@@ -147,11 +147,8 @@ impl Driver {
         };
         for d in &policy.destinations {
             let r = self
-                .retrying(policy, cancel, || async {
-                    let r = d.finish(&done).await;
-                    self.metrics
-                        .store_op(d.kind(), crate::stores::StoreOp::Finish, r.is_ok());
-                    r.map_err(|e| store_err("finish", &e))
+                .store_retrying(policy, cancel, d, crate::stores::StoreOp::Finish, || {
+                    d.finish(&done)
                 })
                 .await;
             if let Err(e) = r {
