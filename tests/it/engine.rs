@@ -357,6 +357,17 @@ async fn pass(driver: &Driver, policy: &Policy) -> Tick {
         .unwrap_or_else(|e| panic!("reconcile failed: {e}"))
 }
 
+/// One reconcile pass that must fail; its error.
+async fn failing_pass(
+    driver: &Driver,
+    policy: &Policy,
+) -> motherduck_rotator::rotation::driver::DriveError {
+    driver
+        .reconcile(policy, false, &CancellationToken::new())
+        .await
+        .expect_err("the pass fails")
+}
+
 /// Runs passes until the first rotation is complete (`done`).
 async fn first_token(fx: &Fixture, driver: &Driver, policy: &Policy) -> String {
     pass(driver, policy).await;

@@ -2,6 +2,17 @@
 
 use super::*;
 
+/// A policy with a 10-minute overlap that has rotated once: its driver,
+/// the first token's id and the new token's.
+async fn rotated_once(fx: &Fixture) -> (Driver, Policy, String, String) {
+    let (driver, policy) = fx.restart(&PolicySpec::new("10m"));
+    let old = first_token(fx, &driver, &policy).await;
+    fx.advance(HOUR);
+    pass(&driver, &policy).await;
+    let new = str_of(&fx.current(), "token_id").to_owned();
+    (driver, policy, old, new)
+}
+
 // ---------------------------------------------------------------------------
 // 3. MotherDuck failures at each step
 // ---------------------------------------------------------------------------
@@ -63,20 +74,13 @@ async fn create_answer_lost_after_commit_leaves_no_second_live_token() {
 #[tokio::test]
 async fn revoking_the_old_token_failing_keeps_the_new_one_and_resumes() {
     let fx = Fixture::new().await;
-    let (driver, policy) = fx.restart(&PolicySpec::new("10m"));
-    let old = first_token(&fx, &driver, &policy).await;
-    fx.advance(HOUR);
-    pass(&driver, &policy).await;
-    let new = str_of(&fx.current(), "token_id").to_owned();
+    let (driver, policy, old, new) = rotated_once(&fx).await;
     assert_ne!(new, old);
 
     fx.advance(10 * MINUTE);
     fx.sim()
         .fail_next(Endpoint::RevokeToken, 100, Fault::Status(500));
-    let err = driver
-        .reconcile(&policy, false, &CancellationToken::new())
-        .await
-        .unwrap_err();
+    let err = failing_pass(&driver, &policy).await;
     assert!(err.to_string().contains("revoke_old"), "{err}");
     // Verified and stored, so nothing is rolled back: the new token stays
     // current and the old one stays live until the revoke succeeds.
@@ -230,10 +234,7 @@ async fn regression_unwritable_store_at_stage_still_revokes_the_new_token() {
 
     freeze(&fx.store());
     fx.advance(HOUR);
-    let err = driver
-        .reconcile(&policy, false, &CancellationToken::new())
-        .await
-        .unwrap_err();
+    let err = failing_pass(&driver, &policy).await;
     assert!(err.to_string().contains("rollback incomplete"), "{err}");
     let issued = fx.issued();
     assert_eq!(issued.len(), 2);
@@ -306,18 +307,11 @@ async fn promote_failing_rolls_back_to_the_old_token() {
 #[tokio::test]
 async fn finish_failing_leaves_the_new_token_current_and_resumes() {
     let fx = Fixture::new().await;
-    let (driver, policy) = fx.restart(&PolicySpec::new("10m"));
-    let old = first_token(&fx, &driver, &policy).await;
-    fx.advance(HOUR);
-    pass(&driver, &policy).await;
-    let new = str_of(&fx.current(), "token_id").to_owned();
+    let (driver, policy, old, new) = rotated_once(&fx).await;
 
     fx.advance(10 * MINUTE);
     freeze(&fx.store());
-    let err = driver
-        .reconcile(&policy, false, &CancellationToken::new())
-        .await
-        .unwrap_err();
+    let err = failing_pass(&driver, &policy).await;
     assert!(err.to_string().contains("finish"), "{err}");
     // The old token was revoked (verified, stored, overlap over) but the
     // journal could not record it: the new token stays current.

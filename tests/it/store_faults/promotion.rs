@@ -133,6 +133,39 @@ async fn vault_503_on_the_journal_after_the_promoting_write_rolls_both_back() {
     .await;
 }
 
+/// Consumers of both stores still read `old`, Vault's with its secret.
+async fn assert_consumers_keep(w: &World, old: &str, old_secret: &SecretString) {
+    let (vault, aws_id) = w.consumers_read_live_tokens().await;
+    assert_eq!((vault.as_str(), aws_id.as_str()), (old, old));
+    assert!(w.vault_read().await.token.expose_secret() == old_secret.expose_secret());
+}
+
+/// `step` and then the rollback failed on every attempt; the rotation is
+/// counted as failed and alerted on all the same.
+fn assert_failed_with_rollback_cut_short(w: &World, driver: &Driver, step: &str) {
+    assert_eq!(w.step_failures(step, "store_unavailable"), ATTEMPTS as u64);
+    assert_eq!(
+        w.step_failures("rollback", "store_unavailable"),
+        ATTEMPTS as u64
+    );
+    assert_eq!(
+        w.rotations("failed"),
+        1,
+        "the failed rotation is counted although its rollback was cut short"
+    );
+    assert!(driver.alerts.is_firing(AlertKind::RotationFailed, POLICY));
+}
+
+/// The next pass rotates past `old`, revoking it, and the failure alert
+/// resolves.
+async fn rotate_past(w: &World, driver: &Driver, policy: &Policy, old: &str) {
+    w.ok_pass(driver, policy).await;
+    let now = w.assert_converged(driver, policy).await;
+    assert_eq!(now, newest(&w.issued()));
+    assert!(w.revoked(old));
+    assert!(!driver.alerts.is_firing(AlertKind::RotationFailed, POLICY));
+}
+
 /// Vault refuses every metadata write under the destination, through the
 /// staging attempts and the rollback's: the rollback cannot even record
 /// itself in Vault. The new token, whose secret no store holds, is revoked
@@ -170,37 +203,15 @@ async fn vault_refusing_the_rollback_too_still_revokes_the_new_token() {
     let new = newest(&w.issued());
     assert!(w.revoked(&new), "the unstorable token {new} is revoked");
     assert_eq!(w.live_ids(), vec![old.clone()], "no orphan");
-    let (vault, aws_id) = w.consumers_read_live_tokens().await;
-    assert_eq!(
-        (vault.as_str(), aws_id.as_str()),
-        (old.as_str(), old.as_str())
-    );
-    assert!(w.vault_read().await.token.expose_secret() == old_secret.expose_secret());
+    assert_consumers_keep(&w, &old, &old_secret).await;
     assert!(!w.vault_has_pending().await);
     assert!(!w.aws_has_pending().await);
-    assert_eq!(
-        w.step_failures("stage", "store_unavailable"),
-        ATTEMPTS as u64
-    );
-    assert_eq!(
-        w.step_failures("rollback", "store_unavailable"),
-        ATTEMPTS as u64
-    );
-    assert_eq!(
-        w.rotations("failed"),
-        1,
-        "the failed rotation is counted although its rollback was cut short"
-    );
-    assert!(driver.alerts.is_firing(AlertKind::RotationFailed, POLICY));
+    assert_failed_with_rollback_cut_short(&w, &driver, "stage");
 
     // No store could record a retry time; the daemon's loop backs off on
     // the error. The next pass rotates.
     w.advance(MINUTE);
-    w.ok_pass(&driver, &policy).await;
-    let now = w.assert_converged(&driver, &policy).await;
-    assert_eq!(now, newest(&w.issued()));
-    assert!(w.revoked(&old));
-    assert!(!driver.alerts.is_firing(AlertKind::RotationFailed, POLICY));
+    rotate_past(&w, &driver, &policy, &old).await;
 }
 
 /// Throttling that outlasts the promotion and the rollback's own retries.
@@ -240,12 +251,7 @@ async fn aws_throttling_that_outlasts_the_rollback_still_revokes_and_counts() {
     w.assert_no_secret("the error", &text);
 
     // Consumers never noticed: both stores serve the old, live token.
-    let (vault, aws_id) = w.consumers_read_live_tokens().await;
-    assert_eq!(
-        (vault.as_str(), aws_id.as_str()),
-        (old.as_str(), old.as_str())
-    );
-    assert!(w.vault_read().await.token.expose_secret() == old_secret.expose_secret());
+    assert_consumers_keep(&w, &old, &old_secret).await;
     let new = newest(&w.issued());
     assert!(
         w.aws_has_pending().await,
@@ -262,21 +268,8 @@ async fn aws_throttling_that_outlasts_the_rollback_still_revokes_and_counts() {
     );
     assert_eq!(w.live_ids(), vec![old.clone()], "no orphan");
 
-    assert_eq!(
-        w.step_failures("promote", "store_unavailable"),
-        ATTEMPTS as u64
-    );
-    assert_eq!(
-        w.step_failures("rollback", "store_unavailable"),
-        ATTEMPTS as u64
-    );
     assert_eq!(w.store_ops("aws", "rollback", "failure"), ATTEMPTS as u64);
-    assert_eq!(
-        w.rotations("failed"),
-        1,
-        "the failed rotation is counted although its rollback was cut short"
-    );
-    assert!(driver.alerts.is_firing(AlertKind::RotationFailed, POLICY));
+    assert_failed_with_rollback_cut_short(&w, &driver, "promote");
 
     // Within the backoff nothing happens; after it the rotation succeeds
     // and its staging moves the leftover label.
@@ -284,9 +277,5 @@ async fn aws_throttling_that_outlasts_the_rollback_still_revokes_and_counts() {
     assert!(matches!(tick, Tick::Wait { .. }), "{tick:?}");
     assert_eq!(w.issued().len(), 2);
     w.advance(MINUTE);
-    w.ok_pass(&driver, &policy).await;
-    let now = w.assert_converged(&driver, &policy).await;
-    assert_eq!(now, newest(&w.issued()));
-    assert!(w.revoked(&old));
-    assert!(!driver.alerts.is_firing(AlertKind::RotationFailed, POLICY));
+    rotate_past(&w, &driver, &policy, &old).await;
 }
