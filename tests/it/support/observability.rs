@@ -142,6 +142,66 @@ impl Drop for Server {
     }
 }
 
+/// How to start Prometheus or Alertmanager on a config file of its own.
+struct Launch {
+    name: &'static str,
+    bin: PathBuf,
+    config_file: &'static str,
+    /// The flag naming its data folder.
+    data_flag: &'static str,
+    /// One more flag it is started with.
+    extra_arg: &'static str,
+    /// The API path whose JSON shows the config it runs on.
+    status_path: &'static str,
+}
+
+impl Launch {
+    /// Writes `config` in `dir` and starts the server on a free loopback
+    /// port, ready once `/-/ready` answers and the JSON at `status_path`
+    /// is `ours` (given the config file's path): our server, not another
+    /// test's that took the port. Its URL, an HTTP client and the server.
+    async fn start(
+        self,
+        dir: &TempDir,
+        config: &Value,
+        ours: impl Fn(&Value, &str) -> bool,
+    ) -> (String, reqwest::Client, Server) {
+        let config_path = dir.write(self.config_file, &config.to_string());
+        let data = dir.path().join("data");
+        let http = http_client();
+        let ours = &ours;
+        let (server, port) = launch(
+            self.name,
+            dir.path(),
+            |port| {
+                let mut cmd = Command::new(&self.bin);
+                cmd.arg(format!("--config.file={}", config_path.display()))
+                    .arg(format!("{}={}", self.data_flag, data.display()))
+                    .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                    .arg(self.extra_arg);
+                cmd
+            },
+            |port| {
+                let http = http.clone();
+                let want = config_path.display().to_string();
+                let status_path = self.status_path;
+                async move {
+                    let base = format!("http://127.0.0.1:{port}");
+                    let ready = matches!(
+                        http.get(format!("{base}/-/ready")).send().await,
+                        Ok(r) if r.status() == reqwest::StatusCode::OK
+                    );
+                    ready
+                        && answers_json(&http, format!("{base}{status_path}"), |v| ours(v, &want))
+                            .await
+                }
+            },
+        )
+        .await;
+        (format!("http://127.0.0.1:{port}"), http, server)
+    }
+}
+
 /// Spawns `command(port)` in `dir` until `ready(port)` holds, retrying on a
 /// fresh port when the process exits during startup.
 async fn launch<F>(
@@ -308,41 +368,21 @@ impl Prometheus {
                 }]
             });
         }
-        let config_path = dir.write("prometheus.yml", &config.to_string());
-        let data = dir.path().join("data");
-        let http = http_client();
-        let (server, port) = launch(
-            "prometheus",
-            dir.path(),
-            |port| {
-                let mut cmd = Command::new(&bin);
-                cmd.arg(format!("--config.file={}", config_path.display()))
-                    .arg(format!("--storage.tsdb.path={}", data.display()))
-                    .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-                    .arg("--log.level=info");
-                cmd
-            },
-            |port| {
-                let http = http.clone();
-                let want = config_path.display().to_string();
-                async move {
-                    let base = format!("http://127.0.0.1:{port}");
-                    let ready = matches!(
-                        http.get(format!("{base}/-/ready")).send().await,
-                        Ok(r) if r.status() == reqwest::StatusCode::OK
-                    );
-                    // Our server, not another test's that took the port.
-                    ready
-                        && answers_json(&http, format!("{base}/api/v1/status/flags"), |v| {
-                            v["data"]["config.file"] == want.as_str()
-                        })
-                        .await
-                }
-            },
-        )
-        .await;
+        let launch = Launch {
+            name: "prometheus",
+            bin,
+            config_file: "prometheus.yml",
+            data_flag: "--storage.tsdb.path",
+            extra_arg: "--log.level=info",
+            status_path: "/api/v1/status/flags",
+        };
+        let (url, http, server) = launch
+            .start(&dir, &config, |v, config_path| {
+                v["data"]["config.file"] == config_path
+            })
+            .await;
         Prometheus {
-            url: format!("http://127.0.0.1:{port}"),
+            url,
             http,
             server,
             _dir: dir,
@@ -509,43 +549,24 @@ impl Alertmanager {
                 "webhook_configs": [{ "url": receiver_url, "send_resolved": true }],
             }],
         });
-        let config_path = dir.write("alertmanager.yml", &config.to_string());
-        let storage = dir.path().join("data");
-        let http = http_client();
-        let (server, port) = launch(
-            "alertmanager",
-            dir.path(),
-            |port| {
-                let mut cmd = Command::new(&bin);
-                cmd.arg(format!("--config.file={}", config_path.display()))
-                    .arg(format!("--storage.path={}", storage.display()))
-                    .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-                    // Empty: no gossip listener, so no second port to race for.
-                    .arg("--cluster.listen-address=");
-                cmd
-            },
-            |port| {
-                let http = http.clone();
-                let receiver = receiver.clone();
-                async move {
-                    let base = format!("http://127.0.0.1:{port}");
-                    let ready = matches!(
-                        http.get(format!("{base}/-/ready")).send().await,
-                        Ok(r) if r.status() == reqwest::StatusCode::OK
-                    );
-                    ready
-                        && answers_json(&http, format!("{base}/api/v2/status"), |v| {
-                            v["config"]["original"]
-                                .as_str()
-                                .is_some_and(|c| c.contains(&receiver))
-                        })
-                        .await
-                }
-            },
-        )
-        .await;
+        let launch = Launch {
+            name: "alertmanager",
+            bin,
+            config_file: "alertmanager.yml",
+            data_flag: "--storage.path",
+            // Empty: no gossip listener, so no second port to race for.
+            extra_arg: "--cluster.listen-address=",
+            status_path: "/api/v2/status",
+        };
+        let (url, http, server) = launch
+            .start(&dir, &config, |v, _| {
+                v["config"]["original"]
+                    .as_str()
+                    .is_some_and(|c| c.contains(&receiver))
+            })
+            .await;
         Alertmanager {
-            url: format!("http://127.0.0.1:{port}"),
+            url,
             http,
             server,
             _dir: dir,
