@@ -166,6 +166,22 @@ async fn start() -> (OpenBao, Api) {
     (bao, api)
 }
 
+/// Stages the second rotation, `r2` (replacing `id-r1`), in `d`: its
+/// secret and record.
+async fn stage_second(d: &VaultDestination) -> (String, NewRecord) {
+    let s2 = secret("r2");
+    let r2 = record("r2", &s2, Some("id-r1"));
+    d.stage(&r2).await.unwrap();
+    (s2, r2)
+}
+
+/// Promotes `r` in `d`, which must succeed.
+async fn promote(d: &VaultDestination, r: &NewRecord) {
+    d.promote(&journal(r, JournalState::Promoted))
+        .await
+        .unwrap();
+}
+
 /// The error of promoting `r` in `d`, which must fail.
 async fn promote_err(d: &VaultDestination, r: &NewRecord) -> StoreError {
     d.promote(&journal(r, JournalState::Promoted))

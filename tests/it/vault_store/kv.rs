@@ -99,13 +99,9 @@ async fn kv2_full_rotation_with_the_least_privilege_policy() {
 
     // The second rotation keeps the first token as the previous record
     // until it finishes.
-    let s2 = secret("r2");
-    let r2 = record("r2", &s2, Some("id-r1"));
-    d.stage(&r2).await.unwrap();
+    let (s2, r2) = stage_second(&d).await;
     d.load().await.unwrap();
-    d.promote(&journal(&r2, JournalState::Promoted))
-        .await
-        .unwrap();
+    promote(&d, &r2).await;
     let v = d.load().await.unwrap();
     assert_eq!(v.current.as_ref().unwrap().meta.rotation_id, "r2");
     assert_eq!(v.previous.as_ref().unwrap().meta.rotation_id, "r1");
@@ -135,13 +131,9 @@ async fn kv2_rollback_restores_the_previous_version_as_a_new_version() {
     let s1 = secret("r1");
     let r1 = record("r1", &s1, None);
     rotate_fully(&d, &r1).await;
-    let s2 = secret("r2");
-    let r2 = record("r2", &s2, Some("id-r1"));
-    d.stage(&r2).await.unwrap();
+    let (_, r2) = stage_second(&d).await;
     d.load().await.unwrap();
-    d.promote(&journal(&r2, JournalState::Promoted))
-        .await
-        .unwrap();
+    promote(&d, &r2).await;
     d.load().await.unwrap();
 
     let rb = Journal {
@@ -210,14 +202,11 @@ async fn kv2_rollback_restores_the_previous_version_as_a_new_version() {
 #[tokio::test]
 async fn kv2_a_write_behind_the_stores_back_is_a_conflict() {
     let (bao, api) = start().await;
-    let conn = connect(&bao.addr, token_auth(&bao.root_token));
     let path = "motherduck/cas";
-    let d = dest(&conn, "secret", path, KvVersion::V2);
+    let d = root_dest(&bao, path);
     let s1 = secret("r1");
     rotate_fully(&d, &record("r1", &s1, None)).await;
-    let s2 = secret("r2");
-    let r2 = record("r2", &s2, Some("id-r1"));
-    d.stage(&r2).await.unwrap();
+    let (s2, r2) = stage_second(&d).await;
     d.load().await.unwrap();
 
     // An operator replaces the token by hand between load and promote.
@@ -243,9 +232,7 @@ async fn kv2_a_write_behind_the_stores_back_is_a_conflict() {
     // record as the previous one.
     let v = d.load().await.unwrap();
     assert_eq!(v.current.unwrap().meta.rotation_id, "manual");
-    d.promote(&journal(&r2, JournalState::Promoted))
-        .await
-        .unwrap();
+    promote(&d, &r2).await;
     let v = d.load().await.unwrap();
     assert_eq!(v.current.unwrap().meta.rotation_id, "r2");
     assert_eq!(v.previous.unwrap().meta.rotation_id, "manual");
@@ -273,13 +260,10 @@ async fn kv2_a_write_behind_the_stores_back_is_a_conflict() {
 #[tokio::test]
 async fn kv2_a_crash_between_record_and_journal_is_recovered() {
     let (bao, api) = start().await;
-    let conn = connect(&bao.addr, token_auth(&bao.root_token));
     let path = "motherduck/crash";
-    let d = dest(&conn, "secret", path, KvVersion::V2);
+    let d = root_dest(&bao, path);
     rotate_fully(&d, &record("r1", &secret("r1"), None)).await;
-    let s2 = secret("r2");
-    let r2 = record("r2", &s2, Some("id-r1"));
-    d.stage(&r2).await.unwrap();
+    let (_, r2) = stage_second(&d).await;
 
     // `promote` wrote the new version of `P`, then the process died before
     // the journal: copy the staged data over by hand.
@@ -314,9 +298,7 @@ async fn kv2_a_crash_between_record_and_journal_is_recovered() {
         matches!(&step, plan::Step::Promote { dests, .. } if dests == &[0]),
         "{step:?}"
     );
-    d.promote(&journal(&r2, JournalState::Promoted))
-        .await
-        .unwrap();
+    promote(&d, &r2).await;
     let v = d.load().await.unwrap();
     assert!(v.pending.is_none(), "the staged copy is gone");
     assert!(v.current_settled());
@@ -412,12 +394,8 @@ async fn kv1_full_rotation_rollback_and_no_lease() {
         JournalState::Done
     );
 
-    let s2 = secret("r2");
-    let r2 = record("r2", &s2, Some("id-r1"));
-    d.stage(&r2).await.unwrap();
-    d.promote(&journal(&r2, JournalState::Promoted))
-        .await
-        .unwrap();
+    let (s2, r2) = stage_second(&d).await;
+    promote(&d, &r2).await;
     let v = d.load().await.unwrap();
     assert_eq!(v.current.unwrap().meta.rotation_id, "r2");
     assert_eq!(v.previous.unwrap().meta.rotation_id, "r1");
