@@ -633,31 +633,43 @@ async fn a_killed_server_is_a_transient_error() {
     }
 }
 
+/// A scripted AWS endpoint answering `describe` to every DescribeSecret
+/// and `create` to every CreateSecret, and the destination `prod/md/etl`
+/// on it.
+async fn describe_and_create_answered(
+    describe: ResponseTemplate,
+    create: ResponseTemplate,
+) -> (MockServer, AwsDestination) {
+    let server = MockServer::start().await;
+    for (target, answer) in [("DescribeSecret", describe), ("CreateSecret", create)] {
+        Mock::given(method("POST"))
+            .and(header("x-amz-target", format!("secretsmanager.{target}")))
+            .respond_with(answer)
+            .mount(&server)
+            .await;
+    }
+    let d = destination(&connection(&server.uri()), "prod/md/etl");
+    (server, d)
+}
+
 /// moto grants every request; access denied and throttling need a scripted
 /// server. The bodies are what AWS sends for its JSON 1.1 protocol.
 #[tokio::test]
 async fn access_denied_and_throttling_are_classified() {
-    let server = MockServer::start().await;
     let aws_error = |status: u16, kind: &str, message: &str| {
         ResponseTemplate::new(status)
             .insert_header("content-type", "application/x-amz-json-1.1")
             .set_body_json(json!({"__type": kind, "message": message}))
     };
-    Mock::given(method("POST"))
-        .and(header("x-amz-target", "secretsmanager.DescribeSecret"))
-        .respond_with(aws_error(
+    let (_server, d) = describe_and_create_answered(
+        aws_error(
             400,
             "AccessDeniedException",
             "User: arn:aws:iam::123456789012:user/rotator is not authorized to perform: secretsmanager:DescribeSecret",
-        ))
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .and(header("x-amz-target", "secretsmanager.CreateSecret"))
-        .respond_with(aws_error(400, "ThrottlingException", "Rate exceeded"))
-        .mount(&server)
-        .await;
-    let d = destination(&connection(&server.uri()), "prod/md/etl");
+        ),
+        aws_error(400, "ThrottlingException", "Rate exceeded"),
+    )
+    .await;
 
     let denied = d.load().await.unwrap_err();
     assert_eq!(denied.kind, StoreErrorKind::Permanent, "{denied}");
@@ -683,7 +695,6 @@ async fn access_denied_and_throttling_are_classified() {
 /// check) has no error code; its HTTP status still names the problem.
 #[tokio::test]
 async fn unparseable_error_bodies_are_reported_by_status() {
-    let server = MockServer::start().await;
     let xml = |status: u16| {
         ResponseTemplate::new(status)
             .insert_header("content-type", "text/xml")
@@ -691,17 +702,7 @@ async fn unparseable_error_bodies_are_reported_by_status() {
                 "<ErrorResponse><Error><Code>AccessDenied</Code></Error></ErrorResponse>",
             )
     };
-    Mock::given(method("POST"))
-        .and(header("x-amz-target", "secretsmanager.DescribeSecret"))
-        .respond_with(xml(403))
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .and(header("x-amz-target", "secretsmanager.CreateSecret"))
-        .respond_with(xml(502))
-        .mount(&server)
-        .await;
-    let d = destination(&connection(&server.uri()), "prod/md/etl");
+    let (_server, d) = describe_and_create_answered(xml(403), xml(502)).await;
 
     let denied = d.load().await.unwrap_err();
     assert_eq!(denied.kind, StoreErrorKind::Permanent, "{denied}");
