@@ -454,6 +454,27 @@ impl Generation {
     }
 }
 
+/// What the daemon's drivers share across configuration reloads.
+struct DriverDeps {
+    clock: Clock,
+    metrics: Arc<Metrics>,
+    acks: AckRegistry,
+    alerts: Alerter,
+}
+
+impl DriverDeps {
+    /// The driver for `config`.
+    fn driver(&self, config: &Config) -> anyhow::Result<Driver> {
+        driver_with_alerts(
+            config,
+            self.clock.clone(),
+            self.metrics.clone(),
+            self.acks.clone(),
+            self.alerts.clone(),
+        )
+    }
+}
+
 /// Runs the daemon until `shutdown` is cancelled; in-flight rotations then
 /// get `shutdown_timeout` to reach a safe point.
 ///
@@ -482,13 +503,13 @@ pub async fn run(
             }
         });
     }
-    let driver = driver_with_alerts(
-        &config,
-        opts.clock.clone(),
-        metrics.clone(),
-        acks.clone(),
-        alerts.clone(),
-    )?;
+    let deps = DriverDeps {
+        clock: opts.clock.clone(),
+        metrics: metrics.clone(),
+        acks: acks.clone(),
+        alerts: alerts.clone(),
+    };
+    let driver = deps.driver(&config)?;
     let readiness = Arc::new(RwLock::new(Readiness::default()));
 
     let listener = tokio::net::TcpListener::bind(config.daemon.listen)
@@ -570,7 +591,7 @@ pub async fn run(
                     continue;
                 };
                 crate::notify::reloading();
-                match reload(path, &current.config, &opts, &metrics, &acks, &alerts) {
+                match reload(path, &current.config, &deps) {
                     Ok((config, driver)) => {
                         let old = std::mem::replace(
                             &mut current,
@@ -627,10 +648,7 @@ fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
 fn reload(
     path: &std::path::Path,
     old: &Config,
-    opts: &RunOptions,
-    metrics: &Arc<Metrics>,
-    acks: &AckRegistry,
-    alerts: &Alerter,
+    deps: &DriverDeps,
 ) -> anyhow::Result<(Arc<Config>, Driver)> {
     let config = crate::config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     info!("`[alerts]` and `daemon.metrics_bearer_token` changes take effect at the next restart");
@@ -640,13 +658,7 @@ fn reload(
     for w in &config.warnings {
         warn!("{w}");
     }
-    let driver = driver_with_alerts(
-        &config,
-        opts.clock.clone(),
-        metrics.clone(),
-        acks.clone(),
-        alerts.clone(),
-    )?;
+    let driver = deps.driver(&config)?;
     Ok((Arc::new(config), driver))
 }
 
