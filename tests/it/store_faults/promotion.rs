@@ -133,6 +133,24 @@ async fn vault_503_on_the_journal_after_the_promoting_write_rolls_both_back() {
     .await;
 }
 
+/// A pass that fails because its rollback cannot finish; the error says
+/// so, names `cause` and holds no secret.
+async fn fails_with_rollback_cut_short(
+    w: &World,
+    driver: &Driver,
+    policy: &Policy,
+    cause: &[&str],
+) {
+    let err = w
+        .pass(driver, policy)
+        .await
+        .expect_err("the rollback cannot finish");
+    let text = err.to_string();
+    let mentions = [&["rollback incomplete", "rollback"], cause].concat();
+    assert_mentions(&text, &mentions);
+    w.assert_no_secret("the error", &text);
+}
+
 /// Consumers of both stores still read `old`, Vault's with its secret.
 async fn assert_consumers_keep(w: &World, old: &str, old_secret: &SecretString) {
     let (vault, aws_id) = w.consumers_read_live_tokens().await;
@@ -188,17 +206,8 @@ async fn vault_refusing_the_rollback_too_still_revokes_the_new_token() {
         2 * ATTEMPTS,
     );
     w.advance(HOUR);
-    let err = w
-        .pass(&driver, &policy)
-        .await
-        .expect_err("the rollback cannot finish");
+    fails_with_rollback_cut_short(&w, &driver, &policy, &[VAULT_LABEL, "HTTP 503"]).await;
     assert_eq!(rule.intercepted(), 2 * ATTEMPTS, "staging, then rollback");
-    let text = err.to_string();
-    assert_mentions(
-        &text,
-        &["rollback incomplete", "rollback", VAULT_LABEL, "HTTP 503"],
-    );
-    w.assert_no_secret("the error", &text);
 
     let new = newest(&w.issued());
     assert!(w.revoked(&new), "the unstorable token {new} is revoked");
@@ -233,22 +242,8 @@ async fn aws_throttling_that_outlasts_the_rollback_still_revokes_and_counts() {
         2 * ATTEMPTS,
     );
     w.advance(HOUR);
-    let err = w
-        .pass(&driver, &policy)
-        .await
-        .expect_err("the rollback cannot finish");
+    fails_with_rollback_cut_short(&w, &driver, &policy, &[AWS_LABEL, "ThrottlingException"]).await;
     assert_eq!(rule.intercepted(), 2 * ATTEMPTS, "promote, then rollback");
-    let text = err.to_string();
-    assert_mentions(
-        &text,
-        &[
-            "rollback incomplete",
-            "rollback",
-            AWS_LABEL,
-            "ThrottlingException",
-        ],
-    );
-    w.assert_no_secret("the error", &text);
 
     // Consumers never noticed: both stores serve the old, live token.
     assert_consumers_keep(&w, &old, &old_secret).await;
