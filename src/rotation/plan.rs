@@ -448,13 +448,14 @@ impl RetryPolicy {
     }
 }
 
+/// Also the record fixtures of other modules' tests.
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::motherduck::TokenType;
     use crate::stores::{RecordView, TokenMeta};
 
-    fn t(s: &str) -> DateTime<Utc> {
+    pub(crate) fn t(s: &str) -> DateTime<Utc> {
         format!("2026-05-01T{s}Z").parse().unwrap()
     }
 
@@ -470,7 +471,9 @@ mod tests {
         }
     }
 
-    fn journal(rid: &str, state: JournalState, prev: Option<&str>) -> Journal {
+    /// The journal of rotation `rid` (token `tok-<rid>`, replacing
+    /// `tok-<prev>`), started at 10:00.
+    pub(crate) fn journal(rid: &str, state: JournalState, prev: Option<&str>) -> Journal {
         Journal {
             rotation_id: rid.into(),
             state,
@@ -486,7 +489,8 @@ mod tests {
         }
     }
 
-    fn rec(rid: &str, j: Option<Journal>) -> RecordView {
+    /// The record of rotation `rid`'s token, created at 10:00.
+    pub(crate) fn rec(rid: &str, j: Option<Journal>) -> RecordView {
         RecordView {
             meta: meta(rid, "10:00:00"),
             journal: j,

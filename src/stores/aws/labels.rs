@@ -140,46 +140,18 @@ pub(super) fn interpret(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::{DateTime, Utc};
+    use crate::stores::Journal;
 
-    use crate::motherduck::TokenType;
-    use crate::stores::{Journal, TokenMeta};
-
+    use crate::rotation::plan::tests::t;
     use crate::rotation::plan::{self, DestStatus, Step};
 
-    fn t(s: &str) -> DateTime<Utc> {
-        format!("2026-05-01T{s}Z").parse().unwrap()
-    }
-
+    /// The journal of rotation `rid`, the policy's first.
     fn journal(rid: &str, state: JournalState) -> Journal {
-        Journal {
-            rotation_id: rid.into(),
-            state,
-            previous_token_id: None,
-            new_token_id: format!("tok-{rid}"),
-            started_at: t("10:00:00"),
-            updated_at: t("10:00:00"),
-            revoke_after: None,
-            last_error: None,
-            failures: 0,
-            retry_at: None,
-            acknowledged_at: None,
-        }
+        plan::tests::journal(rid, state, None)
     }
 
     fn view(rid: &str) -> RecordView {
-        RecordView {
-            meta: TokenMeta {
-                token_id: format!("tok-{rid}"),
-                token_name: format!("rotator.p.{rid}"),
-                service_account: "svc".into(),
-                token_type: TokenType::ReadWrite,
-                created_at: t("10:00:00"),
-                expires_at: None,
-                rotation_id: rid.into(),
-            },
-            journal: Some(journal(rid, JournalState::Staged)),
-        }
+        plan::tests::rec(rid, Some(journal(rid, JournalState::Staged)))
     }
 
     /// Versions `v-<rid>` for each rotation id.
