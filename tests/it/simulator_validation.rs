@@ -6,10 +6,15 @@ use motherduck_rotator::secret::ExposeSecret;
 use motherduck_rotator::simulator::{Simulator, SimulatorOptions};
 use serde_json::{Value, json};
 
-struct Case {
-    what: &'static str,
+/// The cases sent, in order, to one endpoint.
+struct Endpoint {
     method: &'static str,
     path: &'static str,
+    cases: &'static [Case],
+}
+
+struct Case {
+    what: &'static str,
     body: &'static str,
     status: u16,
     /// Expected `(code, path)` of each issue, in order; empty for success
@@ -19,16 +24,12 @@ struct Case {
 
 const fn case(
     what: &'static str,
-    method: &'static str,
-    path: &'static str,
     body: &'static str,
     status: u16,
     issues: &'static [(&'static str, &'static str)],
 ) -> Case {
     Case {
         what,
-        method,
-        path,
         body,
         status,
         issues,
@@ -37,384 +38,277 @@ const fn case(
 
 const DUCK_OK: &str = r#"{"config":{"read_write":{"instance_size":"standard","cooldown_seconds":60},"read_scaling":{"instance_size":"jumbo","flock_size":64,"cooldown_seconds":86400}}}"#;
 
-const CASES: &[Case] = &[
-    // POST /v1/users
-    case(
-        "valid username",
-        "POST",
-        "/v1/users",
-        r#"{"username":"svc_ok1"}"#,
-        200,
-        &[],
-    ),
-    case(
-        "username of 3",
-        "POST",
-        "/v1/users",
-        r#"{"username":"abc"}"#,
-        200,
-        &[],
-    ),
-    case(
-        "username too short",
-        "POST",
-        "/v1/users",
-        r#"{"username":"ab"}"#,
-        400,
-        &[("too_small", "username")],
-    ),
-    case(
-        "username digit first",
-        "POST",
-        "/v1/users",
-        r#"{"username":"1abc"}"#,
-        400,
-        &[("invalid_string", "username")],
-    ),
-    case(
-        "username underscore first",
-        "POST",
-        "/v1/users",
-        r#"{"username":"_abc"}"#,
-        400,
-        &[("invalid_string", "username")],
-    ),
-    case(
-        "username with hyphen",
-        "POST",
-        "/v1/users",
-        r#"{"username":"svc-app"}"#,
-        400,
-        &[("invalid_string", "username")],
-    ),
-    case(
-        "username with space",
-        "POST",
-        "/v1/users",
-        r#"{"username":"svc app"}"#,
-        400,
-        &[("invalid_string", "username")],
-    ),
-    case(
-        "username non-ascii",
-        "POST",
-        "/v1/users",
-        r#"{"username":"svcé"}"#,
-        400,
-        &[("invalid_string", "username")],
-    ),
-    case(
-        "username missing",
-        "POST",
-        "/v1/users",
-        r#"{}"#,
-        400,
-        &[("invalid_type", "username")],
-    ),
-    case(
-        "username not a string",
-        "POST",
-        "/v1/users",
-        r#"{"username":5}"#,
-        400,
-        &[("invalid_type", "username")],
-    ),
-    case(
-        "body not an object",
-        "POST",
-        "/v1/users",
-        r#"[1]"#,
-        400,
-        &[("invalid_type", "")],
-    ),
-    case(
-        "body not JSON",
-        "POST",
-        "/v1/users",
-        r#"{"username":"#,
-        400,
-        &[("invalid_type", "")],
-    ),
-    case(
-        "username duplicate, other case",
-        "POST",
-        "/v1/users",
-        r#"{"username":"SVC_TARGET"}"#,
-        409,
-        &[],
-    ),
-    // POST /v1/users/{u}/tokens
-    case(
-        "token minimal",
-        "POST",
-        "/v1/users/svc_target/tokens",
-        r#"{"name":"n"}"#,
-        200,
-        &[],
-    ),
-    case(
-        "token full",
-        "POST",
-        "/v1/users/svc_target/tokens",
-        r#"{"name":"n","ttl":31536000,"token_type":"read_scaling","description":"d"}"#,
-        200,
-        &[],
-    ),
-    case(
-        "ttl minimum",
-        "POST",
-        "/v1/users/svc_target/tokens",
-        r#"{"name":"n","ttl":300}"#,
-        200,
-        &[],
-    ),
-    case(
-        "ttl as numeric string",
-        "POST",
-        "/v1/users/svc_target/tokens",
-        r#"{"name":"n","ttl":"300"}"#,
-        200,
-        &[],
-    ),
-    case(
-        "ttl below minimum",
-        "POST",
-        "/v1/users/svc_target/tokens",
-        r#"{"name":"n","ttl":299}"#,
-        400,
-        &[("too_small", "ttl")],
-    ),
-    case(
-        "ttl above maximum",
-        "POST",
-        "/v1/users/svc_target/tokens",
-        r#"{"name":"n","ttl":31536001}"#,
-        400,
-        &[("too_big", "ttl")],
-    ),
-    case(
-        "ttl fractional",
-        "POST",
-        "/v1/users/svc_target/tokens",
-        r#"{"name":"n","ttl":300.5}"#,
-        400,
-        &[("invalid_type", "ttl")],
-    ),
-    case(
-        "ttl not a number",
-        "POST",
-        "/v1/users/svc_target/tokens",
-        r#"{"name":"n","ttl":"soon"}"#,
-        400,
-        &[("invalid_type", "ttl")],
-    ),
-    case(
-        "name missing",
-        "POST",
-        "/v1/users/svc_target/tokens",
-        r#"{"ttl":300}"#,
-        400,
-        &[("invalid_type", "name")],
-    ),
-    case(
-        "name empty",
-        "POST",
-        "/v1/users/svc_target/tokens",
-        r#"{"name":""}"#,
-        400,
-        &[("too_small", "name")],
-    ),
-    case(
-        "name reserved extension",
-        "POST",
-        "/v1/users/svc_target/tokens",
-        r#"{"name":"MotherDuck Extension"}"#,
-        400,
-        &[("custom", "name")],
-    ),
-    case(
-        "name reserved flights",
-        "POST",
-        "/v1/users/svc_target/tokens",
-        r#"{"name":"MotherDuck Flights"}"#,
-        400,
-        &[("custom", "name")],
-    ),
-    case(
-        "token_type unknown",
-        "POST",
-        "/v1/users/svc_target/tokens",
-        r#"{"name":"n","token_type":"admin"}"#,
-        400,
-        &[("invalid_enum_value", "token_type")],
-    ),
-    case(
-        "description empty",
-        "POST",
-        "/v1/users/svc_target/tokens",
-        r#"{"name":"n","description":""}"#,
-        400,
-        &[("too_small", "description")],
-    ),
-    case(
-        "several fields at once",
-        "POST",
-        "/v1/users/svc_target/tokens",
-        r#"{"name":"","ttl":1,"token_type":"x"}"#,
-        400,
-        &[
-            ("too_small", "name"),
-            ("too_small", "ttl"),
-            ("invalid_enum_value", "token_type"),
+const ENDPOINTS: &[Endpoint] = &[
+    Endpoint {
+        method: "POST",
+        path: "/v1/users",
+        cases: &[
+            case("valid username", r#"{"username":"svc_ok1"}"#, 200, &[]),
+            case("username of 3", r#"{"username":"abc"}"#, 200, &[]),
+            case(
+                "username too short",
+                r#"{"username":"ab"}"#,
+                400,
+                &[("too_small", "username")],
+            ),
+            case(
+                "username digit first",
+                r#"{"username":"1abc"}"#,
+                400,
+                &[("invalid_string", "username")],
+            ),
+            case(
+                "username underscore first",
+                r#"{"username":"_abc"}"#,
+                400,
+                &[("invalid_string", "username")],
+            ),
+            case(
+                "username with hyphen",
+                r#"{"username":"svc-app"}"#,
+                400,
+                &[("invalid_string", "username")],
+            ),
+            case(
+                "username with space",
+                r#"{"username":"svc app"}"#,
+                400,
+                &[("invalid_string", "username")],
+            ),
+            case(
+                "username non-ascii",
+                r#"{"username":"svcé"}"#,
+                400,
+                &[("invalid_string", "username")],
+            ),
+            case(
+                "username missing",
+                r#"{}"#,
+                400,
+                &[("invalid_type", "username")],
+            ),
+            case(
+                "username not a string",
+                r#"{"username":5}"#,
+                400,
+                &[("invalid_type", "username")],
+            ),
+            case("body not an object", r#"[1]"#, 400, &[("invalid_type", "")]),
+            case(
+                "body not JSON",
+                r#"{"username":"#,
+                400,
+                &[("invalid_type", "")],
+            ),
+            case(
+                "username duplicate, other case",
+                r#"{"username":"SVC_TARGET"}"#,
+                409,
+                &[],
+            ),
         ],
-    ),
-    case(
-        "token for missing user",
-        "POST",
-        "/v1/users/svc_nobody/tokens",
-        r#"{"name":"n"}"#,
-        404,
-        &[],
-    ),
-    // DELETE tokens and users
-    case(
-        "revoke unknown token id",
-        "DELETE",
-        "/v1/users/svc_target/tokens/00000000-0000-0000-0000-000000000000",
-        "",
-        404,
-        &[],
-    ),
-    case(
-        "delete missing user",
-        "DELETE",
-        "/v1/users/svc_nobody",
-        "",
-        404,
-        &[],
-    ),
-    // PUT /v1/users/{u}/instances
-    case(
-        "duckling valid at the bounds",
-        "PUT",
-        "/v1/users/svc_target/instances",
-        DUCK_OK,
-        200,
-        &[],
-    ),
-    case(
-        "duckling flock 0",
-        "PUT",
-        "/v1/users/svc_target/instances",
-        r#"{"config":{"read_write":{"instance_size":"pulse"},"read_scaling":{"instance_size":"pulse","flock_size":0}}}"#,
-        200,
-        &[],
-    ),
-    case(
-        "duckling config missing",
-        "PUT",
-        "/v1/users/svc_target/instances",
-        r#"{}"#,
-        400,
-        &[("invalid_type", "config")],
-    ),
-    case(
-        "duckling read_scaling missing",
-        "PUT",
-        "/v1/users/svc_target/instances",
-        r#"{"config":{"read_write":{"instance_size":"pulse"}}}"#,
-        400,
-        &[("invalid_type", "config.read_scaling")],
-    ),
-    case(
-        "duckling size unknown",
-        "PUT",
-        "/v1/users/svc_target/instances",
-        r#"{"config":{"read_write":{"instance_size":"huge"},"read_scaling":{"instance_size":"pulse","flock_size":1}}}"#,
-        400,
-        &[("invalid_enum_value", "config.read_write.instance_size")],
-    ),
-    case(
-        "duckling flock missing",
-        "PUT",
-        "/v1/users/svc_target/instances",
-        r#"{"config":{"read_write":{"instance_size":"mega"},"read_scaling":{"instance_size":"giga"}}}"#,
-        400,
-        &[("invalid_type", "config.read_scaling.flock_size")],
-    ),
-    case(
-        "duckling flock 65",
-        "PUT",
-        "/v1/users/svc_target/instances",
-        r#"{"config":{"read_write":{"instance_size":"mega"},"read_scaling":{"instance_size":"giga","flock_size":65}}}"#,
-        400,
-        &[("too_big", "config.read_scaling.flock_size")],
-    ),
-    case(
-        "duckling cooldown 59",
-        "PUT",
-        "/v1/users/svc_target/instances",
-        r#"{"config":{"read_write":{"instance_size":"mega","cooldown_seconds":59},"read_scaling":{"instance_size":"giga","flock_size":1}}}"#,
-        400,
-        &[("too_small", "config.read_write.cooldown_seconds")],
-    ),
-    case(
-        "duckling cooldown 86401",
-        "PUT",
-        "/v1/users/svc_target/instances",
-        r#"{"config":{"read_write":{"instance_size":"mega"},"read_scaling":{"instance_size":"giga","flock_size":1,"cooldown_seconds":86401}}}"#,
-        400,
-        &[("too_big", "config.read_scaling.cooldown_seconds")],
-    ),
-    case(
-        "duckling cooldown on pulse",
-        "PUT",
-        "/v1/users/svc_target/instances",
-        r#"{"config":{"read_write":{"instance_size":"pulse","cooldown_seconds":600},"read_scaling":{"instance_size":"giga","flock_size":1}}}"#,
-        400,
-        &[("custom", "config.read_write.cooldown_seconds")],
-    ),
-    case(
-        "duckling for missing user",
-        "PUT",
-        "/v1/users/svc_nobody/instances",
-        DUCK_OK,
-        404,
-        &[],
-    ),
-    // POST /v1/dives/{id}/embed-session
-    case(
-        "embed valid",
-        "POST",
-        "/v1/dives/d1/embed-session",
-        r#"{"username":"svc_target","session_hint":"h"}"#,
-        200,
-        &[],
-    ),
-    case(
-        "embed username missing",
-        "POST",
-        "/v1/dives/d1/embed-session",
-        r#"{}"#,
-        400,
-        &[("invalid_type", "username")],
-    ),
-    case(
-        "embed hint wrong type",
-        "POST",
-        "/v1/dives/d1/embed-session",
-        r#"{"username":"svc_target","session_hint":3}"#,
-        400,
-        &[("invalid_type", "session_hint")],
-    ),
-    case(
-        "embed unknown user",
-        "POST",
-        "/v1/dives/d1/embed-session",
-        r#"{"username":"svc_nobody"}"#,
-        404,
-        &[],
-    ),
+    },
+    Endpoint {
+        method: "POST",
+        path: "/v1/users/svc_target/tokens",
+        cases: &[
+            case("token minimal", r#"{"name":"n"}"#, 200, &[]),
+            case(
+                "token full",
+                r#"{"name":"n","ttl":31536000,"token_type":"read_scaling","description":"d"}"#,
+                200,
+                &[],
+            ),
+            case("ttl minimum", r#"{"name":"n","ttl":300}"#, 200, &[]),
+            case(
+                "ttl as numeric string",
+                r#"{"name":"n","ttl":"300"}"#,
+                200,
+                &[],
+            ),
+            case(
+                "ttl below minimum",
+                r#"{"name":"n","ttl":299}"#,
+                400,
+                &[("too_small", "ttl")],
+            ),
+            case(
+                "ttl above maximum",
+                r#"{"name":"n","ttl":31536001}"#,
+                400,
+                &[("too_big", "ttl")],
+            ),
+            case(
+                "ttl fractional",
+                r#"{"name":"n","ttl":300.5}"#,
+                400,
+                &[("invalid_type", "ttl")],
+            ),
+            case(
+                "ttl not a number",
+                r#"{"name":"n","ttl":"soon"}"#,
+                400,
+                &[("invalid_type", "ttl")],
+            ),
+            case(
+                "name missing",
+                r#"{"ttl":300}"#,
+                400,
+                &[("invalid_type", "name")],
+            ),
+            case(
+                "name empty",
+                r#"{"name":""}"#,
+                400,
+                &[("too_small", "name")],
+            ),
+            case(
+                "name reserved extension",
+                r#"{"name":"MotherDuck Extension"}"#,
+                400,
+                &[("custom", "name")],
+            ),
+            case(
+                "name reserved flights",
+                r#"{"name":"MotherDuck Flights"}"#,
+                400,
+                &[("custom", "name")],
+            ),
+            case(
+                "token_type unknown",
+                r#"{"name":"n","token_type":"admin"}"#,
+                400,
+                &[("invalid_enum_value", "token_type")],
+            ),
+            case(
+                "description empty",
+                r#"{"name":"n","description":""}"#,
+                400,
+                &[("too_small", "description")],
+            ),
+            case(
+                "several fields at once",
+                r#"{"name":"","ttl":1,"token_type":"x"}"#,
+                400,
+                &[
+                    ("too_small", "name"),
+                    ("too_small", "ttl"),
+                    ("invalid_enum_value", "token_type"),
+                ],
+            ),
+        ],
+    },
+    Endpoint {
+        method: "POST",
+        path: "/v1/users/svc_nobody/tokens",
+        cases: &[case("token for missing user", r#"{"name":"n"}"#, 404, &[])],
+    },
+    Endpoint {
+        method: "DELETE",
+        path: "/v1/users/svc_target/tokens/00000000-0000-0000-0000-000000000000",
+        cases: &[case("revoke unknown token id", "", 404, &[])],
+    },
+    Endpoint {
+        method: "DELETE",
+        path: "/v1/users/svc_nobody",
+        cases: &[case("delete missing user", "", 404, &[])],
+    },
+    Endpoint {
+        method: "PUT",
+        path: "/v1/users/svc_target/instances",
+        cases: &[
+            case("duckling valid at the bounds", DUCK_OK, 200, &[]),
+            case(
+                "duckling flock 0",
+                r#"{"config":{"read_write":{"instance_size":"pulse"},"read_scaling":{"instance_size":"pulse","flock_size":0}}}"#,
+                200,
+                &[],
+            ),
+            case(
+                "duckling config missing",
+                r#"{}"#,
+                400,
+                &[("invalid_type", "config")],
+            ),
+            case(
+                "duckling read_scaling missing",
+                r#"{"config":{"read_write":{"instance_size":"pulse"}}}"#,
+                400,
+                &[("invalid_type", "config.read_scaling")],
+            ),
+            case(
+                "duckling size unknown",
+                r#"{"config":{"read_write":{"instance_size":"huge"},"read_scaling":{"instance_size":"pulse","flock_size":1}}}"#,
+                400,
+                &[("invalid_enum_value", "config.read_write.instance_size")],
+            ),
+            case(
+                "duckling flock missing",
+                r#"{"config":{"read_write":{"instance_size":"mega"},"read_scaling":{"instance_size":"giga"}}}"#,
+                400,
+                &[("invalid_type", "config.read_scaling.flock_size")],
+            ),
+            case(
+                "duckling flock 65",
+                r#"{"config":{"read_write":{"instance_size":"mega"},"read_scaling":{"instance_size":"giga","flock_size":65}}}"#,
+                400,
+                &[("too_big", "config.read_scaling.flock_size")],
+            ),
+            case(
+                "duckling cooldown 59",
+                r#"{"config":{"read_write":{"instance_size":"mega","cooldown_seconds":59},"read_scaling":{"instance_size":"giga","flock_size":1}}}"#,
+                400,
+                &[("too_small", "config.read_write.cooldown_seconds")],
+            ),
+            case(
+                "duckling cooldown 86401",
+                r#"{"config":{"read_write":{"instance_size":"mega"},"read_scaling":{"instance_size":"giga","flock_size":1,"cooldown_seconds":86401}}}"#,
+                400,
+                &[("too_big", "config.read_scaling.cooldown_seconds")],
+            ),
+            case(
+                "duckling cooldown on pulse",
+                r#"{"config":{"read_write":{"instance_size":"pulse","cooldown_seconds":600},"read_scaling":{"instance_size":"giga","flock_size":1}}}"#,
+                400,
+                &[("custom", "config.read_write.cooldown_seconds")],
+            ),
+        ],
+    },
+    Endpoint {
+        method: "PUT",
+        path: "/v1/users/svc_nobody/instances",
+        cases: &[case("duckling for missing user", DUCK_OK, 404, &[])],
+    },
+    Endpoint {
+        method: "POST",
+        path: "/v1/dives/d1/embed-session",
+        cases: &[
+            case(
+                "embed valid",
+                r#"{"username":"svc_target","session_hint":"h"}"#,
+                200,
+                &[],
+            ),
+            case(
+                "embed username missing",
+                r#"{}"#,
+                400,
+                &[("invalid_type", "username")],
+            ),
+            case(
+                "embed hint wrong type",
+                r#"{"username":"svc_target","session_hint":3}"#,
+                400,
+                &[("invalid_type", "session_hint")],
+            ),
+            case(
+                "embed unknown user",
+                r#"{"username":"svc_nobody"}"#,
+                404,
+                &[],
+            ),
+        ],
+    },
 ];
 
 fn issue_path(v: &Value) -> String {
@@ -434,9 +328,12 @@ async fn validation_table() {
     running.sim.add_service_account("svc_target");
     let http = reqwest::Client::new();
     let mut failures = Vec::new();
-    for c in CASES {
-        let url = format!("{}{}", running.base_url(), c.path);
-        let method = reqwest::Method::from_bytes(c.method.as_bytes()).unwrap();
+    let cases = ENDPOINTS
+        .iter()
+        .flat_map(|e| e.cases.iter().map(move |c| (e, c)));
+    for (e, c) in cases {
+        let url = format!("{}{}", running.base_url(), e.path);
+        let method = reqwest::Method::from_bytes(e.method.as_bytes()).unwrap();
         let mut req = http
             .request(method, &url)
             .bearer_auth(running.admin_token.expose_secret());
