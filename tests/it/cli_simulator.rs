@@ -6,13 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::support::services::free_port;
 
 #[tokio::test]
 async fn standalone_simulator_creates_and_lists_tokens() {

@@ -10,6 +10,8 @@ use motherduck_rotator::motherduck::Endpoint;
 use motherduck_rotator::secret::ExposeSecret;
 use motherduck_rotator::simulator::{Simulator, SimulatorOptions};
 
+use crate::support::services::free_port;
+
 const POLICIES: usize = 40;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,14 +112,6 @@ destinations = [{{ store = "local", path = "p{i}.json" }}]
     }
     std::fs::write(dir.join("config.toml"), config).unwrap();
     dir
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn command(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
