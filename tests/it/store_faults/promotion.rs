@@ -37,6 +37,34 @@ async fn assert_rolled_back_everywhere_then_recover(
     assert!(w.revoked(old));
 }
 
+/// Store `first` was promoted (the first token, then this rotation's)
+/// before store `then` failed every promotion attempt; the rotation is
+/// rolled back with an error naming `cause` and holding no secret.
+async fn assert_promotion_failed_after(
+    w: &World,
+    driver: &Driver,
+    policy: &Policy,
+    (first, then): (&str, &str),
+    cause: &[&str],
+) {
+    let name = |store: &str| if store == "aws" { "AWS" } else { "Vault" };
+    assert_eq!(
+        w.store_ops(first, "promote", "success"),
+        2,
+        "{} was promoted (first token, then this one) before {} failed",
+        name(first),
+        name(then)
+    );
+    assert_eq!(
+        w.step_failures("promote", "store_unavailable"),
+        ATTEMPTS as u64
+    );
+    assert_eq!(w.store_ops(then, "promote", "failure"), ATTEMPTS as u64);
+    let reason = w.rolled_back_error(driver, policy, 1).await;
+    assert_mentions(&reason, &[&["promote"], cause].concat());
+    w.assert_no_secret("the recorded error", &reason);
+}
+
 /// Vault is promoted first; then AWS throttles every attempt to move
 /// AWSCURRENT. The rollback must undo Vault's promotion too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,27 +81,8 @@ async fn aws_throttling_while_promoting_rolls_vault_back_too() {
     w.advance(HOUR);
     w.ok_pass(&driver, &policy).await;
     assert_eq!(rule.intercepted(), ATTEMPTS);
-    assert_eq!(
-        w.store_ops("vault", "promote", "success"),
-        2,
-        "Vault was promoted (first token, then this one) before AWS failed"
-    );
-    assert_eq!(
-        w.step_failures("promote", "store_unavailable"),
-        ATTEMPTS as u64
-    );
-    assert_eq!(w.store_ops("aws", "promote", "failure"), ATTEMPTS as u64);
-    let reason = w.rolled_back_error(&driver, &policy, 1).await;
-    assert_mentions(
-        &reason,
-        &[
-            "promote",
-            AWS_LABEL,
-            "UpdateSecretVersionStage",
-            "ThrottlingException",
-        ],
-    );
-    w.assert_no_secret("the recorded error", &reason);
+    let cause = [AWS_LABEL, "UpdateSecretVersionStage", "ThrottlingException"];
+    assert_promotion_failed_after(&w, &driver, &policy, ("vault", "aws"), &cause).await;
     assert_rolled_back_everywhere_then_recover(&w, &driver, &policy, &old, &old_secret).await;
 }
 
@@ -94,19 +103,8 @@ async fn vault_503_while_promoting_after_aws(matcher: Match, vault_writes: u64) 
     w.ok_pass(&driver, &policy).await;
     assert_eq!(rule.intercepted(), ATTEMPTS);
     assert_eq!(w.vault_versions().await, versions + vault_writes);
-    assert_eq!(
-        w.store_ops("aws", "promote", "success"),
-        2,
-        "AWS was promoted (first token, then this one) before Vault failed"
-    );
-    assert_eq!(
-        w.step_failures("promote", "store_unavailable"),
-        ATTEMPTS as u64
-    );
-    assert_eq!(w.store_ops("vault", "promote", "failure"), ATTEMPTS as u64);
-    let reason = w.rolled_back_error(&driver, &policy, 1).await;
-    assert_mentions(&reason, &["promote", VAULT_LABEL, "HTTP 503"]);
-    w.assert_no_secret("the recorded error", &reason);
+    let cause = [VAULT_LABEL, "HTTP 503"];
+    assert_promotion_failed_after(&w, &driver, &policy, ("aws", "vault"), &cause).await;
     assert_rolled_back_everywhere_then_recover(&w, &driver, &policy, &old, &old_secret).await;
 }
 
