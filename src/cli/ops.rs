@@ -64,6 +64,10 @@ pub struct RotateArgs {
     /// of leaving that to the daemon.
     #[arg(long)]
     pub wait: bool,
+    /// How many policies to rotate at once (default: the configuration's
+    /// `rotation_concurrency`). All of them share the one rate limit.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub concurrency: Option<u16>,
 }
 
 #[derive(Debug, Args)]
@@ -78,6 +82,10 @@ pub struct SweepArgs {
     /// List orphaned tokens without revoking them.
     #[arg(long)]
     pub dry_run: bool,
+    /// How many policies to sweep at once (default: the configuration's
+    /// `rotation_concurrency`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub concurrency: Option<u16>,
     /// Only these policies (default: all).
     pub policies: Vec<String>,
 }
@@ -272,17 +280,18 @@ pub async fn rotate(path: &Path, args: &RotateArgs) -> anyhow::Result<ExitCode> 
     // (`rotation_concurrency`), under the client's one rate limit; each
     // policy's lines are printed as it gets there.
     let (d, cancel) = (&d, &cancel);
-    Ok(each_policy(&config, policies, &out, |p| {
+    Ok(each_policy(&config, args.concurrency, policies, &out, |p| {
         rotate_one(d, p, args, cancel, &out)
     })
     .await)
 }
 
-/// Runs `one` for every policy, as many at once as the daemon would
-/// (`rotation_concurrency`), counting each as it finishes; fails when any
-/// of them returned `false`.
+/// Runs `one` for every policy, `concurrency` at once (by default as many
+/// as the daemon would: `rotation_concurrency`), counting each as it
+/// finishes; fails when any of them returned `false`.
 async fn each_policy<'a, F, Fut>(
     config: &Config,
+    concurrency: Option<u16>,
     policies: Vec<&'a Policy>,
     out: &Progress,
     one: F,
@@ -298,7 +307,7 @@ where
             out.finished(ok);
             ok
         })
-        .buffer_unordered(config.daemon.rotation_concurrency.get())
+        .buffer_unordered(concurrency.map_or(config.daemon.rotation_concurrency.get(), usize::from))
         .collect()
         .await;
     out.done();
@@ -710,7 +719,7 @@ pub async fn sweep(path: &Path, args: &SweepArgs) -> anyhow::Result<ExitCode> {
     let d = driver(&config)?;
     let out = Progress::new(policies.len(), "swept");
     let d = &d;
-    Ok(each_policy(&config, policies, &out, |p| {
+    Ok(each_policy(&config, args.concurrency, policies, &out, |p| {
         sweep_one(d, p, args.dry_run, &out)
     })
     .await)

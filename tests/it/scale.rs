@@ -182,6 +182,28 @@ async fn rotate_all_and_sweep_work_on_policies_side_by_side() {
         4,
         "the sweep keeps to the same bound"
     );
+
+    // --concurrency overrides the bound, for rotate and sweep alike.
+    sim.sim.reset_max_in_flight();
+    let out = command(&dir, &["rotate", "--all", "--concurrency", "12"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let most = sim.sim.max_in_flight();
+    assert!(
+        most > 4 && most <= 12,
+        "{most} requests at once: more than the configured 4, at most 12"
+    );
+    sim.sim.reset_max_in_flight();
+    let out = command(&dir, &["sweep", "--concurrency", "2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(sim.sim.max_in_flight(), 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -210,6 +232,7 @@ fn the_benchmark_harness_runs_and_prints_its_table() {
         ("one rotation (`rotate`, overlap 0)", "ms"),
         ("`rotate --all`, 5 policies, defaults", "s"),
         ("`rotate --all`, 5 policies, 1,000 req/s", "s"),
+        ("`rotate --all`, 5 policies, 1,000 req/s, --concurrency 64", "s"),
         ("20: start to first token created", "s"),
         ("20: start to /readyz 200", "s"),
         ("20: all rotated", "s"),
