@@ -232,7 +232,10 @@ fn the_benchmark_harness_runs_and_prints_its_table() {
         ("one rotation (`rotate`, overlap 0)", "ms"),
         ("`rotate --all`, 5 policies, defaults", "s"),
         ("`rotate --all`, 5 policies, 1,000 req/s", "s"),
-        ("`rotate --all`, 5 policies, 1,000 req/s, --concurrency 64", "s"),
+        (
+            "`rotate --all`, 5 policies, 1,000 req/s, --concurrency 64",
+            "s",
+        ),
         ("20: start to first token created", "s"),
         ("20: start to /readyz 200", "s"),
         ("20: all rotated", "s"),
