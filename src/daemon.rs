@@ -2,6 +2,8 @@
 //! orphan sweep, readiness checks and the HTTP server, all stopped through
 //! one cancellation token.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -97,28 +99,23 @@ pub async fn readiness(driver: &Driver, config: &Config) -> Readiness {
     // What destinations share (a directory's probe) is checked once for
     // all of them; then each destination's own part.
     let stores = async {
-        let mut shared: Vec<(std::path::PathBuf, &crate::stores::Destination)> = Vec::new();
+        // One destination per shared key runs the shared part.
+        let mut sharing: HashMap<PathBuf, &crate::stores::Destination> = HashMap::new();
         for (_, d, _) in &targets {
-            if let Some(key) = d.shared_check()
-                && !shared.iter().any(|(k, _)| *k == key)
-            {
-                shared.push((key, d));
+            if let Some(key) = d.shared_check() {
+                sharing.entry(key).or_insert(d);
             }
         }
-        let shared_results = futures_util::future::join_all(
-            shared.iter().map(|(_, d)| deadline(d, d.check_shared())),
+        let shared: HashMap<PathBuf, Result<(), String>> = futures_util::future::join_all(
+            sharing
+                .into_iter()
+                .map(|(key, d)| async move { (key, deadline(d, d.check_shared()).await) }),
         )
-        .await;
-        let shared: Vec<(std::path::PathBuf, Result<(), String>)> = shared
-            .into_iter()
-            .map(|(k, _)| k)
-            .zip(shared_results)
-            .collect();
+        .await
+        .into_iter()
+        .collect();
         futures_util::future::join_all(targets.iter().map(|(_, d, lock_only)| {
-            let shared = d
-                .shared_check()
-                .and_then(|key| shared.iter().find(|(k, _)| *k == key))
-                .map(|(_, r)| r.clone());
+            let shared = d.shared_check().and_then(|key| shared.get(&key).cloned());
             async move {
                 match shared {
                     Some(Err(e)) => Err(e),
