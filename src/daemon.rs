@@ -396,9 +396,9 @@ impl Generation {
         let mut tasks = JoinSet::new();
         let permits = Arc::new(Semaphore::new(config.daemon.rotation_concurrency.get()));
         let policies: Vec<Arc<Policy>> = config.policies.iter().cloned().map(Arc::new).collect();
-        for p in &policies {
-            driver.metrics.init_policy(&p.name);
-        }
+        driver
+            .metrics
+            .set_policies(policies.iter().map(|p| p.name.as_str()));
         for p in &policies {
             tasks.spawn(policy_loop(
                 driver.clone(),

@@ -81,6 +81,14 @@ pub enum WaitReason {
     Overlap,
 }
 
+/// The policy's failed rotations since its last success, as the records
+/// say: the count the last journal carries while it is rolled back, else 0.
+pub fn failures_in_a_row(views: &[DestinationView]) -> u32 {
+    last_journal(views)
+        .filter(|j| j.state == JournalState::RolledBack)
+        .map_or(0, |j| j.failures)
+}
+
 /// Status of each destination for `journal.rotation_id`.
 pub fn statuses(views: &[DestinationView], rotation_id: &str) -> Vec<DestStatus> {
     views
@@ -351,13 +359,7 @@ fn idle(views: &[DestinationView], now: DateTime<Utc>, due: (DateTime<Utc>, Stri
     if let Some((journal, dests)) = settle {
         return Step::Settle { journal, dests };
     }
-    let failures = last_journal(views).map_or(0, |j| {
-        if j.state == JournalState::RolledBack {
-            j.failures
-        } else {
-            0
-        }
-    });
+    let failures = failures_in_a_row(views);
     // Every destination's current token, newest first.
     let mut currents: Vec<_> = views.iter().filter_map(|v| v.current.as_ref()).collect();
     currents.sort_by_key(|c| std::cmp::Reverse(c.meta.created_at));

@@ -397,8 +397,10 @@ destinations = [{{ store = "local", path = "beta.json", bare_token_file = "beta.
 
     // The run really had a failed verification and successful rotations
     // of both policies.
+    // (Outcomes are counted per replica, not per policy; only alpha's
+    // hook ever refuses a token.)
     let rolled_back = prom
-        .query(r#"motherduck_rotator_rotations_total{policy="alpha",outcome="rolled_back"}"#)
+        .query(r#"motherduck_rotator_rotations_total{outcome="rolled_back"}"#)
         .await;
     assert!(
         rolled_back.iter().any(|s| s.value >= 1.0),
@@ -406,7 +408,7 @@ destinations = [{{ store = "local", path = "beta.json", bare_token_file = "beta.
         summarize(&rolled_back)
     );
     let ok = prom
-        .query(r#"motherduck_rotator_rotations_total{outcome="success"} > 0"#)
+        .query(r#"motherduck_rotator_last_success_timestamp_seconds > 0"#)
         .await;
     assert_eq!(ok.len(), 2, "both policies rotated: {}", summarize(&ok));
 
@@ -628,9 +630,7 @@ destinations = [{{ store = "local", path = "flaky.json" }}]
             // Several failed rotations, so the daemon's deduplication is
             // exercised below.
             let failures = prom
-                .query(
-                    r#"motherduck_rotator_rotations_total{policy="flaky",outcome="rolled_back"}"#,
-                )
+                .query(r#"motherduck_rotator_rotations_total{outcome="rolled_back"}"#)
                 .await;
             if !failures.iter().any(|s| s.value >= 2.0) {
                 missing.push(format!(
@@ -645,6 +645,14 @@ destinations = [{{ store = "local", path = "flaky.json" }}]
                     && a.state == "firing"
             }) {
                 missing.push("RotationFailed firing in Prometheus".to_owned());
+            }
+            // The shipped RollbackHappened rule fires too (verification
+            // failed).
+            if !prom_alerts
+                .iter()
+                .any(|a| a.labels["alertname"] == "RollbackHappened" && a.state == "firing")
+            {
+                missing.push("RollbackHappened firing in Prometheus".to_owned());
             }
             let am_alerts = am.alerts().await;
             for name in ["RotationFailed", "MotherDuckRotationFailed"] {
@@ -679,15 +687,8 @@ destinations = [{{ store = "local", path = "flaky.json" }}]
     .await;
     let t_fired = t0.elapsed();
 
-    // The shipped RollbackHappened rule fires too (verification failed),
-    // and the rules carry their runbook links.
+    // The rules carry their runbook links.
     let prom_alerts = prom.alerts().await;
-    assert!(
-        prom_alerts
-            .iter()
-            .any(|a| a.labels["alertname"] == "RollbackHappened" && a.state == "firing"),
-        "RollbackHappened firing: {prom_alerts:?}"
-    );
     assert!(
         prom_alerts
             .iter()
@@ -822,7 +823,7 @@ destinations = [{{ store = "local", path = "flaky.json" }}]
     .await;
     let t_resolved = t_recover.elapsed();
     let success = prom
-        .query(r#"motherduck_rotator_rotations_total{policy="flaky",outcome="success"}"#)
+        .query(r#"motherduck_rotator_last_success_timestamp_seconds{policy="flaky"} > 0"#)
         .await;
     assert!(
         success.iter().any(|s| s.value >= 1.0),

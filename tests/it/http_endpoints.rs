@@ -19,7 +19,7 @@ const REQUIRED: &[&str] = &[
     "motherduck_rotator_last_success_timestamp_seconds",
     "motherduck_rotator_next_rotation_timestamp_seconds",
     "motherduck_rotator_token_expiry_timestamp_seconds",
-    "motherduck_rotator_token_created_timestamp_seconds",
+    "motherduck_rotator_consecutive_failures",
     "motherduck_rotator_rotation_in_progress",
     "motherduck_rotator_ready",
     "motherduck_rotator_rollbacks_total",
@@ -69,8 +69,7 @@ async fn metrics_health_and_readiness() {
             body = r.text().await.unwrap_or_default();
             // The success counter moves at verification, the token gauges
             // when the pass ends: wait for both.
-            if body
-                .contains(r#"motherduck_rotator_rotations_total{outcome="success",policy="web"} 1"#)
+            if body.contains(r#"motherduck_rotator_rotations_total{outcome="success"} 1"#)
                 && body.contains("motherduck_rotator_token_expiry_timestamp_seconds{")
             {
                 break;
@@ -79,7 +78,7 @@ async fn metrics_health_and_readiness() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(
-        body.contains(r#"motherduck_rotator_rotations_total{outcome="success",policy="web"} 1"#),
+        body.contains(r#"motherduck_rotator_rotations_total{outcome="success"} 1"#),
         "{body}"
     );
     for name in REQUIRED {

@@ -390,7 +390,7 @@ retry = {{ max_attempts = {ATTEMPTS}, initial_backoff = "1ms", max_backoff = "2m
     fn step_failures(&self, step: &str, reason: &str) -> u64 {
         self.metrics
             .rotation_step_failures_total
-            .with_label_values(&[POLICY, step, reason])
+            .with_label_values(&[step, reason])
             .get()
     }
 
@@ -404,15 +404,12 @@ retry = {{ max_attempts = {ATTEMPTS}, initial_backoff = "1ms", max_backoff = "2m
     fn rotations(&self, outcome: &str) -> u64 {
         self.metrics
             .rotations_total
-            .with_label_values(&[POLICY, outcome])
+            .with_label_values(&[outcome])
             .get()
     }
 
     fn rollbacks(&self) -> u64 {
-        self.metrics
-            .rollbacks_total
-            .with_label_values(&[POLICY])
-            .get()
+        self.metrics.rollbacks_total.get()
     }
 
     /// The journal of the failed rotation as a destination recorded it.

@@ -64,9 +64,7 @@ impl Driver {
                 Ok(false) => return self.keep_new(policy, journal, error, &old, cancel).await,
                 Err(e) => {
                     self.metrics
-                        .rotations_total
-                        .with_label_values(&[policy.name.as_str(), "failed"])
-                        .inc();
+                        .rotation_finished(&policy.name, "failed", failures);
                     let message = format!(
                         "rotation {} failed at {}: {error}; not rolled back, because whether the previous token {old} still works could not be checked ({e}); the next pass decides again",
                         journal.rotation_id, error.step
@@ -100,9 +98,7 @@ impl Driver {
             "failed"
         };
         self.metrics
-            .rotations_total
-            .with_label_values(&[policy.name.as_str(), outcome])
-            .inc();
+            .rotation_finished(&policy.name, outcome, failures);
         let summary = format!(
             "rotation {} failed at {}: {}",
             rolled.rotation_id, error.step, error
@@ -162,9 +158,7 @@ impl Driver {
         );
         tracing::error!(policy = %policy.name, rotation_id = %journal.rotation_id, step = error.step, error = %error, previous_token_id = %old, "rotation failed, but the previous token no longer works; keeping the new token current");
         self.metrics
-            .rotations_total
-            .with_label_values(&[policy.name.as_str(), "failed"])
-            .inc();
+            .rotation_finished(&policy.name, "failed", journal.failures + 1);
         self.alerts
             .fire(AlertKind::RotationFailed, &policy.name, summary.clone());
         if error.step != "verify" {
@@ -228,10 +222,7 @@ impl Driver {
                 warn!(policy = %policy.name, rotation_id = %journal.rotation_id, error = %e, "failed to revoke the new token after rollback; the orphan sweep will");
             }
         }
-        self.metrics
-            .rollbacks_total
-            .with_label_values(&[policy.name.as_str()])
-            .inc();
+        self.metrics.rollbacks_total.inc();
         warn!(policy = %policy.name, rotation_id = %journal.rotation_id, step = "rollback", new_token_id = %journal.new_token_id, reason = journal.last_error.as_deref().unwrap_or("-"), "rotation rolled back; the old token is current");
         Ok(())
     }

@@ -322,10 +322,6 @@ impl Driver {
                 ),
                 _ => self.alerts.resolve(AlertKind::TokenExpiringSoon, p),
             }
-            self.metrics
-                .token_created_timestamp_seconds
-                .with_label_values(&[p])
-                .set(c.created_at.timestamp() as f64);
             match c.expires_at {
                 Some(e) => self
                     .metrics
@@ -340,6 +336,12 @@ impl Driver {
                 }
             }
         }
+        let has_token = obs_views.iter().any(|v| v.current.is_some());
+        let failures = self.carry_unrecorded(p, has_token, plan::failures_in_a_row(obs_views));
+        self.metrics
+            .consecutive_failures
+            .with_label_values(&[p])
+            .set(i64::from(failures));
         if let Some(n) = next {
             self.metrics
                 .next_rotation_timestamp_seconds
@@ -352,10 +354,7 @@ impl Driver {
     /// nothing is counted as a failed rotation (the new holder carries on).
     fn lease_lost(&self, policy: &Policy, reason: String) -> DriveError {
         warn!(policy = %policy.name, reason = %reason, "the lease ended during the pass; writing nothing more");
-        self.metrics
-            .rotation_step_failures_total
-            .with_label_values(&[policy.name.as_str(), "lease", "lease_lost"])
-            .inc();
+        self.metrics.step_failed("lease", "lease_lost");
         DriveError::LeaseLost {
             policy: policy.name.clone(),
             reason,
@@ -366,10 +365,7 @@ impl Driver {
     /// `plan` step), alerted on, and returned as the pass's error. Nothing
     /// is written; an operator must look.
     fn inconsistent(&self, policy: &Policy, reason: String) -> DriveError {
-        self.metrics
-            .rotation_step_failures_total
-            .with_label_values(&[policy.name.as_str(), "plan", "inconsistent"])
-            .inc();
+        self.metrics.step_failed("plan", "inconsistent");
         self.alerts.fire(
             AlertKind::RotationFailed,
             &policy.name,

@@ -304,10 +304,7 @@ impl Driver {
         let p = policy.name.as_str();
         self.alerts.resolve(AlertKind::RotationFailed, p);
         self.alerts.resolve(AlertKind::RollbackHappened, p);
-        self.metrics
-            .rotations_total
-            .with_label_values(&[p, "success"])
-            .inc();
+        self.metrics.rotation_finished(p, "success", 0);
         self.metrics
             .last_success_timestamp_seconds
             .with_label_values(&[p])
@@ -315,7 +312,6 @@ impl Driver {
         if let Some(s) = started {
             self.metrics
                 .rotation_duration_seconds
-                .with_label_values(&[p])
                 .observe(s.elapsed().as_secs_f64());
         }
     }
@@ -385,10 +381,7 @@ impl Driver {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
-            self.metrics
-                .rotation_step_failures_total
-                .with_label_values(&[policy.name.as_str(), e.step, e.reason])
-                .inc();
+            self.metrics.step_failed(e.step, e.reason);
             // Check-and-set refused the write: someone else wrote since the
             // records were read. Writing the same again would act on a
             // stale view; the caller reads the records and decides again.

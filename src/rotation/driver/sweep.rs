@@ -101,10 +101,7 @@ impl Driver {
             if let Some(Err(reason)) = _lease.as_ref().map(|l| l.fence().check()) {
                 return Err(self.lease_lost(policy, reason));
             }
-            self.metrics
-                .orphans_found_total
-                .with_label_values(&[policy.name.as_str()])
-                .inc();
+            self.metrics.orphans_found_total.inc();
             if dry_run {
                 info!(policy = %policy.name, token_id = %t.id, token_name = t.name.as_deref().unwrap_or(""), "orphaned token (dry run, not revoked)");
                 continue;
@@ -116,10 +113,7 @@ impl Driver {
                     policy: policy.name.clone(),
                     message: e.to_string(),
                 })?;
-            self.metrics
-                .orphans_revoked_total
-                .with_label_values(&[policy.name.as_str()])
-                .inc();
+            self.metrics.orphans_revoked_total.inc();
             warn!(policy = %policy.name, token_id = %t.id, token_name = t.name.as_deref().unwrap_or(""), "orphaned token revoked");
         }
         Ok(Some(Swept {

@@ -95,13 +95,10 @@ impl Driver {
         let outcome = if r.is_ok() { "success" } else { "failure" };
         self.metrics
             .verification_duration_seconds
-            .with_label_values(&[policy.name.as_str(), outcome])
+            .with_label_values(&[outcome])
             .observe(started.elapsed().as_secs_f64());
         if let Err(e) = &r {
-            self.metrics
-                .rotation_step_failures_total
-                .with_label_values(&[policy.name.as_str(), "verify", e.reason()])
-                .inc();
+            self.metrics.step_failed("verify", e.reason());
         }
         r.map_err(|e| StepError {
             step: "verify",

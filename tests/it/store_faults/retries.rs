@@ -72,7 +72,7 @@ async fn faults_that_clear_within_a_pass_are_retried_and_counted() {
     // The exported text carries the same series.
     let text = w.metrics.render();
     let line = format!(
-        "motherduck_rotator_rotation_step_failures_total{{policy=\"{POLICY}\",reason=\"store_unavailable\",step=\"promote\"}} {}",
+        "motherduck_rotator_rotation_step_failures_total{{reason=\"store_unavailable\",step=\"promote\"}} {}",
         ATTEMPTS - 1
     );
     assert!(text.contains(&line), "`{line}` missing in /metrics");
