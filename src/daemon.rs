@@ -1,6 +1,6 @@
-//! The long-running daemon: one task per policy driving its rotations, the
-//! orphan sweep, readiness checks and the HTTP server, all stopped through
-//! one cancellation token.
+//! The long-running daemon: one task driving every policy's passes from a
+//! queue ordered by due time, the orphan sweep, readiness checks and the
+//! HTTP server, all stopped through one cancellation token.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -202,54 +202,130 @@ async fn deadline(
 /// as its request timeouts and retries last.
 pub const CHECK_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Drives one policy until shutdown, or until its configuration
-/// generation is retired by a reload: `cancel` interrupts a rotation at its
-/// next safe point (shutdown); `retire` only stops the loop between passes,
-/// so an in-flight rotation finishes under the policy it started with.
-/// While waiting, the policy's records are read again every `recheck` at
-/// least, so a rotation started elsewhere is noticed.
-async fn policy_loop(
+/// When a policy's next pass is due, after one that ended with `tick`.
+/// `errors` counts the policy's failed passes in a row.
+fn next_pass(
+    policy: &Policy,
+    tick: Result<Tick, crate::rotation::driver::DriveError>,
+    errors: &mut u32,
+    now: DateTime<Utc>,
+    recheck: chrono::Duration,
+) -> Option<DateTime<Utc>> {
+    match tick {
+        Ok(Tick::Wait { until, why }) => {
+            *errors = 0;
+            debug!(policy = %policy.name, next = %until, reason = %why, "waiting");
+            // A rotation started by `rotate` or another replica changes
+            // the records, not this plan: they are read again at least
+            // every `recheck`.
+            Some(until.min(now.checked_add_signed(recheck).unwrap_or(until)))
+        }
+        Ok(Tick::Busy { until }) => Some(until),
+        Ok(Tick::Stopped) => None,
+        Err(e) => {
+            *errors += 1;
+            let delay = policy.retry.backoff(*errors);
+            error!(policy = %policy.name, error = %e, retry_in = %humantime::format_duration(delay), "policy pass failed");
+            Some(now + chrono::Duration::from_std(delay).unwrap_or_default())
+        }
+    }
+}
+
+/// Drives every policy of a configuration generation until shutdown, or
+/// until the generation is retired by a reload.
+///
+/// One task and one timer for all policies: a queue ordered by when each
+/// policy is next due, and at most `permits` passes running at once, each a
+/// short-lived task. A waiting policy costs a queue entry, not a task with
+/// its own timer and buffers, so memory and wake-ups do not grow with the
+/// number of policies.
+///
+/// `cancel` interrupts a rotation at its next safe point (shutdown);
+/// `retire` only stops new passes from starting, so an in-flight rotation
+/// finishes under the policy it started with. Either way this returns once
+/// the running passes have ended. A pass that panics is logged and its
+/// policy retried with backoff; it never stops the other policies.
+async fn drive_policies(
     driver: Driver,
-    policy: Arc<Policy>,
+    policies: Vec<Arc<Policy>>,
     permits: Arc<Semaphore>,
     cancel: CancellationToken,
     retire: CancellationToken,
     recheck: Duration,
 ) {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+
     let recheck = chrono::Duration::from_std(recheck).unwrap_or(chrono::Duration::MAX);
-    let mut errors = 0u32;
+    let clock = driver.clock.clone();
+    let start = clock.now();
+    // (due, policy index): every policy is looked at once at start.
+    let mut queue: BinaryHeap<Reverse<(DateTime<Utc>, usize)>> =
+        (0..policies.len()).map(|i| Reverse((start, i))).collect();
+    let mut errors = vec![0u32; policies.len()];
+    let mut running: JoinSet<(usize, Result<Tick, crate::rotation::driver::DriveError>)> =
+        JoinSet::new();
+    let mut by_task: HashMap<tokio::task::Id, usize> = HashMap::new();
     loop {
-        if retire.is_cancelled() {
+        let stopping = retire.is_cancelled();
+        // Start every due pass that a permit allows.
+        if !stopping {
+            let now = clock.now();
+            while let Some(&Reverse((at, i))) = queue.peek() {
+                if at > now {
+                    break;
+                }
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    break;
+                };
+                queue.pop();
+                let (d, p, c) = (driver.clone(), policies[i].clone(), cancel.clone());
+                let handle = running.spawn(async move {
+                    let _permit = permit;
+                    crate::notify::status(&format!("rotating policy {}", p.name));
+                    (i, d.reconcile(&p, false, &c).await)
+                });
+                by_task.insert(handle.id(), i);
+            }
+        } else if running.is_empty() {
             return;
         }
-        let tick = {
-            let Ok(_permit) = permits.acquire().await else {
-                return;
-            };
-            crate::notify::status(&format!("rotating policy {}", policy.name));
-            driver.reconcile(&policy, false, &cancel).await
-        };
-        let now = driver.clock.now();
-        let next = match tick {
-            Ok(Tick::Wait { until, why }) => {
-                errors = 0;
-                debug!(policy = %policy.name, next = %until, reason = %why, "waiting");
-                // A rotation started by `rotate` or another replica
-                // changes the records, not this loop's plan.
-                until.min(now.checked_add_signed(recheck).unwrap_or(until))
-            }
-            Ok(Tick::Busy { until }) => until,
-            Ok(Tick::Stopped) => return,
-            Err(e) => {
-                errors += 1;
-                let delay = policy.retry.backoff(errors);
-                error!(policy = %policy.name, error = %e, retry_in = %humantime::format_duration(delay), "policy pass failed");
-                now + chrono::Duration::from_std(delay).unwrap_or_default()
+        let wake = queue.peek().map(|Reverse((at, _))| *at);
+        let saturated = permits.available_permits() == 0;
+        let c = clock.clone();
+        let sleep = async {
+            match wake {
+                // With every permit taken, only a finished pass can start
+                // another.
+                Some(at) if !saturated && !stopping => {
+                    sleep_until_wall(at, move || c.now(), WALL_CHECK, &retire).await;
+                }
+                _ => std::future::pending().await,
             }
         };
-        let clock = driver.clock.clone();
-        if !sleep_until_wall(next, move || clock.now(), WALL_CHECK, &retire).await {
-            return;
+        tokio::select! {
+            biased;
+            Some(done) = running.join_next_with_id() => {
+                let now = clock.now();
+                let (i, next) = match done {
+                    Ok((id, (i, tick))) => {
+                        by_task.remove(&id);
+                        (i, next_pass(&policies[i], tick, &mut errors[i], now, recheck))
+                    }
+                    Err(e) => {
+                        let Some(i) = by_task.remove(&e.id()) else { continue };
+                        errors[i] += 1;
+                        let delay = policies[i].retry.backoff(errors[i]);
+                        error!(policy = %policies[i].name, retry_in = %humantime::format_duration(delay), "policy pass panicked");
+                        (i, Some(now + chrono::Duration::from_std(delay).unwrap_or_default()))
+                    }
+                };
+                if let Some(at) = next {
+                    queue.push(Reverse((at, i)));
+                }
+            }
+            () = retire.cancelled(), if !stopping => {}
+            () = sleep => {}
         }
     }
 }
@@ -399,16 +475,14 @@ impl Generation {
         driver
             .metrics
             .set_policies(policies.iter().map(|p| p.name.as_str()));
-        for p in &policies {
-            tasks.spawn(policy_loop(
-                driver.clone(),
-                p.clone(),
-                permits.clone(),
-                shutdown.clone(),
-                retire.clone(),
-                config.daemon.recheck_interval,
-            ));
-        }
+        tasks.spawn(drive_policies(
+            driver.clone(),
+            policies.clone(),
+            permits,
+            shutdown.clone(),
+            retire.clone(),
+            config.daemon.recheck_interval,
+        ));
         {
             let (d, r) = (driver.clone(), retire.clone());
             let every = config.daemon.sweep_interval;

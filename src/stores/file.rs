@@ -552,6 +552,12 @@ impl FileDestination {
                 let entry = entry.map_err(|e| d.io_err(op, &d.directory, &e))?;
                 let name = entry.file_name();
                 let Some(name) = name.to_str() else { continue };
+                // Temporary files and probes are hidden (`.` first); the
+                // records beside them are skipped without a `stat`, so a
+                // directory shared by thousands of policies stays cheap.
+                if !name.starts_with('.') {
+                    continue;
+                }
                 let modified = entry.metadata().ok().and_then(|m| m.modified().ok());
                 if !d.is_own_temp(name) && !Self::is_stale_probe(name, modified) {
                     continue;
