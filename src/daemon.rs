@@ -72,20 +72,30 @@ pub fn driver_with_alerts(
         orphan_min_age: config.daemon.orphan_min_age,
         alerts,
         unrecorded_failures: Arc::default(),
+        failed_passes: Arc::default(),
+        failed_passes_before_alert: config.daemon.failed_passes_before_alert,
     })
 }
 
 /// Checks what readiness needs: the admin token is accepted and every
 /// destination is reachable.
 pub async fn readiness(driver: &Driver, config: &Config) -> Readiness {
-    let mut checks = vec![Check {
-        name: "config".into(),
-        ok: true,
-        reason: None,
-    }];
-    // Every destination, and a policy's lock where it is kept apart from
-    // them, checked at once and alongside the admin token: a store that
-    // does not answer costs one CHECK_DEADLINE, not one per destination.
+    readiness_of(driver, config, None).await
+}
+
+/// The daemon's periodic readiness pass after `previous`: the admin token,
+/// one destination per place (server and mount, or directory) and lock
+/// store, and every destination that failed in `previous` until it
+/// passes. With no previous checks, every destination (see [`readiness`]).
+pub async fn readiness_after(driver: &Driver, config: &Config, previous: &Readiness) -> Readiness {
+    readiness_of(driver, config, Some(previous)).await
+}
+
+/// Which destinations a readiness pass checks.
+fn readiness_targets<'a>(
+    config: &'a Config,
+    previous: Option<&Readiness>,
+) -> Vec<(String, &'a crate::stores::Destination, bool)> {
     let mut targets: Vec<(String, &crate::stores::Destination, bool)> = Vec::new();
     for p in &config.policies {
         for d in &p.destinations {
@@ -96,6 +106,39 @@ pub async fn readiness(driver: &Driver, config: &Config) -> Readiness {
             targets.push((format!("lock {} ({})", lock.label(), p.name), lock, true));
         }
     }
+    let Some(previous) = previous.filter(|r| !r.checks.is_empty()) else {
+        return targets;
+    };
+    // After the first full pass: one destination per place (server and
+    // mount, or directory), and every one that failed last time until it
+    // passes. The passes of the policies read every destination anyway;
+    // reading 10,000 records every 30 s to learn that a server answers
+    // would cost more than the rotations.
+    let failing: std::collections::HashSet<&str> = previous
+        .checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| c.name.as_str())
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    targets.retain(|(name, d, lock_only)| {
+        seen.insert((d.place_key(), *lock_only)) || failing.contains(name.as_str())
+    });
+    targets
+}
+
+/// A readiness pass. With `previous` (the last pass's result), only what
+/// [`readiness_targets`] picks is checked.
+async fn readiness_of(driver: &Driver, config: &Config, previous: Option<&Readiness>) -> Readiness {
+    let mut checks = vec![Check {
+        name: "config".into(),
+        ok: true,
+        reason: None,
+    }];
+    // Every destination, and a policy's lock where it is kept apart from
+    // them, checked at once and alongside the admin token: a store that
+    // does not answer costs one CHECK_DEADLINE, not one per destination.
+    let targets = readiness_targets(config, previous);
     // What destinations share (a directory's probe) is checked once for
     // all of them; then each destination's own part.
     let stores = async {
@@ -738,7 +781,8 @@ async fn readiness_pass(
     config: &Config,
     slot: &Arc<RwLock<Readiness>>,
 ) -> Readiness {
-    let r = readiness(driver, config).await;
+    let previous = slot.read().ok().map(|r| r.clone());
+    let r = readiness_of(driver, config, previous.as_ref()).await;
     if let Ok(mut w) = slot.write() {
         // Changes are logged, so an outage shows in the log even when no
         // rotation is due.

@@ -38,6 +38,10 @@ pub struct DaemonSettings {
     /// while it waits, so a rotation started elsewhere (`rotate`, another
     /// replica) is finished on time.
     pub recheck_interval: Duration,
+    /// Passes in a row that fail before a rotation begins (records
+    /// unreadable, lock unavailable) after which the policy's failure
+    /// alert is raised, as for a failed rotation.
+    pub failed_passes_before_alert: u32,
     /// Names this replica in lock files and logs.
     pub instance_id: String,
 }
@@ -109,6 +113,13 @@ impl Validator<'_> {
         if recheck_interval < Duration::from_secs(1) {
             self.error(&path.key("recheck_interval"), "must be at least 1s");
         }
+        let failed_passes_before_alert = raw.failed_passes_before_alert.unwrap_or(3);
+        if failed_passes_before_alert == 0 {
+            self.error(
+                &path.key("failed_passes_before_alert"),
+                "must be at least 1",
+            );
+        }
         if let Some(id) = &raw.instance_id
             && (id.trim().is_empty() || id.chars().any(char::is_control))
         {
@@ -134,6 +145,7 @@ impl Validator<'_> {
             shutdown_timeout,
             lock_retry_interval,
             recheck_interval,
+            failed_passes_before_alert,
             instance_id,
             metrics_bearer_token,
         })

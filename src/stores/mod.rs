@@ -399,6 +399,17 @@ impl Destination {
         }
     }
 
+    /// Which server (and, on Vault, mount) or directory the destination
+    /// lives in: destinations with the same key answer readiness probes
+    /// alike, so the daemon's periodic probe checks one of them.
+    pub fn place_key(&self) -> String {
+        match self {
+            Destination::File(d) => format!("file:{}", d.directory.display()),
+            Destination::Vault(d) => format!("vault:{}:{}", d.store(), d.mount()),
+            Destination::Aws(d) => format!("aws:{}", d.store()),
+        }
+    }
+
     /// Runs the shared part named by [`shared_check`](Self::shared_check).
     ///
     /// # Errors

@@ -223,3 +223,85 @@ async fn status_gives_up_on_a_hung_store_after_one_deadline() {
         "took {took:?}"
     );
 }
+
+/// After the first full pass the daemon's periodic pass checks one
+/// destination per place (a directory, a Vault server and mount) instead of
+/// every destination: at 10,000 policies the full pass read 30,000 records
+/// every 30 s. A destination that failed keeps being checked until it
+/// passes, so readiness does not turn green by skipping it.
+#[tokio::test(start_paused = true)]
+async fn the_periodic_pass_checks_one_destination_per_place_and_every_failing_one() {
+    let scratch = scratch("md-admin-token-for-probe", "vault-token-for-probe");
+    let mut src = config_toml::motherduck(&black_hole())
+        + &config_toml::file_store("local", "store")
+        + &config_toml::vault_store_named("vault", &black_hole(), "");
+    for p in ["a", "b", "c", "d"] {
+        src += &policy(
+            p,
+            &format!(r#"{{ store = "local", path = "{p}.json" }}"#),
+            "",
+        );
+    }
+    src += &policy("v1", r#"{ store = "vault", path = "md/v1" }"#, "");
+    src += &policy("v2", r#"{ store = "vault", path = "md/v2" }"#, "");
+    let (config, driver) = driver(scratch.path(), &src);
+    // c's record is not a record.
+    std::fs::write(scratch.path().join("store/c.json"), "not json").unwrap();
+
+    let names = |r: &motherduck_rotator::http::Readiness| -> Vec<(String, bool)> {
+        r.checks.iter().map(|c| (c.name.clone(), c.ok)).collect()
+    };
+    let full = daemon::readiness(&driver, &config).await;
+    assert_eq!(
+        names(&full)
+            .iter()
+            .filter(|(n, _)| n.starts_with("store "))
+            .count(),
+        6,
+        "the first pass checks every destination: {:?}",
+        names(&full)
+    );
+    let file = |p: &str| {
+        format!(
+            "store file:{} ({p})",
+            scratch.path().join(format!("store/{p}.json")).display()
+        )
+    };
+    let c = &file("c");
+    assert!(
+        names(&full).contains(&(c.to_owned(), false)),
+        "{:?}",
+        names(&full)
+    );
+
+    let light = daemon::readiness_after(&driver, &config, &full).await;
+    assert_eq!(
+        names(&light),
+        [
+            ("config".to_owned(), true),
+            ("motherduck".to_owned(), false),
+            (file("a"), true),
+            (c.to_owned(), false),
+            // The hung server failed both: both stay checked.
+            ("store vault:secret/md/v1 (v1)".to_owned(), false),
+            ("store vault:secret/md/v2 (v2)".to_owned(), false),
+        ],
+    );
+    assert!(!light.ready);
+
+    // Fixed: checked once more, passes, and is left to the policy's own
+    // passes from then on.
+    std::fs::remove_file(scratch.path().join("store/c.json")).unwrap();
+    let fixed = daemon::readiness_after(&driver, &config, &light).await;
+    assert!(
+        names(&fixed).contains(&(c.to_owned(), true)),
+        "{:?}",
+        names(&fixed)
+    );
+    let next = daemon::readiness_after(&driver, &config, &fixed).await;
+    assert!(
+        !names(&next).iter().any(|(n, _)| n == c),
+        "{:?}",
+        names(&next)
+    );
+}

@@ -149,6 +149,12 @@ pub struct Driver {
     /// growing for as long as the process runs.
     pub unrecorded_failures:
         Arc<std::sync::Mutex<std::collections::HashMap<String, UnrecordedFailure>>>,
+    /// Passes in a row that failed before a rotation could begin, by
+    /// policy name.
+    pub failed_passes: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
+    /// After this many failed passes in a row the policy's failure alert
+    /// is raised (`daemon.failed_passes_before_alert`).
+    pub failed_passes_before_alert: u32,
 }
 
 /// The last failure of a policy that has no token stored yet, which no

@@ -16,6 +16,66 @@ impl Driver {
         force: bool,
         cancel: &CancellationToken,
     ) -> Result<Tick, DriveError> {
+        let r = self.reconcile_once(policy, force, cancel).await;
+        self.count_pass(policy, &r);
+        r
+    }
+
+    /// Accounts for a pass that failed before a rotation could begin (the
+    /// records unreadable, the lock unavailable): counted as a failure of
+    /// step `read`, and once `failed_passes_before_alert` passes in a row
+    /// have failed, reported like a failed rotation (the RotationFailed
+    /// alert and `consecutive_failures`) until a pass gets through.
+    fn count_pass(&self, policy: &Policy, r: &Result<Tick, DriveError>) {
+        let p = policy.name.as_str();
+        let mut map = self
+            .failed_passes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match r {
+            Err(DriveError::Store { source, .. }) => {
+                let e = store_err("read", source);
+                self.metrics.step_failed(e.step, e.reason);
+                let n = map.entry(p.to_owned()).or_insert(0);
+                *n += 1;
+                if *n >= self.failed_passes_before_alert {
+                    warn!(policy = %p, failed_passes = *n, error = %source, "the policy's records could not be read or locked for several passes in a row");
+                    self.alerts.fire(
+                        AlertKind::RotationFailed,
+                        p,
+                        format!("{n} passes in a row could not read or lock the policy's records: {source}"),
+                    );
+                    self.metrics
+                        .consecutive_failures
+                        .with_label_values(&[p])
+                        .set(i64::from(*n));
+                }
+            }
+            // The pass got through to the records: whatever the rotation
+            // itself did is reported by the rotation.
+            Ok(_) | Err(_) => {
+                if map
+                    .remove(p)
+                    .is_some_and(|n| n >= self.failed_passes_before_alert)
+                    && self
+                        .metrics
+                        .consecutive_failures
+                        .with_label_values(&[p])
+                        .get()
+                        == 0
+                {
+                    self.alerts.resolve(AlertKind::RotationFailed, p);
+                }
+            }
+        }
+    }
+
+    async fn reconcile_once(
+        &self,
+        policy: &Policy,
+        force: bool,
+        cancel: &CancellationToken,
+    ) -> Result<Tick, DriveError> {
         let now = self.clock.now();
         let views = self.load_all(policy).await?;
         let (next, mut due) = due_of(policy, &views, now);

@@ -330,3 +330,55 @@ async fn finish_failing_leaves_the_new_token_current_and_resumes() {
     assert_eq!(fx.issued().len(), 2);
     fx.assert_settled(&driver, &policy).await;
 }
+
+/// A pass that cannot read the policy's records fails before any rotation
+/// begins. Each such pass is counted (step `read`), and after
+/// `failed_passes_before_alert` (3) in a row the policy is reported like a
+/// failed rotation: the RotationFailed alert and `consecutive_failures`.
+/// The first pass that reads the records again clears both.
+#[tokio::test]
+async fn passes_that_cannot_read_the_records_are_counted_and_alert_after_three() {
+    use motherduck_rotator::alerts::AlertKind;
+    let fx = Fixture::new().await;
+    let (driver, policy) = fx.restart(&PolicySpec::new("0s"));
+    let first = first_token(&fx, &driver, &policy).await;
+    let record = fx.store().join("etl.json");
+    let good = std::fs::read(&record).unwrap();
+    std::fs::write(&record, "not a record").unwrap();
+
+    let read_failures = || {
+        driver
+            .metrics
+            .rotation_step_failures_total
+            .with_label_values(&["read", "store_corrupt"])
+            .get()
+    };
+    let gauge = || {
+        driver
+            .metrics
+            .consecutive_failures
+            .with_label_values(&["etl"])
+            .get()
+    };
+    let cancel = CancellationToken::new();
+    for n in 1..=3u64 {
+        let r = driver.reconcile(&policy, false, &cancel).await;
+        assert!(r.is_err(), "pass {n}: {r:?}");
+        assert_eq!(read_failures(), n);
+        let alerting = n >= 3;
+        assert_eq!(
+            driver.alerts.is_firing(AlertKind::RotationFailed, "etl"),
+            alerting,
+            "pass {n}"
+        );
+        assert_eq!(gauge(), if alerting { 3 } else { 0 }, "pass {n}");
+    }
+
+    std::fs::write(&record, good).unwrap();
+    let r = driver.reconcile(&policy, false, &cancel).await;
+    assert!(matches!(r, Ok(Tick::Wait { .. })), "{r:?}");
+    assert!(!driver.alerts.is_firing(AlertKind::RotationFailed, "etl"));
+    assert_eq!(gauge(), 0);
+    assert_eq!(read_failures(), 3);
+    assert_eq!(str_of(&fx.current(), "token_id"), first);
+}
