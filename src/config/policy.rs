@@ -31,6 +31,9 @@ pub struct Policy {
     /// How long the old token stays valid after the new one is verified.
     pub overlap: Duration,
     pub hooks: Vec<HookSpec>,
+    /// What tells consumers of a new (or restored) token, in order: run
+    /// after promotion and before verification, and after a rollback.
+    pub reload: Vec<crate::reload::ReloadSpec>,
     pub destinations: Vec<Destination>,
     /// Where the policy's coordination lock is taken (invariant 4): its
     /// first destination, unless the policy's `lock` names another place
@@ -155,6 +158,12 @@ impl Validator<'_> {
                 hooks.push(h);
             }
         }
+        let mut reload = Vec::new();
+        for i in 0..p.reload.len() {
+            if let Some(r) = self.reload_action(&path.key("reload").index(i)) {
+                reload.push(r);
+            }
+        }
         if p.verify.is_empty() {
             self.warn(
                 &path.key("name"),
@@ -277,6 +286,7 @@ impl Validator<'_> {
             schedule: schedule?,
             overlap,
             hooks,
+            reload,
             destinations,
             lock,
             retry,

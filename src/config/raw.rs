@@ -246,6 +246,10 @@ pub struct RawPolicy {
     /// place (serde's own tagged enums lose it).
     #[serde(default)]
     pub verify: Vec<serde::de::IgnoredAny>,
+    /// Only how many, like `verify`: each action is read by its `type`
+    /// (`config::reload`).
+    #[serde(default)]
+    pub reload: Vec<serde::de::IgnoredAny>,
     #[serde(default)]
     pub destinations: Vec<RawDestination>,
     /// Where the policy's coordination lock lives, when not on its first

@@ -734,6 +734,8 @@ mod tests {
                 failures: 0,
                 retry_at: None,
                 acknowledged_at: None,
+                reloaded_at: None,
+                reload_note: None,
             },
             ack_secret: None,
         }

@@ -29,6 +29,8 @@ const K_LAST_ERROR: &str = "rotation_last_error";
 const K_FAILURES: &str = "rotation_failures";
 const K_RETRY_AT: &str = "rotation_retry_at";
 const K_ACKED_AT: &str = "rotation_acknowledged_at";
+const K_RELOADED_AT: &str = "rotation_reloaded_at";
+const K_RELOAD_NOTE: &str = "rotation_reload_note";
 
 /// A JSON value that may hold secrets: its strings are zeroed on drop.
 pub(super) struct SensitiveValue(pub(super) Value);
@@ -226,6 +228,14 @@ pub(super) fn journal_metadata(
         journal.acknowledged_at.map(ts).unwrap_or_default(),
     );
     put(
+        K_RELOADED_AT,
+        journal.reloaded_at.map(ts).unwrap_or_default(),
+    );
+    put(
+        K_RELOAD_NOTE,
+        journal.reload_note.clone().unwrap_or_default(),
+    );
+    put(
         K_PREVIOUS_VERSION,
         previous_version.map(|v| v.to_string()).unwrap_or_default(),
     );
@@ -233,6 +243,9 @@ pub(super) fn journal_metadata(
 }
 
 /// The journal stored in `custom_metadata`, if it describes `version`.
+// A tag is decoded per read and dropped at once; boxing the journal would
+// buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Tag {
     /// No journal, or one written for another version (a write behind our
@@ -294,6 +307,8 @@ pub(super) fn decode_tag(custom: &HashMap<String, String>, version: u64) -> Resu
             .unwrap_or(0),
         retry_at: time(K_RETRY_AT)?,
         acknowledged_at: time(K_ACKED_AT)?,
+        reloaded_at: time(K_RELOADED_AT)?,
+        reload_note: custom.get(K_RELOAD_NOTE).cloned(),
     };
     let previous_version = custom
         .get(K_PREVIOUS_VERSION)
@@ -326,6 +341,8 @@ mod tests {
             failures: 2,
             retry_at: None,
             acknowledged_at: None,
+            reloaded_at: None,
+            reload_note: None,
         }
     }
 
