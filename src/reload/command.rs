@@ -7,12 +7,19 @@
 use super::{ActionError, ReloadContext, verify_context};
 use crate::verify::CommandHook;
 
-/// The program and its arguments, as configured.
+/// How much of a command line labels it in logs and errors.
+const LABEL_CHARS: usize = 100;
+
+/// The program and its arguments, as configured, cut after
+/// [`LABEL_CHARS`] characters (an inline script can be long).
 pub(super) fn label(c: &CommandHook) -> String {
     let mut s = c.program().display().to_string();
     for a in c.args() {
         s.push(' ');
         s.push_str(a);
+    }
+    if s.chars().count() > LABEL_CHARS {
+        s = s.chars().take(LABEL_CHARS).collect::<String>() + "…";
     }
     s
 }

@@ -64,7 +64,7 @@ impl Driver {
                         || cause == ReloadCause::RolledBack
                     {
                         warn!(policy = %policy.name, rotation_id, step = "reload", cause = cause.as_str(), action = kind, target = %label, error = %e, on_failure = spec.on_failure.as_str(), outcome = "failure", "reload action failed; carrying on");
-                        notes.push(format!("{kind} {label} failed: {e}"));
+                        notes.push(format!("{kind} action failed: {e}"));
                         continue;
                     }
                     warn!(policy = %policy.name, rotation_id, step = "reload", cause = cause.as_str(), action = kind, target = %label, error = %e, outcome = "failure", "reload action failed");
