@@ -236,6 +236,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_systemd_unit_is_signalled_through_systemctl_kill() {
+        let dir = std::env::temp_dir().join(format!("mdr-systemctl-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("argv");
+        let fake = dir.join("systemctl");
+        std::fs::write(
+            &fake,
+            format!("#!/bin/sh\necho \"$@\" > {}\n", out.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let a =
+            SignalAction::systemd_unit("usr1", "app@blue.service", &fake, Duration::from_secs(5))
+                .unwrap();
+        let ctx = ReloadContext {
+            policy: "p".into(),
+            rotation_id: "r".into(),
+            service_account: "svc".into(),
+            token_id: "t".into(),
+            token: None,
+            cause: super::super::ReloadCause::Promoted,
+            now: chrono::Utc::now(),
+        };
+        a.run(&ctx, &[]).await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "kill --signal=SIGUSR1 app@blue.service\n"
+        );
+        std::fs::write(&fake, "#!/bin/sh\nexit 5\n").unwrap();
+        let e = a.run(&ctx, &[]).await.unwrap_err();
+        assert!(
+            e.message.ends_with("` exited with status 5"),
+            "{}",
+            e.message
+        );
+        assert_eq!(e.reason, "exit");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
     async fn a_bad_pid_file_is_an_error_naming_it() {
         let dir = std::env::temp_dir().join(format!("mdr-pid-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
