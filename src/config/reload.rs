@@ -284,7 +284,7 @@ fn field_of(message: &str) -> Option<String> {
     if message.contains("inherit_env") {
         return Some("inherit_env".to_owned());
     }
-    const PREFIXES: [(&str, &str); 16] = [
+    const PREFIXES: [(&str, &str); 15] = [
         ("signal", "signal"),
         ("pid_file", "pid_file"),
         ("systemd_unit", "systemd_unit"),
@@ -292,7 +292,6 @@ fn field_of(message: &str) -> Option<String> {
         ("deployments", "deployments"),
         ("statefulsets", "statefulsets"),
         ("daemonsets", "daemonsets"),
-        ("workloads", "deployments"),
         ("api_url", "api_url"),
         ("request_timeout", "request_timeout"),
         ("timeout", "timeout"),

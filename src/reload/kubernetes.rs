@@ -124,7 +124,8 @@ impl KubernetesAction {
         }
         if workloads.is_empty() {
             return Err(
-                "workloads: name at least one of deployments, statefulsets, daemonsets".to_owned(),
+                "no workload to restart: name at least one in `deployments`, `statefulsets` or `daemonsets`"
+                    .to_owned(),
             );
         }
         for w in &workloads {
