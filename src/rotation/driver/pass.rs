@@ -24,7 +24,9 @@ impl Driver {
             due = (now, "requested by `rotate`".to_owned());
         }
         match plan::decide(&views, now, due) {
-            Step::Wait { until, why } => {
+            // Unless a rollback's consumers are still to be told, which
+            // takes the lock.
+            Step::Wait { until, why } if self.rollback_reload_pending(policy, &views).is_none() => {
                 return Ok(Tick::Wait {
                     until,
                     why: wait_text(&why),

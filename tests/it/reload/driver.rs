@@ -355,3 +355,70 @@ async fn a_restart_between_promotion_and_the_recorded_reload_reloads_before_veri
     assert_eq!(fx.current()["rotation"]["state"], "done");
     assert!(!fx.live(&old));
 }
+
+/// A pass stopped while the rollback's action runs leaves the rollback
+/// recorded with no reload; the restarted driver tells consumers that the
+/// old token is back before anything else, once.
+#[tokio::test]
+async fn a_restart_before_the_rollbacks_reload_was_recorded_tells_consumers_then() {
+    let fx = Fx::new().await;
+    let hang = fx.root.join("hang");
+    let action = fx.reload_command(
+        &format!(
+            r#"[ "$MDR_RELOAD_CAUSE" = rollback ] && while [ -e {} ]; do sleep 0.01; done; exit 0"#,
+            hang.display()
+        ),
+        "",
+    );
+    let reload = std::slice::from_ref(&action);
+    let (driver, policy) = fx.driver(&fx.config(&fx.verify_command(0), reload));
+    pass(&driver, &policy).await;
+    let old = fx.token_id();
+
+    std::fs::write(&hang, "").unwrap();
+    let (driver, policy) = fx.driver(&fx.config(&fx.verify_command(1), reload));
+    fx.frozen.advance(HOUR);
+    let cancel = CancellationToken::new();
+    let run = {
+        let (driver, policy, cancel) = (driver.clone(), policy.clone(), cancel.clone());
+        tokio::spawn(async move { driver.reconcile(&policy, false, &cancel).await })
+    };
+    for _ in 0..500 {
+        if fx
+            .events()
+            .last()
+            .is_some_and(|l| l.starts_with("reload rollback"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cancel.cancel();
+    let _ = run.await.unwrap();
+    let j = &fx.current()["rotation"];
+    assert_eq!(
+        (j["state"].as_str(), fx.token_id()),
+        (Some("rolled_back"), old.clone())
+    );
+    assert!(j.get("reloaded_at").is_none(), "{j}");
+    std::fs::remove_file(&hang).unwrap();
+
+    // The restart tells consumers first, and records it.
+    let (driver, policy) = fx.driver(&fx.config(&fx.verify_command(0), reload));
+    let tick = pass(&driver, &policy).await;
+    assert!(matches!(tick, Tick::Wait { .. }), "{tick:?}");
+    let new = fx.issued()[1].clone();
+    assert_eq!(
+        fx.events()[2..],
+        [
+            format!("reload promote {new} yes no"),
+            format!("verify {new}"),
+            format!("reload rollback {old} yes no"),
+            format!("reload rollback {old} yes no"),
+        ]
+    );
+    assert!(fx.current()["rotation"]["reloaded_at"].is_string());
+    // Once: a further pass tells nobody again.
+    pass(&driver, &policy).await;
+    assert_eq!(fx.events().len(), 6);
+}
