@@ -371,6 +371,24 @@ mod tests {
     }
 
     #[test]
+    fn when_consumers_were_told_round_trips_through_custom_metadata() {
+        let j = Journal {
+            reloaded_at: Some(t("2026-05-01T10:05:01Z")),
+            reload_note: Some("signal action failed: no such process".into()),
+            ..journal()
+        };
+        let m = journal_metadata(&HashMap::new(), &j, 3, None);
+        assert_eq!(m[K_RELOADED_AT], "2026-05-01T10:05:01Z");
+        assert_eq!(
+            decode_tag(&m, 3).unwrap(),
+            Tag::Valid {
+                journal: j,
+                previous_version: None
+            }
+        );
+    }
+
+    #[test]
     fn long_last_error_is_cut_at_a_character_boundary() {
         let mut j = journal();
         j.last_error = Some("é".repeat(400));
