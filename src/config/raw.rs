@@ -282,6 +282,8 @@ pub struct RawDestination {
     pub store: String,
     pub path: String,
     pub bare_token_file: Option<String>,
+    /// File stores: a file holding `MOTHERDUCK_TOKEN=<token>`.
+    pub env_file: Option<String>,
 }
 
 /// A place used only for a policy's lock: a store and a path in it.

@@ -491,10 +491,13 @@ fn policy_summary(out: &mut String, p: &Policy) -> std::fmt::Result {
 fn destination_summary(dest: &Destination) -> String {
     match dest {
         Destination::File(f) => format!(
-            "file store {}: {}, bare_token_file {}",
+            "file store {}: {}, bare_token_file {}{}",
             f.store,
             f.path().display(),
-            f.bare_token_file.as_deref().unwrap_or("none")
+            f.bare_token_file.as_deref().unwrap_or("none"),
+            f.env_file
+                .as_deref()
+                .map_or(String::new(), |e| format!(", env_file {e}"))
         ),
         Destination::Vault(v) => format!(
             "vault store {}: {} at {} (namespace {}, {} auth), mount {}, path {}, {:?}, lease_ttl {}",
