@@ -5,3 +5,4 @@
 
 mod driver;
 mod kubernetes;
+mod zero_downtime;
