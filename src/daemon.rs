@@ -57,7 +57,8 @@ pub fn driver_with_alerts(
     let mut client_config = config.motherduck.client_config();
     client_config.metrics = Some(metrics.clone());
     let client = Client::new(client_config).context("failed to set up the MotherDuck client")?;
-    let scrub_env = config.motherduck.admin_token_env.iter().cloned().collect();
+    let scrub_env: Vec<String> = config.motherduck.admin_token_env.iter().cloned().collect();
+    let reloads = crate::reload::Reloader::new(metrics.clone(), scrub_env.clone());
     Ok(Driver {
         client: client.clone(),
         clock,
@@ -70,6 +71,7 @@ pub fn driver_with_alerts(
         instance_id: config.daemon.instance_id.clone(),
         lock_retry_interval: config.daemon.lock_retry_interval,
         orphan_min_age: config.daemon.orphan_min_age,
+        reloads,
         alerts,
         unrecorded_failures: Arc::default(),
         failed_passes: Arc::default(),

@@ -13,6 +13,7 @@ pub mod http;
 pub mod metrics;
 pub mod motherduck;
 pub mod notify;
+pub mod reload;
 pub mod rotation;
 pub mod schedule;
 pub mod secret;

@@ -43,6 +43,10 @@ pub struct Metrics {
     pub verification_duration_seconds: HistogramVec,
     pub config_reloads_total: IntCounterVec,
     pub alerts_total: IntCounterVec,
+    /// Reload action runs by kind and outcome; no policy label (a
+    /// debounced run serves several policies; `status` has the
+    /// per-policy view).
+    pub reload_actions_total: IntCounterVec,
     pub build_info: IntGaugeVec,
     /// The policies that have per-policy series, so that a policy removed
     /// by a reload loses them.
@@ -223,6 +227,11 @@ impl Metrics {
                 "alerts_total",
                 "Alert notifications, by sink and outcome (success, failure, rate_limited, queue_full).",
                 &["sink", "outcome"],
+            ),
+            reload_actions_total: counter(
+                "reload_actions_total",
+                "Reload action runs, by kind (command, signal, http, kubernetes) and outcome (success, failure, coalesced: a request served by a run another request scheduled).",
+                &["kind", "outcome"],
             ),
             build_info: int_gauge(
                 "build_info",

@@ -532,7 +532,25 @@ struct PolicyStatus {
     last_error: Option<String>,
     consecutive_failures: u32,
     destinations: Vec<DestinationStatus>,
+    /// The reload actions and what the latest rotation's journal says of
+    /// them; `None` for a policy without actions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reload: Option<ReloadStatus>,
     error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct ReloadStatus {
+    /// `kind: target` of each action, in order.
+    actions: Vec<String>,
+    /// The rotation the rest is about: the unfinished one, else the last.
+    rotation_id: Option<String>,
+    /// `promote` or `rollback`: what consumers were (or are to be) told of.
+    cause: Option<&'static str>,
+    /// When consumers were told; `None` while still to do.
+    told_at: Option<DateTime<Utc>>,
+    /// Actions that failed but were allowed to.
+    note: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -584,6 +602,17 @@ pub async fn status(path: &Path, args: &StatusArgs) -> anyhow::Result<ExitCode> 
             last_error: None,
             consecutive_failures: 0,
             destinations: Vec::new(),
+            reload: (!p.reload.is_empty()).then(|| ReloadStatus {
+                actions: p
+                    .reload
+                    .iter()
+                    .map(|r| format!("{}: {}", r.action.kind(), r.action.label()))
+                    .collect(),
+                rotation_id: None,
+                cause: None,
+                told_at: None,
+                note: None,
+            }),
             error: None,
         };
         match observed {
@@ -626,6 +655,20 @@ pub async fn status(path: &Path, args: &StatusArgs) -> anyhow::Result<ExitCode> 
                 {
                     s.last_error = j.last_error.clone();
                     s.consecutive_failures = j.failures;
+                }
+                let latest = plan::active_journal(&obs.views)
+                    .ok()
+                    .flatten()
+                    .or_else(|| plan::last_journal(&obs.views).cloned());
+                if let (Some(r), Some(j)) = (s.reload.as_mut(), latest) {
+                    r.rotation_id = Some(j.rotation_id.clone());
+                    r.cause = Some(if j.state == JournalState::RolledBack {
+                        "rollback"
+                    } else {
+                        "promote"
+                    });
+                    r.told_at = j.reloaded_at;
+                    r.note = j.reload_note.clone();
                 }
                 for (i, v) in obs.views.iter().enumerate() {
                     s.destinations.push(DestinationStatus {
@@ -691,6 +734,25 @@ fn print_status(s: &PolicyStatus) {
             s.consecutive_failures
         ),
         None => println!("  last error:  -"),
+    }
+    if let Some(r) = &s.reload {
+        let told = match (r.told_at, r.cause, &r.rotation_id) {
+            (Some(t), Some(c), Some(id)) => {
+                format!(
+                    "consumers told of rotation {id} ({c}) at {}",
+                    t.to_rfc3339()
+                )
+            }
+            (None, Some(c), Some(id)) => format!("consumers not told of rotation {id} ({c})"),
+            _ => "no rotation yet".to_owned(),
+        };
+        println!("  reload:      {told}");
+        if let Some(n) = &r.note {
+            println!("               failed, carried on: {n}");
+        }
+        for a in &r.actions {
+            println!("               {a}");
+        }
     }
     for d in &s.destinations {
         println!(

@@ -176,6 +176,7 @@ impl Validator<'_> {
                     directory: directory.clone(),
                     file: place.to_owned(),
                     bare_token_file: bare_token_file.map(str::to_owned),
+                    env_file: None,
                 };
                 let mut target = Target::new(
                     "file",

@@ -23,6 +23,7 @@ mod hooks;
 mod motherduck;
 mod policy;
 pub mod raw;
+mod reload;
 mod secrets;
 mod span;
 mod stores;

@@ -31,6 +31,9 @@ pub struct Policy {
     /// How long the old token stays valid after the new one is verified.
     pub overlap: Duration,
     pub hooks: Vec<HookSpec>,
+    /// What tells consumers of a new (or restored) token, in order: run
+    /// after promotion and before verification, and after a rollback.
+    pub reload: Vec<crate::reload::ReloadSpec>,
     pub destinations: Vec<Destination>,
     /// Where the policy's coordination lock is taken (invariant 4): its
     /// first destination, unless the policy's `lock` names another place
@@ -155,6 +158,12 @@ impl Validator<'_> {
                 hooks.push(h);
             }
         }
+        let mut reload = Vec::new();
+        for i in 0..p.reload.len() {
+            if let Some(r) = self.reload_action(&path.key("reload").index(i)) {
+                reload.push(r);
+            }
+        }
         if p.verify.is_empty() {
             self.warn(
                 &path.key("name"),
@@ -184,7 +193,10 @@ impl Validator<'_> {
                 &dpath,
                 stores,
             ) {
-                Some((dest, target)) => {
+                Some((mut dest, mut target)) => {
+                    if let Some(env) = &d.env_file {
+                        self.env_file(&mut dest, &mut target, env, d, &dpath);
+                    }
                     destinations.push(dest);
                     targets.push(target);
                 }
@@ -277,6 +289,7 @@ impl Validator<'_> {
             schedule: schedule?,
             overlap,
             hooks,
+            reload,
             destinations,
             lock,
             retry,
@@ -519,5 +532,50 @@ fn window_error_field(message: &str) -> Option<&'static str> {
         Some("timezone")
     } else {
         None
+    }
+}
+
+impl Validator<'_> {
+    /// Adds the env file `name` to a file destination (reported when the
+    /// store is not a file store, or the name is not a plain file name of
+    /// its own).
+    fn env_file(
+        &mut self,
+        dest: &mut Destination,
+        target: &mut Target,
+        name: &str,
+        raw: &super::raw::RawDestination,
+        dpath: &FieldPath,
+    ) {
+        let Destination::File(f) = dest else {
+            self.error(
+                &dpath.key("env_file"),
+                format!(
+                    "applies to file stores only, and store `{}` is of type `{}`",
+                    raw.store,
+                    dest.kind()
+                ),
+            );
+            return;
+        };
+        if !super::validator::plain_file_name(name)
+            || name == raw.path
+            || raw.bare_token_file.as_deref() == Some(name)
+        {
+            self.error(
+                &dpath.key("env_file"),
+                format!(
+                    "`{}` must be a plain file name, different from `path` and `bare_token_file`",
+                    name.escape_debug()
+                ),
+            );
+            return;
+        }
+        f.env_file = Some(name.to_owned());
+        target.writes.push((
+            "env_file",
+            super::destinations::Place::File(f.directory.join(name)),
+            None,
+        ));
     }
 }

@@ -247,6 +247,10 @@ pub struct RawPolicy {
     /// place (serde's own tagged enums lose it).
     #[serde(default)]
     pub verify: Vec<serde::de::IgnoredAny>,
+    /// Only how many, like `verify`: each action is read by its `type`
+    /// (`config::reload`).
+    #[serde(default)]
+    pub reload: Vec<serde::de::IgnoredAny>,
     #[serde(default)]
     pub destinations: Vec<RawDestination>,
     /// Where the policy's coordination lock lives, when not on its first
@@ -279,6 +283,8 @@ pub struct RawDestination {
     pub store: String,
     pub path: String,
     pub bare_token_file: Option<String>,
+    /// File stores: a file holding `MOTHERDUCK_TOKEN=<token>`.
+    pub env_file: Option<String>,
 }
 
 /// A place used only for a policy's lock: a store and a path in it.

@@ -488,6 +488,8 @@ pub(crate) mod tests {
             failures: 0,
             retry_at: None,
             acknowledged_at: None,
+            reloaded_at: None,
+            reload_note: None,
         }
     }
 

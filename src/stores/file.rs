@@ -9,7 +9,9 @@
 //! - `P.lock` is the coordination lock (an exclusive `flock`), never
 //!   deleted, so two daemons sharing the directory rotate one at a time;
 //! - an optional bare-token file beside `P` holds just the current secret,
-//!   for applications that read a plain token from a mounted volume.
+//!   for applications that read a plain token from a mounted volume;
+//! - an optional env file beside `P` holds `MOTHERDUCK_TOKEN=<token>`, for
+//!   systemd's `EnvironmentFile=` and docker's `--env-file`.
 //!
 //! Every write goes to a temporary file (mode 0600), is fsynced, renamed
 //! over its target, and the directory is fsynced, so a crash leaves either
@@ -35,7 +37,13 @@ pub struct FileDestination {
     pub file: String,
     /// A plain file name inside `directory` for the bare token.
     pub bare_token_file: Option<String>,
+    /// A plain file name inside `directory` for `MOTHERDUCK_TOKEN=<token>`.
+    pub env_file: Option<String>,
 }
+
+/// The variable an env file sets: the name the MotherDuck DuckDB
+/// extension reads.
+pub const ENV_FILE_VARIABLE: &str = "MOTHERDUCK_TOKEN";
 
 /// Directories and destinations (record paths) with a check under way.
 static CHECKS_RUNNING: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<PathBuf>>> =
@@ -114,6 +122,25 @@ impl FileDestination {
         self.bare_token_file
             .as_ref()
             .map(|f| self.directory.join(f))
+    }
+
+    /// The files consumers read beside the record, each with what it holds
+    /// for `token`: the bare token, and the env file's assignment.
+    fn consumer_files(&self, token: &SecretString) -> Vec<(PathBuf, Zeroizing<Vec<u8>>)> {
+        let mut files = Vec::new();
+        if let Some(bare) = self.bare_path() {
+            let mut bytes = Zeroizing::new(token.expose_secret().as_bytes().to_vec());
+            bytes.push(b'\n');
+            files.push((bare, bytes));
+        }
+        if let Some(env) = &self.env_file {
+            let line = format!("{ENV_FILE_VARIABLE}={}\n", token.expose_secret());
+            files.push((
+                self.directory.join(env),
+                Zeroizing::new(Zeroizing::new(line).as_bytes().to_vec()),
+            ));
+        }
+        files
     }
 
     fn err(&self, op: StoreOp, kind: StoreErrorKind, message: String) -> StoreError {
@@ -305,31 +332,33 @@ impl FileDestination {
         }
     }
 
+    /// Writes the bare-token file and the env file (those the destination
+    /// has), each atomically.
     fn write_bare(&self, op: StoreOp, rec: &StoredRecord) -> Result<(), StoreError> {
-        if let Some(bare) = self.bare_path() {
-            let mut bytes = Zeroizing::new(rec.token.expose_secret().as_bytes().to_vec());
-            bytes.push(b'\n');
-            self.write_atomic(op, &bare, &bytes)?;
+        for (path, bytes) in self.consumer_files(&rec.token) {
+            self.write_atomic(op, &path, &bytes)?;
         }
         Ok(())
     }
 
-    /// Whether the bare-token file (if the destination has one) holds
-    /// `rec`'s token.
+    /// Whether the bare-token file and the env file (those the destination
+    /// has) hold `rec`'s token.
     fn bare_holds(&self, op: StoreOp, rec: &StoredRecord) -> Result<bool, StoreError> {
-        let Some(bare) = self.bare_path() else {
-            return Ok(true);
-        };
-        let held = match read_nofollow(&bare) {
-            Ok(b) => Zeroizing::new(b),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(self.io_err(op, &bare, &e)),
-        };
-        let want = rec.token.expose_secret().as_bytes();
-        Ok(held.strip_suffix(b"\n") == Some(want))
+        for (path, want) in self.consumer_files(&rec.token) {
+            let held = match read_nofollow(&path) {
+                Ok(b) => Zeroizing::new(b),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(self.io_err(op, &path, &e)),
+            };
+            if *held != *want {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
-    /// Writes the bare-token file unless it already holds `rec`'s token.
+    /// Writes the files consumers read beside the record unless they
+    /// already hold `rec`'s token.
     fn ensure_bare(&self, op: StoreOp, rec: &StoredRecord) -> Result<(), StoreError> {
         if self.bare_holds(op, rec)? {
             return Ok(());
@@ -466,6 +495,9 @@ impl FileDestination {
                         if let Some(bare) = d.bare_path() {
                             d.remove(op, &bare)?;
                         }
+                        if let Some(env) = &d.env_file {
+                            d.remove(op, &d.directory.join(env))?;
+                        }
                     }
                 },
                 Some(mut cur) => {
@@ -515,6 +547,7 @@ impl FileDestination {
             format!("{}.previous", self.file),
         ];
         targets.extend(self.bare_token_file.clone());
+        targets.extend(self.env_file.clone());
         targets.iter().any(|t| {
             name.strip_prefix('.')
                 .and_then(|n| n.strip_prefix(t.as_str()))
@@ -692,7 +725,50 @@ mod tests {
             directory: dir.to_path_buf(),
             file: "etl.json".into(),
             bare_token_file: Some("etl.token".into()),
+            env_file: None,
         }
+    }
+
+    /// The env file follows the record like the bare file: written on
+    /// promotion, restored by a rollback, and a record whose env file lags
+    /// (a kill between the two writes) reads as not fully promoted, so the
+    /// next pass finishes it.
+    #[tokio::test]
+    async fn the_env_file_holds_the_current_token_as_an_assignment() {
+        let dir = tmpdir();
+        let d = FileDestination {
+            env_file: Some("etl.env".into()),
+            ..dest(&dir)
+        };
+        let env = || std::fs::read_to_string(dir.join("etl.env")).unwrap();
+        promoted(&d, "r1", "secret-one", None).await;
+        assert_eq!(env(), "MOTHERDUCK_TOKEN=secret-one\n");
+        let r2 = promoted(&d, "r2", "secret-two", Some("id-r1")).await;
+        assert_eq!(env(), "MOTHERDUCK_TOKEN=secret-two\n");
+        assert!(d.load().await.unwrap().current_settled());
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.join("etl.env"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+
+        // As if killed after the record and bare file, before the env file.
+        std::fs::write(dir.join("etl.env"), "MOTHERDUCK_TOKEN=secret-one\n").unwrap();
+        let v = d.load().await.unwrap();
+        assert!(v.current_partial && !v.current_settled());
+        d.promote(&journal(&r2, JournalState::Promoted))
+            .await
+            .unwrap();
+        assert_eq!(env(), "MOTHERDUCK_TOKEN=secret-two\n");
+
+        d.rollback(&journal(&r2, JournalState::RolledBack))
+            .await
+            .unwrap();
+        assert_eq!(env(), "MOTHERDUCK_TOKEN=secret-one\n");
+        assert!(d.is_own_temp(&format!(".etl.env.tmp-{}", uuid::Uuid::new_v4().simple())));
     }
 
     #[tokio::test]
@@ -740,6 +816,8 @@ mod tests {
                 failures: 0,
                 retry_at: None,
                 acknowledged_at: None,
+                reloaded_at: None,
+                reload_note: None,
             },
             ack_secret: None,
         }

@@ -105,6 +105,16 @@ pub struct Journal {
     /// the consumer already sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acknowledged_at: Option<DateTime<Utc>>,
+    /// When the policy's reload actions told consumers about this
+    /// rotation's token: after promotion (state `Promoted`), or after the
+    /// rollback restored the previous token (state `RolledBack`). Kept so a
+    /// restart neither skips the reload nor repeats one already done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reloaded_at: Option<DateTime<Utc>>,
+    /// What the reload actions reported when one failed and the policy
+    /// said to carry on (`on_failure = "continue"`). Never holds a secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload_note: Option<String>,
 }
 
 /// A record as written: the secret, its metadata and the journal.

@@ -144,10 +144,22 @@ impl CommandHook {
         ctx: &VerifyContext,
         scrub: &[String],
     ) -> Result<(), Reason> {
+        self.attempt_with(ctx, scrub, &[]).await
+    }
+
+    /// [`attempt`](Self::attempt) with `extra` variables set too (a reload
+    /// action's `MDR_RELOAD_CAUSE`).
+    pub(crate) async fn attempt_with(
+        &self,
+        ctx: &VerifyContext,
+        scrub: &[String],
+        extra: &[(&str, &str)],
+    ) -> Result<(), Reason> {
         let mut cmd = tokio::process::Command::new(&self.program);
         cmd.args(&self.args)
             .env_clear()
             .envs(child_env(std::env::vars_os(), self, ctx, scrub))
+            .envs(extra.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

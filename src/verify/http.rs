@@ -152,7 +152,7 @@ impl HttpProbe {
 
     /// One request: passes when the status is expected and, if configured,
     /// the JSON field reports the new token id.
-    pub(super) async fn attempt(&self, ctx: &VerifyContext) -> Result<(), Reason> {
+    pub(crate) async fn attempt(&self, ctx: &VerifyContext) -> Result<(), Reason> {
         let mut response = self
             .0
             .client

@@ -19,6 +19,7 @@ mod probe;
 mod prometheus_rules;
 mod readiness;
 mod readme_stores;
+mod reload;
 mod scale;
 mod signals;
 mod simulator_validation;

@@ -464,6 +464,17 @@ fn policy_summary(out: &mut String, p: &Policy) -> std::fmt::Result {
             )?,
         }
     }
+    for r in &p.reload {
+        writeln!(
+            out,
+            "  reload {}: {}, on_failure {}, debounce {}, min_interval {}",
+            r.action.kind(),
+            r.action.label(),
+            r.on_failure.as_str(),
+            d(r.debounce),
+            d(r.min_interval)
+        )?;
+    }
     for dest in &p.destinations {
         writeln!(out, "  destination: {}", destination_summary(dest))?;
     }
@@ -480,10 +491,13 @@ fn policy_summary(out: &mut String, p: &Policy) -> std::fmt::Result {
 fn destination_summary(dest: &Destination) -> String {
     match dest {
         Destination::File(f) => format!(
-            "file store {}: {}, bare_token_file {}",
+            "file store {}: {}, bare_token_file {}{}",
             f.store,
             f.path().display(),
-            f.bare_token_file.as_deref().unwrap_or("none")
+            f.bare_token_file.as_deref().unwrap_or("none"),
+            f.env_file
+                .as_deref()
+                .map_or(String::new(), |e| format!(", env_file {e}"))
         ),
         Destination::Vault(v) => format!(
             "vault store {}: {} at {} (namespace {}, {} auth), mount {}, path {}, {:?}, lease_ttl {}",
@@ -540,6 +554,13 @@ fn policy_cases() {
 #[test]
 fn hooks_cases() {
     check_cases("hooks");
+}
+
+/// Reload actions (`[[policy.reload]]`): each kind, and the errors of
+/// each, at the key they are about.
+#[test]
+fn reload_cases() {
+    check_cases("reload");
 }
 
 /// Vault and AWS stores: their errors, and the connections and

@@ -57,7 +57,7 @@ impl Driver {
         // that token no longer works (an operator revoked it after a leak,
         // or it expired meanwhile).
         if let Some(old) = journal.previous_token_id.clone()
-            && matches!(error.step, "promote" | "verify" | "journal")
+            && matches!(error.step, "promote" | "reload" | "verify" | "journal")
         {
             match self.token_alive(policy, &old, cancel).await {
                 Ok(true) => {}
@@ -78,12 +78,16 @@ impl Driver {
                 }
             }
         }
+        // `reloaded_at` now stands for telling consumers that the old
+        // token is back, which is still to do.
         let rolled = Journal {
             state: JournalState::RolledBack,
             updated_at: now,
             last_error: Some(truncate(&error.to_string(), 500)),
             failures,
             retry_at: Some(retry_at),
+            reloaded_at: None,
+            reload_note: None,
             ..journal
         };
         warn!(policy = %policy.name, rotation_id = %rolled.rotation_id, step = error.step, error = %error, failures, "rotation failed; rolling back");
@@ -208,6 +212,14 @@ impl Driver {
             }
         }
         crate::crash::point("after-restore");
+        // Consumers told of the new token are told it is gone before it is
+        // revoked. A restart before this is recorded tells them then.
+        if !policy.reload.is_empty()
+            && journal.reloaded_at.is_none()
+            && let Err(e) = self.reload_after_rollback(policy, journal, cancel).await
+        {
+            warn!(policy = %policy.name, rotation_id = %journal.rotation_id, error = %e, "could not tell consumers that the previous token is current again; the next pass tries again");
+        }
         if !journal.new_token_id.is_empty() {
             let r = self
                 .retrying(policy, cancel, || async {

@@ -30,6 +30,7 @@ use crate::verify::{self, HookSpec, VerifyContext, VerifyDeps};
 
 mod failure;
 mod pass;
+mod reload;
 mod steps;
 mod sweep;
 mod verification;
@@ -142,6 +143,9 @@ pub struct Driver {
     pub orphan_min_age: Duration,
     /// Where failures, rollbacks, orphans and near-expiry are reported.
     pub alerts: crate::alerts::Alerter,
+    /// Runs the policies' reload actions, debounced per target across
+    /// policies.
+    pub reloads: crate::reload::Reloader,
     /// Consecutive failures of policies that have no token stored yet, by
     /// policy name. A rolled-back rotation's journal travels with the
     /// current record, so a policy without one would otherwise retry its

@@ -84,7 +84,9 @@ impl Driver {
             due = (now, "requested by `rotate`".to_owned());
         }
         match plan::decide(&views, now, due) {
-            Step::Wait { until, why } => {
+            // Unless a rollback's consumers are still to be told, which
+            // takes the lock.
+            Step::Wait { until, why } if self.rollback_reload_pending(policy, &views).is_none() => {
                 return Ok(Tick::Wait {
                     until,
                     why: wait_text(&why),
@@ -199,6 +201,22 @@ impl Driver {
                 due = (now, "requested by `rotate`".to_owned());
             }
             let step = plan::decide(&views, now, due);
+            // A rollback finished in the stores whose consumers were not
+            // told yet (the process stopped in between): tell them before
+            // anything else, while the rolled-back token may still live.
+            if matches!(step, Step::Wait { .. } | Step::Begin { .. })
+                && let Some(rolled) = self.rollback_reload_pending(policy, &views).cloned()
+            {
+                record_rotation_id(span, &mut recorded, &rolled.rotation_id);
+                warn!(policy = %policy.name, rotation_id = %rolled.rotation_id, step = "reload", "a rollback's consumers were not told yet; telling them");
+                if let Err(e) = self.reload_after_rollback(policy, &rolled, cancel).await {
+                    if cancel.is_cancelled() {
+                        return Ok(Tick::Stopped);
+                    }
+                    return Err(step_failed(policy, &e));
+                }
+                continue;
+            }
             if let Some(rid) = step_rotation_id(&step) {
                 record_rotation_id(span, &mut recorded, rid);
             }
@@ -277,10 +295,53 @@ impl Driver {
                     }
                     crate::crash::point("after-promote");
                 }
-                Step::Verify { journal } => {
+                Step::Verify { mut journal } => {
                     let secret = self.secret_for(policy, &views, &journal, &fresh).await?;
                     if self.wants_ack(policy, &journal, &ack_waiter) {
                         ack_waiter = self.register_ack(&journal, &secret);
+                    }
+                    // Consumers are told before they are tested (invariant
+                    // 11), once: the journal says whether they were, also
+                    // across a restart. An acknowledgement says they have
+                    // the token already.
+                    if !policy.reload.is_empty()
+                        && journal.reloaded_at.is_none()
+                        && journal.acknowledged_at.is_none()
+                    {
+                        crate::crash::point("before-reload");
+                        let told = self
+                            .reload_consumers(
+                                policy,
+                                &journal.rotation_id,
+                                &journal.new_token_id,
+                                Some(secret.0.clone()),
+                                crate::reload::ReloadCause::Promoted,
+                                cancel,
+                            )
+                            .await;
+                        match told {
+                            Ok(note) => {
+                                match self.record_reloaded(policy, &journal, note, cancel).await {
+                                    Ok(recorded) => journal = recorded,
+                                    Err(e) => {
+                                        warn!(policy = %policy.name, rotation_id = %journal.rotation_id, error = %e, "could not record that consumers were told; a restart before verification tells them again");
+                                    }
+                                }
+                                crate::crash::point("after-reload");
+                            }
+                            Err(_) if cancel.is_cancelled() => {
+                                if let Err(reason) = fence_check() {
+                                    return Err(self.lease_lost(policy, reason));
+                                }
+                                info!(policy = %policy.name, rotation_id = %journal.rotation_id, "reload interrupted by shutdown; it runs again on restart");
+                                return Ok(Tick::Stopped);
+                            }
+                            Err(e) => {
+                                drop(ack_waiter.take());
+                                backoff_until = Some(self.fail(policy, journal, e, cancel).await?);
+                                continue;
+                            }
+                        }
                     }
                     // An acknowledgement recorded before a restart counts:
                     // the consumer has switched and will not send it again.

@@ -39,6 +39,8 @@ impl Driver {
                 failures,
                 retry_at: None,
                 acknowledged_at: None,
+                reloaded_at: None,
+                reload_note: None,
             };
             // A store that will refuse the new token is found before the
             // token exists, not by creating and revoking it.

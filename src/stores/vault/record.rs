@@ -29,6 +29,8 @@ const K_LAST_ERROR: &str = "rotation_last_error";
 const K_FAILURES: &str = "rotation_failures";
 const K_RETRY_AT: &str = "rotation_retry_at";
 const K_ACKED_AT: &str = "rotation_acknowledged_at";
+const K_RELOADED_AT: &str = "rotation_reloaded_at";
+const K_RELOAD_NOTE: &str = "rotation_reload_note";
 
 /// A JSON value that may hold secrets: its strings are zeroed on drop.
 pub(super) struct SensitiveValue(pub(super) Value);
@@ -226,6 +228,14 @@ pub(super) fn journal_metadata(
         journal.acknowledged_at.map(ts).unwrap_or_default(),
     );
     put(
+        K_RELOADED_AT,
+        journal.reloaded_at.map(ts).unwrap_or_default(),
+    );
+    put(
+        K_RELOAD_NOTE,
+        journal.reload_note.clone().unwrap_or_default(),
+    );
+    put(
         K_PREVIOUS_VERSION,
         previous_version.map(|v| v.to_string()).unwrap_or_default(),
     );
@@ -233,6 +243,9 @@ pub(super) fn journal_metadata(
 }
 
 /// The journal stored in `custom_metadata`, if it describes `version`.
+// A tag is decoded per read and dropped at once; boxing the journal would
+// buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Tag {
     /// No journal, or one written for another version (a write behind our
@@ -294,6 +307,8 @@ pub(super) fn decode_tag(custom: &HashMap<String, String>, version: u64) -> Resu
             .unwrap_or(0),
         retry_at: time(K_RETRY_AT)?,
         acknowledged_at: time(K_ACKED_AT)?,
+        reloaded_at: time(K_RELOADED_AT)?,
+        reload_note: custom.get(K_RELOAD_NOTE).cloned(),
     };
     let previous_version = custom
         .get(K_PREVIOUS_VERSION)
@@ -326,6 +341,8 @@ mod tests {
             failures: 2,
             retry_at: None,
             acknowledged_at: None,
+            reloaded_at: None,
+            reload_note: None,
         }
     }
 
@@ -351,6 +368,24 @@ mod tests {
         let mut bad = m.clone();
         bad.insert(K_STATE.into(), "exploded".into());
         assert!(decode_tag(&bad, 7).unwrap_err().contains(K_STATE));
+    }
+
+    #[test]
+    fn when_consumers_were_told_round_trips_through_custom_metadata() {
+        let j = Journal {
+            reloaded_at: Some(t("2026-05-01T10:05:01Z")),
+            reload_note: Some("signal action failed: no such process".into()),
+            ..journal()
+        };
+        let m = journal_metadata(&HashMap::new(), &j, 3, None);
+        assert_eq!(m[K_RELOADED_AT], "2026-05-01T10:05:01Z");
+        assert_eq!(
+            decode_tag(&m, 3).unwrap(),
+            Tag::Valid {
+                journal: j,
+                previous_version: None
+            }
+        );
     }
 
     #[test]

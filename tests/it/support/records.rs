@@ -40,6 +40,8 @@ pub fn staged(
             failures: 0,
             retry_at: None,
             acknowledged_at: None,
+            reloaded_at: None,
+            reload_note: None,
         },
         ack_secret: None,
     }
