@@ -56,10 +56,7 @@ impl Driver {
                     info!(policy = %policy.name, rotation_id, step = "reload", cause = cause.as_str(), action = kind, target = %label, joined = requested.joined, outcome = "success", "consumers told");
                 }
                 Err(e) => {
-                    self.metrics
-                        .rotation_step_failures_total
-                        .with_label_values(&[policy.name.as_str(), "reload", e.reason])
-                        .inc();
+                    self.metrics.step_failed("reload", e.reason);
                     if spec.on_failure == OnActionFailure::Continue
                         || cause == ReloadCause::RolledBack
                     {

@@ -270,7 +270,7 @@ async fn a_failed_reload_action_fails_the_rotation_before_verification() {
         driver
             .metrics
             .rotation_step_failures_total
-            .with_label_values(&["etl", "reload", "exit"])
+            .with_label_values(&["reload", "exit"])
             .get(),
         1
     );
