@@ -41,6 +41,9 @@ pub enum AlertKind {
     OrphanFound,
     /// The current token expires soon and no rotation has replaced it.
     TokenExpiringSoon,
+    /// A replaced token outlived its overlap by more than
+    /// `old_token_limit`: revoking it keeps failing.
+    OldTokenNotRevoked,
 }
 
 impl AlertKind {
@@ -50,13 +53,16 @@ impl AlertKind {
             AlertKind::RollbackHappened => "MotherDuckRotationRolledBack",
             AlertKind::OrphanFound => "MotherDuckOrphanTokenFound",
             AlertKind::TokenExpiringSoon => "MotherDuckTokenExpiringSoon",
+            AlertKind::OldTokenNotRevoked => "MotherDuckRotatorOldTokenNotRevoked",
         }
     }
 
     pub fn severity(self) -> &'static str {
         match self {
             AlertKind::RotationFailed | AlertKind::TokenExpiringSoon => "critical",
-            AlertKind::RollbackHappened | AlertKind::OrphanFound => "warning",
+            AlertKind::RollbackHappened
+            | AlertKind::OrphanFound
+            | AlertKind::OldTokenNotRevoked => "warning",
         }
     }
 }
@@ -112,6 +118,9 @@ pub struct AlertSettings {
     pub runbook_url: Option<String>,
     /// Fire `TokenExpiringSoon` when the current token expires within this.
     pub expiry_warning: Duration,
+    /// Fire `OldTokenNotRevoked` when a replaced token outlives its
+    /// overlap by more than this.
+    pub old_token_limit: Duration,
 }
 
 impl Default for AlertSettings {
@@ -123,6 +132,7 @@ impl Default for AlertSettings {
             max_attempts: 5,
             runbook_url: None,
             expiry_warning: Duration::from_secs(24 * 3600),
+            old_token_limit: Duration::from_secs(15 * 60),
         }
     }
 }

@@ -32,6 +32,10 @@ pub struct Metrics {
     pub token_expiry_timestamp_seconds: GaugeVec,
     pub rotation_in_progress: IntGaugeVec,
     pub consecutive_failures: IntGaugeVec,
+    /// Replaced tokens past their overlap and not yet revoked.
+    pub superseded_tokens: IntGaugeVec,
+    /// Seconds since the oldest of them should have been revoked.
+    pub superseded_token_oldest_age_seconds: GaugeVec,
     /// 1 while every readiness check passes; no labels.
     pub ready: IntGaugeVec,
     pub rollbacks_total: IntCounter,
@@ -51,6 +55,9 @@ pub struct Metrics {
     /// The policies that have per-policy series, so that a policy removed
     /// by a reload loses them.
     policies: Arc<Mutex<BTreeSet<String>>>,
+    /// When each policy's replaced token should have been revoked, for the
+    /// policies whose old token outlives its overlap.
+    superseded: Arc<Mutex<std::collections::HashMap<String, chrono::DateTime<chrono::Utc>>>>,
 }
 
 /// The metrics that carry a `policy` label; every other metric has none.
@@ -174,6 +181,16 @@ impl Metrics {
                 "1 while this replica is working on a rotation of the policy.",
                 &["policy"],
             ),
+            superseded_tokens: int_gauge(
+                "superseded_tokens",
+                "Replaced tokens whose overlap is over and that are not revoked yet (revoking them keeps failing).",
+                &[],
+            ),
+            superseded_token_oldest_age_seconds: gauge(
+                "superseded_token_oldest_age_seconds",
+                "Seconds since the oldest replaced token should have been revoked; 0 when there is none.",
+                &[],
+            ),
             consecutive_failures: int_gauge(
                 "consecutive_failures",
                 "Failed rotations of the policy since its last success (the first token included); 0 after a success.",
@@ -240,7 +257,12 @@ impl Metrics {
             ),
             registry,
             policies: Arc::default(),
+            superseded: Arc::default(),
         };
+        m.superseded_tokens.with_label_values::<&str>(&[]).set(0);
+        m.superseded_token_oldest_age_seconds
+            .with_label_values::<&str>(&[])
+            .set(0.0);
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -263,8 +285,43 @@ impl Metrics {
         m
     }
 
+    /// Records since when `policy`'s replaced token should have been
+    /// revoked (`None`: it has been, or there is none).
+    pub fn set_superseded(&self, policy: &str, since: Option<chrono::DateTime<chrono::Utc>>) {
+        let mut map = self
+            .superseded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match since {
+            Some(t) => {
+                map.insert(policy.to_owned(), t);
+            }
+            None => {
+                map.remove(policy);
+            }
+        }
+    }
+
+    /// Sets the superseded-token gauges as of `now`.
+    pub fn refresh_superseded(&self, now: chrono::DateTime<chrono::Utc>) {
+        let map = self
+            .superseded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.superseded_tokens
+            .with_label_values::<&str>(&[])
+            .set(i64::try_from(map.len()).unwrap_or(i64::MAX));
+        let oldest = map.values().min().map_or(0.0, |t| {
+            (now - *t).num_milliseconds().max(0) as f64 / 1000.0
+        });
+        self.superseded_token_oldest_age_seconds
+            .with_label_values::<&str>(&[])
+            .set(oldest);
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
+        self.refresh_superseded(chrono::Utc::now());
         let mut buf = Vec::new();
         let families = self.registry.gather();
         if TextEncoder::new().encode(&families, &mut buf).is_err() {
@@ -289,6 +346,7 @@ impl Metrics {
             let _ = self.token_expiry_timestamp_seconds.remove_label_values(&l);
             let _ = self.rotation_in_progress.remove_label_values(&l);
             let _ = self.consecutive_failures.remove_label_values(&l);
+            self.set_superseded(gone, None);
         }
         for p in wanted.difference(&known) {
             self.rotation_in_progress.with_label_values(&[p]).set(0);

@@ -24,6 +24,11 @@ impl Validator<'_> {
             &path.key("expiry_warning"),
             settings.expiry_warning,
         );
+        settings.old_token_limit = self.duration(
+            &raw.old_token_limit,
+            &path.key("old_token_limit"),
+            settings.old_token_limit,
+        );
         if let Some(n) = raw.max_per_minute {
             match std::num::NonZeroU32::new(n) {
                 Some(n) => settings.max_per_minute = n,

@@ -31,6 +31,7 @@ pub struct RawConfig {
 pub struct RawAlerts {
     pub repeat_interval: Option<String>,
     pub expiry_warning: Option<String>,
+    pub old_token_limit: Option<String>,
     pub max_per_minute: Option<u32>,
     pub max_attempts: Option<u32>,
     pub runbook_url: Option<String>,

@@ -81,6 +81,16 @@ pub enum WaitReason {
     Overlap,
 }
 
+/// Since when the policy's replaced token should have been revoked and is
+/// not yet: the rotation is verified, its overlap is over, and the old
+/// token is still to be revoked. `None` otherwise.
+pub fn superseded_since(views: &[DestinationView], now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    last_journal(views)
+        .filter(|j| j.state == JournalState::Verified && j.previous_token_id.is_some())
+        .and_then(|j| j.revoke_after)
+        .filter(|t| *t <= now)
+}
+
 /// The policy's failed rotations since its last success, as the records
 /// say: the count the last journal carries while it is rolled back, else 0.
 pub fn failures_in_a_row(views: &[DestinationView]) -> u32 {

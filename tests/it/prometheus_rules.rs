@@ -26,7 +26,7 @@ fn promtool(args: &[&str]) -> (bool, String) {
 fn alert_rules_are_valid() {
     let (ok, out) = promtool(&["check", "rules", "alerts.yml"]);
     assert!(ok, "{out}");
-    assert!(out.contains("SUCCESS: 6 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 7 rules found"), "{out}");
 }
 
 #[test]
@@ -45,6 +45,7 @@ fn alert_rule_unit_tests_pass() {
         "RotatorDown",
         "RotatorNotReady",
         "RollbackHappened",
+        "MotherDuckRotatorOldTokenNotRevoked",
     ] {
         assert!(
             tests.contains(&format!("alertname: {name}")),

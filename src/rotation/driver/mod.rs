@@ -346,6 +346,31 @@ impl Driver {
                 }
             }
         }
+        let now = self.clock.now();
+        let superseded = plan::superseded_since(obs_views, now);
+        self.metrics.set_superseded(p, superseded);
+        match superseded {
+            Some(since) if now - since > chrono::Duration::minutes(1) => {
+                let late = (now - since).to_std().unwrap_or_default();
+                let previous = plan::last_journal(obs_views)
+                    .and_then(|j| j.previous_token_id.clone())
+                    .unwrap_or_default();
+                warn!(policy = %p, previous_token_id = %previous, overdue = %humantime::format_duration(Duration::from_secs(late.as_secs())), "the replaced token outlived its overlap and is not revoked yet; retrying");
+                let limit = self.alerts.settings().old_token_limit;
+                if late > limit {
+                    self.alerts.fire(
+                        AlertKind::OldTokenNotRevoked,
+                        p,
+                        format!(
+                            "the replaced token {previous} should have been revoked at {} and is still not",
+                            since.to_rfc3339()
+                        ),
+                    );
+                }
+            }
+            Some(_) => {}
+            None => self.alerts.resolve(AlertKind::OldTokenNotRevoked, p),
+        }
         let has_token = obs_views.iter().any(|v| v.current.is_some());
         let failures = self.carry_unrecorded(p, has_token, plan::failures_in_a_row(obs_views));
         self.metrics

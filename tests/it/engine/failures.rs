@@ -382,3 +382,60 @@ async fn passes_that_cannot_read_the_records_are_counted_and_alert_after_three()
     assert_eq!(read_failures(), 3);
     assert_eq!(str_of(&fx.current(), "token_id"), first);
 }
+
+/// An old token that cannot be revoked is visible: the superseded-token
+/// gauges count it and age it from the end of its overlap, and once it is
+/// `old_token_limit` (15 min) late the OldTokenNotRevoked alert fires. The
+/// revoke keeps being retried; when it goes through, both clear.
+#[tokio::test]
+async fn an_old_token_that_cannot_be_revoked_is_counted_aged_and_alerted_on() {
+    use motherduck_rotator::alerts::AlertKind;
+    let fx = Fixture::new().await;
+    let (driver, policy, old, _new) = rotated_once(&fx).await;
+    let m = driver.metrics.clone();
+    let gauges = |now| {
+        m.refresh_superseded(now);
+        (
+            m.superseded_tokens.with_label_values::<&str>(&[]).get(),
+            m.superseded_token_oldest_age_seconds
+                .with_label_values::<&str>(&[])
+                .get(),
+        )
+    };
+    let overlap_end = fx.now() + chrono::Duration::minutes(10);
+    assert_eq!(gauges(fx.now()), (0, 0.0), "within the overlap");
+
+    fx.advance(10 * MINUTE);
+    fx.sim()
+        .fail_next(Endpoint::RevokeToken, 10_000, Fault::Status(500));
+    failing_pass(&driver, &policy).await;
+    fx.advance(5 * MINUTE);
+    failing_pass(&driver, &policy).await;
+    assert_eq!(gauges(fx.now()), (1, 300.0));
+    assert_eq!(fx.now() - overlap_end, chrono::Duration::minutes(5));
+    assert!(
+        !driver
+            .alerts
+            .is_firing(AlertKind::OldTokenNotRevoked, "etl")
+    );
+
+    fx.advance(11 * MINUTE);
+    failing_pass(&driver, &policy).await;
+    assert_eq!(gauges(fx.now()), (1, 960.0));
+    assert!(
+        driver
+            .alerts
+            .is_firing(AlertKind::OldTokenNotRevoked, "etl")
+    );
+    assert!(fx.is_live(&old));
+
+    fx.sim().clear_faults();
+    pass(&driver, &policy).await;
+    assert!(fx.revoked(&old));
+    assert_eq!(gauges(fx.now()), (0, 0.0));
+    assert!(
+        !driver
+            .alerts
+            .is_firing(AlertKind::OldTokenNotRevoked, "etl")
+    );
+}
