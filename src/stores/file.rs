@@ -117,12 +117,7 @@ impl FileDestination {
     }
 
     fn err(&self, op: StoreOp, kind: StoreErrorKind, message: String) -> StoreError {
-        StoreError {
-            destination: self.label(),
-            op,
-            kind,
-            message,
-        }
+        StoreError::new(self.label(), op, kind, message)
     }
 
     fn io_err(&self, op: StoreOp, path: &Path, e: &std::io::Error) -> StoreError {

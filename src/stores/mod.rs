@@ -227,6 +227,20 @@ pub struct StoreError {
 }
 
 impl StoreError {
+    pub(crate) fn new(
+        destination: String,
+        op: StoreOp,
+        kind: StoreErrorKind,
+        message: String,
+    ) -> StoreError {
+        StoreError {
+            destination,
+            op,
+            kind,
+            message,
+        }
+    }
+
     pub fn is_retryable(&self) -> bool {
         matches!(
             self.kind,
