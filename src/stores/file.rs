@@ -145,10 +145,10 @@ impl FileDestination {
     async fn blocking<T: Send + 'static>(
         &self,
         op: StoreOp,
-        f: impl FnOnce(&FileDestination) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&FileDestination, StoreOp) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let this = self.clone();
-        match tokio::task::spawn_blocking(move || f(&this)).await {
+        match tokio::task::spawn_blocking(move || f(&this, op)).await {
             Ok(r) => r,
             Err(e) => Err(self.err(
                 op,
@@ -219,6 +219,27 @@ impl FileDestination {
                     ),
                 )
             })
+    }
+
+    /// The current record, which must exist.
+    fn current_record(&self, op: StoreOp) -> Result<StoredRecord, StoreError> {
+        self.read_record(op, &self.path())?
+            .ok_or_else(|| self.err(op, StoreErrorKind::Corrupt, "no current record".into()))
+    }
+
+    /// Writes `cur` back as the current record with `journal`, unless it
+    /// holds that journal already.
+    fn rewrite_journal(
+        &self,
+        op: StoreOp,
+        cur: &mut StoredRecord,
+        journal: &Journal,
+    ) -> Result<(), StoreError> {
+        if cur.rotation.as_ref() != Some(journal) {
+            cur.rotation = Some(journal.clone());
+            self.write_atomic(op, &self.path(), &cur.to_pretty_bytes())?;
+        }
+        Ok(())
     }
 
     /// Writes `bytes` to `target` atomically with mode 0600.
@@ -333,8 +354,7 @@ impl FileDestination {
     }
 
     pub async fn load(&self) -> Result<DestinationView, StoreError> {
-        self.blocking(StoreOp::Load, |d| {
-            let op = StoreOp::Load;
+        self.blocking(StoreOp::Load, |d, op| {
             let current = d.read_record(op, &d.path())?;
             // The bare file is what many consumers read: a record whose
             // token it does not hold yet is not fully current.
@@ -358,12 +378,12 @@ impl FileDestination {
         rotation_id: &str,
     ) -> Result<Option<(SecretString, Option<SecretString>)>, StoreError> {
         let rotation_id = rotation_id.to_owned();
-        self.blocking(StoreOp::ReadSecret, move |d| {
+        self.blocking(StoreOp::ReadSecret, move |d, op| {
             let path = match slot {
                 Slot::Current => d.path(),
                 Slot::Pending => d.sibling("pending"),
             };
-            Ok(d.read_record(StoreOp::ReadSecret, &path)?
+            Ok(d.read_record(op, &path)?
                 .filter(|r| r.rotation_id == rotation_id)
                 .map(|r| (r.token, r.ack_secret)))
         })
@@ -372,21 +392,16 @@ impl FileDestination {
 
     pub async fn stage(&self, record: &NewRecord) -> Result<(), StoreError> {
         let rec = StoredRecord::from_new(record);
-        self.blocking(StoreOp::Stage, move |d| {
-            d.ensure_dir(StoreOp::Stage)?;
-            d.write_atomic(
-                StoreOp::Stage,
-                &d.sibling("pending"),
-                &rec.to_pretty_bytes(),
-            )
+        self.blocking(StoreOp::Stage, move |d, op| {
+            d.ensure_dir(op)?;
+            d.write_atomic(op, &d.sibling("pending"), &rec.to_pretty_bytes())
         })
         .await
     }
 
     pub async fn promote(&self, journal: &Journal) -> Result<(), StoreError> {
         let journal = journal.clone();
-        self.blocking(StoreOp::Promote, move |d| {
-            let op = StoreOp::Promote;
+        self.blocking(StoreOp::Promote, move |d, op| {
             let current = d.read_record(op, &d.path())?;
             let pending = d.read_record(op, &d.sibling("pending"))?;
             let rid = &journal.rotation_id;
@@ -424,24 +439,15 @@ impl FileDestination {
 
     pub async fn set_journal(&self, journal: &Journal) -> Result<(), StoreError> {
         let journal = journal.clone();
-        self.blocking(StoreOp::Journal, move |d| {
-            let op = StoreOp::Journal;
-            let Some(mut cur) = d.read_record(op, &d.path())? else {
-                return Err(d.err(op, StoreErrorKind::Corrupt, "no current record".into()));
-            };
-            if cur.rotation.as_ref() == Some(&journal) {
-                return Ok(());
-            }
-            cur.rotation = Some(journal);
-            d.write_atomic(op, &d.path(), &cur.to_pretty_bytes())
+        self.blocking(StoreOp::Journal, move |d, op| {
+            d.rewrite_journal(op, &mut d.current_record(op)?, &journal)
         })
         .await
     }
 
     pub async fn rollback(&self, journal: &Journal) -> Result<(), StoreError> {
         let journal = journal.clone();
-        self.blocking(StoreOp::Rollback, move |d| {
-            let op = StoreOp::Rollback;
+        self.blocking(StoreOp::Rollback, move |d, op| {
             let rid = &journal.rotation_id;
             let current = d.read_record(op, &d.path())?;
             let previous = d.read_record(op, &d.sibling("previous"))?;
@@ -464,10 +470,7 @@ impl FileDestination {
                     }
                 },
                 Some(mut cur) => {
-                    if cur.rotation.as_ref() != Some(&journal) {
-                        cur.rotation = Some(journal.clone());
-                        d.write_atomic(op, &d.path(), &cur.to_pretty_bytes())?;
-                    }
+                    d.rewrite_journal(op, &mut cur, &journal)?;
                     // A repeat after a restore that stopped between the
                     // record and the bare file: the bare file may still hold
                     // the new token, which is about to be revoked.
@@ -486,15 +489,8 @@ impl FileDestination {
 
     pub async fn finish(&self, journal: &Journal) -> Result<(), StoreError> {
         let journal = journal.clone();
-        self.blocking(StoreOp::Finish, move |d| {
-            let op = StoreOp::Finish;
-            let Some(mut cur) = d.read_record(op, &d.path())? else {
-                return Err(d.err(op, StoreErrorKind::Corrupt, "no current record".into()));
-            };
-            if cur.rotation.as_ref() != Some(&journal) {
-                cur.rotation = Some(journal.clone());
-                d.write_atomic(op, &d.path(), &cur.to_pretty_bytes())?;
-            }
+        self.blocking(StoreOp::Finish, move |d, op| {
+            d.rewrite_journal(op, &mut d.current_record(op)?, &journal)?;
             d.remove(op, &d.sibling("previous"))
         })
         .await
@@ -535,8 +531,7 @@ impl FileDestination {
     }
 
     pub async fn leftovers(&self, remove: bool) -> Result<usize, StoreError> {
-        self.blocking(StoreOp::Check, move |d| {
-            let op = StoreOp::Check;
+        self.blocking(StoreOp::Check, move |d, op| {
             let entries = match std::fs::read_dir(&d.directory) {
                 Ok(e) => e,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
@@ -573,8 +568,7 @@ impl FileDestination {
 
     pub async fn try_lock(&self, holder: &str) -> Result<Option<FileLease>, StoreError> {
         let holder = holder.to_owned();
-        self.blocking(StoreOp::Lock, move |d| {
-            let op = StoreOp::Lock;
+        self.blocking(StoreOp::Lock, move |d, op| {
             d.ensure_dir(op)?;
             let path = d.sibling("lock");
             let mut opts = OpenOptions::new();
@@ -626,9 +620,9 @@ impl FileDestination {
     /// directory, not once per policy.
     pub async fn check_directory(&self) -> Result<(), StoreError> {
         let done = self.check_running(self.directory.clone(), "directory")?;
-        self.blocking(StoreOp::Check, move |d| {
+        self.blocking(StoreOp::Check, move |d, op| {
             let _done = done;
-            d.ensure_dir(StoreOp::Check)?;
+            d.ensure_dir(op)?;
             d.probe_writable()
         })
         .await
@@ -637,11 +631,11 @@ impl FileDestination {
     /// This destination's records (current, pending, previous) parse.
     pub async fn check_records(&self) -> Result<(), StoreError> {
         let done = self.check_running(self.path(), "destination")?;
-        self.blocking(StoreOp::Check, move |d| {
+        self.blocking(StoreOp::Check, move |d, op| {
             let _done = done;
-            d.read_record(StoreOp::Check, &d.path())?;
-            d.read_record(StoreOp::Check, &d.sibling("pending"))?;
-            d.read_record(StoreOp::Check, &d.sibling("previous"))?;
+            d.read_record(op, &d.path())?;
+            d.read_record(op, &d.sibling("pending"))?;
+            d.read_record(op, &d.sibling("previous"))?;
             Ok(())
         })
         .await
@@ -686,7 +680,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_check_still_running_is_not_started_twice() {
-        let d = dest(&tmpdir());
+        let (_dir, d) = store();
         d.check().await.unwrap();
         // As if a check cut off by the readiness deadline still hung.
         CHECKS_RUNNING.lock().unwrap().insert(d.path());
@@ -698,10 +692,45 @@ mod tests {
         d.check().await.unwrap();
     }
 
-    fn tmpdir() -> PathBuf {
-        std::env::temp_dir()
-            .join(format!("mdr-file-{}", uuid::Uuid::new_v4().simple()))
-            .join("store")
+    /// A store directory (`<tmp>/mdr-file-<uuid>/store`, not created
+    /// yet), removed with its parent when dropped.
+    struct TempStore(PathBuf);
+
+    impl std::ops::Deref for TempStore {
+        type Target = Path;
+
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl AsRef<Path> for TempStore {
+        fn as_ref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempStore {
+        fn drop(&mut self) {
+            if let Some(parent) = self.0.parent() {
+                let _ = std::fs::remove_dir_all(parent);
+            }
+        }
+    }
+
+    /// A destination in a fresh [`TempStore`].
+    fn store() -> (TempStore, FileDestination) {
+        let dir = tmpdir();
+        let d = dest(&dir);
+        (dir, d)
+    }
+
+    fn tmpdir() -> TempStore {
+        TempStore(
+            std::env::temp_dir()
+                .join(format!("mdr-file-{}", uuid::Uuid::new_v4().simple()))
+                .join("store"),
+        )
     }
 
     fn record(rid: &str, secret: &str, prev: Option<&str>) -> NewRecord {
@@ -756,16 +785,25 @@ mod tests {
         r
     }
 
+    /// Promotes `r1` (`eyJone`), then `r2` (`eyJtwo`); returns `r2`.
+    async fn two_rotations(d: &FileDestination) -> NewRecord {
+        promoted(d, "r1", "eyJone", None).await;
+        promoted(d, "r2", "eyJtwo", Some("id-r1")).await
+    }
+
     fn read_token(d: &FileDestination) -> String {
         let v: serde_json::Value =
             serde_json::from_slice(&std::fs::read(d.path()).unwrap()).unwrap();
         v["token"].as_str().unwrap().to_owned()
     }
 
+    fn read_bare(dir: &Path) -> String {
+        std::fs::read_to_string(dir.join("etl.token")).unwrap()
+    }
+
     #[tokio::test]
     async fn stage_promote_finish_and_repeat() {
-        let dir = tmpdir();
-        let d = dest(&dir);
+        let (dir, d) = store();
         let r1 = record("r1", "eyJone", None);
         d.stage(&r1).await.unwrap();
         let v = d.load().await.unwrap();
@@ -776,10 +814,7 @@ mod tests {
         d.promote(&j).await.unwrap();
         d.promote(&j).await.unwrap(); // repeat is harmless
         assert_eq!(read_token(&d), "eyJone");
-        assert_eq!(
-            std::fs::read_to_string(dir.join("etl.token")).unwrap(),
-            "eyJone\n"
-        );
+        assert_eq!(read_bare(&dir), "eyJone\n");
 
         let r2 = promoted(&d, "r2", "eyJtwo", Some("id-r1")).await;
         let v = d.load().await.unwrap();
@@ -809,36 +844,28 @@ mod tests {
             let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o700);
         }
-        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }
 
     #[tokio::test]
     async fn rollback_restores_previous_everywhere() {
-        let dir = tmpdir();
-        let d = dest(&dir);
-        promoted(&d, "r1", "eyJone", None).await;
-        let r2 = promoted(&d, "r2", "eyJtwo", Some("id-r1")).await;
+        let (dir, d) = store();
+        let r2 = two_rotations(&d).await;
 
         let rb = journal(&r2, JournalState::RolledBack);
         d.rollback(&rb).await.unwrap();
         d.rollback(&rb).await.unwrap();
         assert_eq!(read_token(&d), "eyJone");
-        assert_eq!(
-            std::fs::read_to_string(dir.join("etl.token")).unwrap(),
-            "eyJone\n"
-        );
+        assert_eq!(read_bare(&dir), "eyJone\n");
         let v = d.load().await.unwrap();
         let cur = v.current.unwrap();
         assert_eq!(cur.meta.rotation_id, "r1");
         assert_eq!(cur.journal.unwrap(), rb, "the journal records the rollback");
         assert!(v.previous.is_none() && v.pending.is_none());
-        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }
 
     #[tokio::test]
     async fn rollback_before_promotion_drops_the_staged_record() {
-        let dir = tmpdir();
-        let d = dest(&dir);
+        let (_dir, d) = store();
         promoted(&d, "r1", "eyJone", None).await;
         let r2 = record("r2", "eyJtwo", Some("id-r1"));
         d.stage(&r2).await.unwrap();
@@ -849,7 +876,6 @@ mod tests {
         assert!(v.pending.is_none());
         assert_eq!(v.current.unwrap().meta.rotation_id, "r1");
         assert_eq!(read_token(&d), "eyJone");
-        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }
 
     /// Regression: a rollback interrupted after restoring the record but
@@ -858,10 +884,8 @@ mod tests {
     /// which the rollback then revokes.
     #[tokio::test]
     async fn regression_repeated_rollback_restores_the_bare_file() {
-        let dir = tmpdir();
-        let d = dest(&dir);
-        promoted(&d, "r1", "eyJone", None).await;
-        let r2 = promoted(&d, "r2", "eyJtwo", Some("id-r1")).await;
+        let (dir, d) = store();
+        let r2 = two_rotations(&d).await;
         // The first attempt restored the record, then stopped.
         let rb = journal(&r2, JournalState::RolledBack);
         let mut prev = d
@@ -871,18 +895,11 @@ mod tests {
         prev.rotation = Some(rb.clone());
         d.write_atomic(StoreOp::Rollback, &d.path(), &prev.to_pretty_bytes())
             .unwrap();
-        assert_eq!(
-            std::fs::read_to_string(dir.join("etl.token")).unwrap(),
-            "eyJtwo\n"
-        );
+        assert_eq!(read_bare(&dir), "eyJtwo\n");
 
         d.rollback(&rb).await.unwrap();
         assert_eq!(read_token(&d), "eyJone");
-        assert_eq!(
-            std::fs::read_to_string(dir.join("etl.token")).unwrap(),
-            "eyJone\n"
-        );
-        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+        assert_eq!(read_bare(&dir), "eyJone\n");
     }
 
     /// Regression: the lock file, records and bare file were opened
@@ -892,8 +909,7 @@ mod tests {
     #[cfg(unix)]
     #[tokio::test]
     async fn symbolic_links_in_the_store_are_refused_not_followed() {
-        let dir = tmpdir();
-        let d = dest(&dir);
+        let (dir, d) = store();
         promoted(&d, "r1", "eyJone", None).await;
         let victim = dir.parent().unwrap().join("victim.txt");
         std::fs::write(&victim, "precious\n").unwrap();
@@ -908,7 +924,6 @@ mod tests {
         std::os::unix::fs::symlink(dir.join("real.json"), dir.join("etl.json")).unwrap();
         let e = d.load().await.unwrap_err();
         assert!(e.to_string().contains("symbolic link"), "{e}");
-        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }
 
     #[tokio::test]
@@ -921,13 +936,11 @@ mod tests {
         assert!(b.try_lock("b").await.unwrap().is_none());
         drop(lease);
         assert!(b.try_lock("b").await.unwrap().is_some());
-        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }
 
     #[tokio::test]
     async fn corrupt_record_and_open_directory_are_clear_errors() {
-        let dir = tmpdir();
-        let d = dest(&dir);
+        let (dir, d) = store();
         std::fs::create_dir_all(&dir).unwrap();
         #[cfg(unix)]
         {
@@ -943,6 +956,5 @@ mod tests {
         assert_eq!(e.kind, StoreErrorKind::Corrupt);
         assert!(e.to_string().contains("not a valid token record"), "{e}");
         assert!(!e.to_string().contains("eyJsecret"));
-        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }
 }
