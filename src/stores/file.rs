@@ -207,18 +207,13 @@ impl FileDestination {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.io_err(op, path, &e)),
         };
-        StoredRecord::parse(&bytes)
-            .map(Some)
-            .map_err(|(line, column)| {
-                self.err(
-                    op,
-                    StoreErrorKind::Corrupt,
-                    format!(
-                        "`{}` is not a valid token record (line {line} column {column})",
-                        path.display(),
-                    ),
-                )
-            })
+        StoredRecord::parse(&bytes).map(Some).map_err(|at| {
+            self.err(
+                op,
+                StoreErrorKind::Corrupt,
+                format!("`{}` is not a valid token record ({at})", path.display()),
+            )
+        })
     }
 
     /// The current record, which must exist.
