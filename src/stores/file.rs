@@ -660,9 +660,8 @@ impl FileDestination {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::motherduck::TokenType;
     use crate::stores::JournalState;
-    use crate::stores::TokenMeta;
+    use crate::stores::testing::journal;
 
     fn dest(dir: &Path) -> FileDestination {
         FileDestination {
@@ -729,40 +728,8 @@ mod tests {
     }
 
     fn record(rid: &str, secret: &str, prev: Option<&str>) -> NewRecord {
-        let now: chrono::DateTime<chrono::Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
-        NewRecord {
-            token: SecretString::from(secret.to_owned()),
-            meta: TokenMeta {
-                token_id: format!("id-{rid}"),
-                token_name: format!("rotator.etl.{rid}"),
-                service_account: "svc_etl".into(),
-                token_type: TokenType::ReadWrite,
-                created_at: now,
-                expires_at: None,
-                rotation_id: rid.into(),
-            },
-            journal: Journal {
-                rotation_id: rid.into(),
-                state: JournalState::Staged,
-                previous_token_id: prev.map(str::to_owned),
-                new_token_id: format!("id-{rid}"),
-                started_at: now,
-                updated_at: now,
-                revoke_after: None,
-                last_error: None,
-                failures: 0,
-                retry_at: None,
-                acknowledged_at: None,
-            },
-            ack_secret: None,
-        }
-    }
-
-    fn journal(r: &NewRecord, state: JournalState) -> Journal {
-        Journal {
-            state,
-            ..r.journal.clone()
-        }
+        let now = "2026-01-01T00:00:00Z".parse().unwrap();
+        crate::stores::testing::staged(rid, secret, prev, now, None)
     }
 
     /// Stages and promotes a record of rotation `rid`.

@@ -17,6 +17,8 @@ pub mod aws;
 pub mod file;
 mod lease;
 mod record;
+#[doc(hidden)]
+pub mod testing;
 pub mod vault;
 
 use chrono::{DateTime, Utc};

@@ -26,8 +26,8 @@ use serde_json::{Value, json};
 use wiremock::matchers::{header, method};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::support::records::{self, journal};
 use crate::support::services::Moto;
+use motherduck_rotator::stores::testing::{self as records, journal};
 
 /// The static test credentials; the secret key must never be printed.
 const ACCESS_KEY: &str = "AKIDMOTOTESTKEY00001";

@@ -7,7 +7,6 @@ pub mod driver;
 pub mod fault_proxy;
 pub mod log_lines;
 pub mod observability;
-pub mod records;
 pub mod services;
 pub mod world;
 
