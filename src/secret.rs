@@ -133,10 +133,16 @@ mod tests {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
 
-    #[test]
-    fn file_is_trimmed_and_empty_file_rejected() {
+    /// A fresh directory for one test's secret files.
+    fn temp_dir() -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("mdr-secret-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn file_is_trimmed_and_empty_file_rejected() {
+        let dir = temp_dir();
         let f = dir.join("tok");
         write_owner_only(&f, "abc123\n");
         assert_eq!(read_secret_file(&f).unwrap().expose_secret(), "abc123");
@@ -151,8 +157,7 @@ mod tests {
     #[test]
     fn a_file_others_can_read_is_refused_without_showing_it() {
         use std::os::unix::fs::PermissionsExt as _;
-        let dir = std::env::temp_dir().join(format!("mdr-secret-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = temp_dir();
         let f = dir.join("admin.token");
         write_owner_only(&f, "md-secret-value\n");
         for mode in [0o644, 0o604, 0o444] {

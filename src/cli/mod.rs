@@ -1,5 +1,16 @@
 //! Command-line interface: argument parsing and the subcommands.
 
+/// The value of a `Result<T, ExitCode>`, or, on `Err(code)`, returns
+/// `Ok(code)` from the command: the problem has been printed already.
+macro_rules! or_exit {
+    ($result:expr) => {
+        match $result {
+            Ok(v) => v,
+            Err(code) => return Ok(code),
+        }
+    };
+}
+
 mod demo;
 pub mod ops;
 mod progress;
@@ -132,12 +143,19 @@ pub fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    // The daemon logs in the format its configuration asks for; `validate`
+    // logs only when it goes online; every other command logs text.
+    let text_logs = match &cli.command {
+        Command::Run => false,
+        Command::Validate(args) => args.online,
+        _ => true,
+    };
+    if text_logs {
+        init_logging(LogFormat::Text);
+    }
     match cli.command {
         Command::Run => {
-            let config = match load_config(&cli.config, LoadOptions::default()) {
-                Ok(c) => c,
-                Err(code) => return Ok(code),
-            };
+            let config = or_exit!(load_config(&cli.config, LoadOptions::default()));
             init_logging(config.daemon.log_format);
             for w in &config.warnings {
                 tracing::warn!("{w}");
@@ -159,36 +177,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::daemon::run(config, opts, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Validate(args) => {
-            if args.online {
-                init_logging(LogFormat::Text);
-            }
-            ops::validate(&cli.config, &args).await
-        }
-        Command::Plan(args) => {
-            init_logging(LogFormat::Text);
-            ops::plan(&cli.config, &args).await
-        }
-        Command::Rotate(args) => {
-            init_logging(LogFormat::Text);
-            ops::rotate(&cli.config, &args).await
-        }
-        Command::Status(args) => {
-            init_logging(LogFormat::Text);
-            ops::status(&cli.config, &args).await
-        }
-        Command::Sweep(args) => {
-            init_logging(LogFormat::Text);
-            ops::sweep(&cli.config, &args).await
-        }
-        Command::Demo(args) => {
-            init_logging(LogFormat::Text);
-            demo::run(args).await
-        }
-        Command::Simulator(args) => {
-            init_logging(LogFormat::Text);
-            simulator_cmd::run(args).await
-        }
+        Command::Validate(args) => ops::validate(&cli.config, &args).await,
+        Command::Plan(args) => ops::plan(&cli.config, &args).await,
+        Command::Rotate(args) => ops::rotate(&cli.config, &args).await,
+        Command::Status(args) => ops::status(&cli.config, &args).await,
+        Command::Sweep(args) => ops::sweep(&cli.config, &args).await,
+        Command::Demo(args) => demo::run(args).await,
+        Command::Simulator(args) => simulator_cmd::run(args).await,
     }
 }
 

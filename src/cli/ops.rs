@@ -94,10 +94,7 @@ pub async fn validate(path: &Path, args: &ValidateArgs) -> anyhow::Result<ExitCo
     let opts = LoadOptions {
         resolve_secrets: !args.skip_secrets,
     };
-    let c = match load_config(path, opts) {
-        Ok(c) => c,
-        Err(code) => return Ok(code),
-    };
+    let c = or_exit!(load_config(path, opts));
     for w in &c.warnings {
         eprintln!("warning: {w}");
     }
@@ -178,14 +175,8 @@ fn driver(config: &Config) -> anyhow::Result<Driver> {
 }
 
 pub async fn plan(path: &Path, args: &PlanArgs) -> anyhow::Result<ExitCode> {
-    let config = match load_config(path, LoadOptions::default()) {
-        Ok(c) => c,
-        Err(code) => return Ok(code),
-    };
-    let policies = match select(&config, &args.policies) {
-        Ok(p) => p,
-        Err(code) => return Ok(code),
-    };
+    let config = or_exit!(load_config(path, LoadOptions::default()));
+    let policies = or_exit!(select(&config, &args.policies));
     let d = driver(&config)?;
     let now = args.from.unwrap_or_else(Utc::now);
     for p in policies {
@@ -219,14 +210,8 @@ pub async fn plan(path: &Path, args: &PlanArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn rotate(path: &Path, args: &RotateArgs) -> anyhow::Result<ExitCode> {
-    let config = match load_config(path, LoadOptions::default()) {
-        Ok(c) => c,
-        Err(code) => return Ok(code),
-    };
-    let policies = match select(&config, &args.policies) {
-        Ok(p) => p,
-        Err(code) => return Ok(code),
-    };
+    let config = or_exit!(load_config(path, LoadOptions::default()));
+    let policies = or_exit!(select(&config, &args.policies));
     let acks = AckRegistry::default();
     let d = crate::daemon::driver_for(
         &config,
@@ -562,10 +547,7 @@ struct DestinationStatus {
 }
 
 pub async fn status(path: &Path, args: &StatusArgs) -> anyhow::Result<ExitCode> {
-    let config = match load_config(path, LoadOptions::default()) {
-        Ok(c) => c,
-        Err(code) => return Ok(code),
-    };
+    let config = or_exit!(load_config(path, LoadOptions::default()));
     let d = driver(&config)?;
     let mut out = Vec::new();
     let mut any_error = false;
@@ -770,14 +752,8 @@ fn print_status(s: &PolicyStatus) {
 }
 
 pub async fn sweep(path: &Path, args: &SweepArgs) -> anyhow::Result<ExitCode> {
-    let config = match load_config(path, LoadOptions::default()) {
-        Ok(c) => c,
-        Err(code) => return Ok(code),
-    };
-    let policies = match select(&config, &args.policies) {
-        Ok(p) => p,
-        Err(code) => return Ok(code),
-    };
+    let config = or_exit!(load_config(path, LoadOptions::default()));
+    let policies = or_exit!(select(&config, &args.policies));
     let d = driver(&config)?;
     let out = Progress::new(policies.len(), "swept");
     let d = &d;

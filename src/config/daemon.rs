@@ -76,14 +76,12 @@ impl Validator<'_> {
             self.error(&path.key("rotation_concurrency"), "must be at least 1");
             None
         });
-        let sweep_interval = self.duration(
+        let sweep_interval = self.duration_at_least(
             &raw.sweep_interval,
             &path.key("sweep_interval"),
             Duration::from_secs(3600),
+            Duration::from_secs(1),
         );
-        if sweep_interval < Duration::from_secs(1) {
-            self.error(&path.key("sweep_interval"), "must be at least 1s");
-        }
         let orphan_min_age = self.duration(
             &raw.orphan_min_age,
             &path.key("orphan_min_age"),
@@ -94,25 +92,17 @@ impl Validator<'_> {
             &path.key("shutdown_timeout"),
             Duration::from_secs(30),
         );
-        let lock_retry_interval = self.duration(
+        let lock_retry_interval = self.nonzero_duration(
             &raw.lock_retry_interval,
             &path.key("lock_retry_interval"),
             Duration::from_secs(30),
         );
-        if lock_retry_interval.is_zero() {
-            self.error(
-                &path.key("lock_retry_interval"),
-                "must be greater than zero",
-            );
-        }
-        let recheck_interval = self.duration(
+        let recheck_interval = self.duration_at_least(
             &raw.recheck_interval,
             &path.key("recheck_interval"),
             Duration::from_secs(300),
+            Duration::from_secs(1),
         );
-        if recheck_interval < Duration::from_secs(1) {
-            self.error(&path.key("recheck_interval"), "must be at least 1s");
-        }
         let failed_passes_before_alert = raw.failed_passes_before_alert.unwrap_or(3);
         if failed_passes_before_alert == 0 {
             self.error(

@@ -129,36 +129,22 @@ impl Validator<'_> {
                     );
                 }
             }
-            "vault" => {
-                let problem = vault_path_problem(place).or_else(|| {
-                    VAULT_SUFFIXES.iter().find(|s| place.ends_with(*s)).map(|s| {
-                        format!(
-                            "must not end with `{s}`: the Vault store keeps `<path>.pending`, `<path>.lock` (KV v2) and `<path>.previous` (KV v1) next to each destination"
-                        )
-                    })
-                });
-                if let Some(why) = problem {
-                    self.error(
-                        &ppath,
-                        format!("Vault KV path `{}` {why}", place.escape_debug()),
-                    );
-                }
-            }
-            _ => {
-                let problem = aws_name_problem(place).or_else(|| {
-                    AWS_SUFFIXES.iter().find(|s| place.ends_with(*s)).map(|s| {
-                        format!(
-                            "must not end with `{s}`: the AWS store keeps `<name>.journal` and `<name>.lock` next to each destination"
-                        )
-                    })
-                });
-                if let Some(why) = problem {
-                    self.error(
-                        &ppath,
-                        format!("secret name `{}` {why}", place.escape_debug()),
-                    );
-                }
-            }
+            "vault" => self.store_place(
+                &ppath,
+                "Vault KV path",
+                place,
+                vault_path_problem(place),
+                &VAULT_SUFFIXES,
+                "the Vault store keeps `<path>.pending`, `<path>.lock` (KV v2) and `<path>.previous` (KV v1) next to each destination",
+            ),
+            _ => self.store_place(
+                &ppath,
+                "secret name",
+                place,
+                aws_name_problem(place),
+                &AWS_SUFFIXES,
+                "the AWS store keeps `<name>.journal` and `<name>.lock` next to each destination",
+            ),
         }
         if kind != "file" && bare_token_file.is_some() {
             self.error(
@@ -236,6 +222,28 @@ impl Validator<'_> {
                 ))
             }
             StoreDef::Invalid { .. } => None,
+        }
+    }
+
+    /// Reports the place of a Vault or AWS destination when it is malformed
+    /// (`problem`) or ends with a suffix the store keeps next to it.
+    fn store_place(
+        &mut self,
+        path: &FieldPath,
+        what: &str,
+        place: &str,
+        problem: Option<String>,
+        suffixes: &[&str],
+        kept: &str,
+    ) {
+        let problem = problem.or_else(|| {
+            suffixes
+                .iter()
+                .find(|s| place.ends_with(*s))
+                .map(|s| format!("must not end with `{s}`: {kept}"))
+        });
+        if let Some(why) = problem {
+            self.error(path, format!("{what} `{}` {why}", place.escape_debug()));
         }
     }
 }

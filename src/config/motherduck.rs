@@ -57,14 +57,11 @@ impl Validator<'_> {
                 }
                 ok
             });
-        let request_timeout = self.duration(
+        let request_timeout = self.nonzero_duration(
             &raw.request_timeout,
             &path.key("request_timeout"),
             Duration::from_secs(15),
         );
-        if request_timeout.is_zero() {
-            self.error(&path.key("request_timeout"), "must be greater than zero");
-        }
         let max_retries = raw.max_retries.unwrap_or(4);
         if max_retries > 20 {
             self.error(

@@ -96,9 +96,35 @@ impl<'a> SourceMap<'a> {
     /// The span of the value at `path`, or of its nearest existing parent.
     pub fn span_of(&self, path: &FieldPath) -> Option<Range<usize>> {
         let root = self.root.as_ref()?;
-        let mut best = root.span();
-        let mut table: Option<&DeTable<'_>> = Some(root.get_ref());
-        let mut value: Option<&Spanned<DeValue<'_>>> = None;
+        // Point at the key for scalars (where the user looks), at the
+        // value for tables and arrays.
+        Some(match self.walk(path).pop() {
+            None => root.span(),
+            Some((v, key_span)) => match v.get_ref() {
+                DeValue::Table(_) | DeValue::Array(_) => v.span(),
+                _ => key_span,
+            },
+        })
+    }
+
+    /// The value at `path`, if there is one.
+    pub fn value(&self, path: &FieldPath) -> Option<&Spanned<DeValue<'a>>> {
+        let steps = self.walk(path);
+        if steps.len() < path.0.len() {
+            return None;
+        }
+        steps.last().map(|(v, _)| *v)
+    }
+
+    /// The values along `path`, each with the span of the key (or array
+    /// element) that leads to it, as far as the document has them.
+    fn walk(&self, path: &FieldPath) -> Vec<(&Spanned<DeValue<'a>>, Range<usize>)> {
+        let mut steps = Vec::new();
+        let Some(root) = self.root.as_ref() else {
+            return steps;
+        };
+        let mut table: Option<&DeTable<'a>> = Some(root.get_ref());
+        let mut value: Option<&Spanned<DeValue<'a>>> = None;
         for seg in &path.0 {
             let next = match (seg, table, value.map(Spanned::get_ref)) {
                 (Seg::Key(k), Some(t), _) => t
@@ -109,42 +135,14 @@ impl<'a> SourceMap<'a> {
                 _ => None,
             };
             let Some((v, key_span)) = next else { break };
-            // Point at the key for scalars (where the user looks), at the
-            // value for tables and arrays.
-            best = match v.get_ref() {
-                DeValue::Table(_) | DeValue::Array(_) => v.span(),
-                _ => key_span,
-            };
+            steps.push((v, key_span));
             value = Some(v);
             table = match v.get_ref() {
                 DeValue::Table(t) => Some(t),
                 _ => None,
             };
         }
-        Some(best)
-    }
-
-    /// The value at `path`, if there is one.
-    pub fn value(&self, path: &FieldPath) -> Option<&Spanned<DeValue<'a>>> {
-        let root = self.root.as_ref()?;
-        let mut table: Option<&DeTable<'a>> = Some(root.get_ref());
-        let mut value: Option<&Spanned<DeValue<'a>>> = None;
-        for seg in &path.0 {
-            let next = match (seg, table, value.map(Spanned::get_ref)) {
-                (Seg::Key(k), Some(t), _) => t
-                    .iter()
-                    .find(|(key, _)| key.get_ref().as_ref() == k)
-                    .map(|(_, v)| v),
-                (Seg::Index(i), _, Some(DeValue::Array(a))) => a.get(*i),
-                _ => None,
-            }?;
-            value = Some(next);
-            table = match next.get_ref() {
-                DeValue::Table(t) => Some(t),
-                _ => None,
-            };
-        }
-        value
+        steps
     }
 
     /// The deepest field whose text contains `span`, for errors that come

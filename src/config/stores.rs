@@ -127,33 +127,23 @@ impl Validator<'_> {
             ),
             _ => {}
         }
-        let lease_ttl = self.duration(
+        let lease_ttl = self.duration_at_least(
             &v.lease_ttl,
             &path.key("lease_ttl"),
             vault::DEFAULT_LEASE_TTL,
+            vault::MIN_LEASE_TTL,
         );
-        if lease_ttl < vault::MIN_LEASE_TTL {
-            self.error(
-                &path.key("lease_ttl"),
-                format!(
-                    "must be at least {}",
-                    humantime::format_duration(vault::MIN_LEASE_TTL)
-                ),
-            );
-        } else if v.lease_ttl.is_some() && kv == KvVersion::V1 {
+        if lease_ttl >= vault::MIN_LEASE_TTL && v.lease_ttl.is_some() && kv == KvVersion::V1 {
             self.warn(
                 &path.key("lease_ttl"),
                 "has no effect: a KV v1 store cannot hold a lock",
             );
         }
-        let request_timeout = self.duration(
+        let request_timeout = self.nonzero_duration(
             &v.request_timeout,
             &path.key("request_timeout"),
             DEFAULT_VAULT_REQUEST_TIMEOUT,
         );
-        if request_timeout.is_zero() {
-            self.error(&path.key("request_timeout"), "must be greater than zero");
-        }
         let namespace = v
             .namespace
             .as_ref()

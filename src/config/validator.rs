@@ -78,6 +78,36 @@ impl<'a> Validator<'a> {
         self.opt_duration(raw, path).unwrap_or(default)
     }
 
+    /// [`duration`](Self::duration), which must be at least `min`.
+    pub(super) fn duration_at_least(
+        &mut self,
+        raw: &Option<String>,
+        path: &FieldPath,
+        default: Duration,
+        min: Duration,
+    ) -> Duration {
+        let d = self.duration(raw, path, default);
+        if d < min {
+            let min = humantime::format_duration(min);
+            self.error(path, format!("must be at least {min}"));
+        }
+        d
+    }
+
+    /// [`duration`](Self::duration), which must not be zero.
+    pub(super) fn nonzero_duration(
+        &mut self,
+        raw: &Option<String>,
+        path: &FieldPath,
+        default: Duration,
+    ) -> Duration {
+        let d = self.duration(raw, path, default);
+        if d.is_zero() {
+            self.error(path, "must be greater than zero");
+        }
+        d
+    }
+
     pub(super) fn opt_duration(
         &mut self,
         raw: &Option<String>,

@@ -144,12 +144,7 @@ impl FileDestination {
     }
 
     fn err(&self, op: StoreOp, kind: StoreErrorKind, message: String) -> StoreError {
-        StoreError {
-            destination: self.label(),
-            op,
-            kind,
-            message,
-        }
+        StoreError::new(self.label(), op, kind, message)
     }
 
     fn io_err(&self, op: StoreOp, path: &Path, e: &std::io::Error) -> StoreError {
@@ -177,10 +172,10 @@ impl FileDestination {
     async fn blocking<T: Send + 'static>(
         &self,
         op: StoreOp,
-        f: impl FnOnce(&FileDestination) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&FileDestination, StoreOp) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let this = self.clone();
-        match tokio::task::spawn_blocking(move || f(&this)).await {
+        match tokio::task::spawn_blocking(move || f(&this, op)).await {
             Ok(r) => r,
             Err(e) => Err(self.err(
                 op,
@@ -239,18 +234,34 @@ impl FileDestination {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.io_err(op, path, &e)),
         };
-        StoredRecord::parse(&bytes)
-            .map(Some)
-            .map_err(|(line, column)| {
-                self.err(
-                    op,
-                    StoreErrorKind::Corrupt,
-                    format!(
-                        "`{}` is not a valid token record (line {line} column {column})",
-                        path.display(),
-                    ),
-                )
-            })
+        StoredRecord::parse(&bytes).map(Some).map_err(|at| {
+            self.err(
+                op,
+                StoreErrorKind::Corrupt,
+                format!("`{}` is not a valid token record ({at})", path.display()),
+            )
+        })
+    }
+
+    /// The current record, which must exist.
+    fn current_record(&self, op: StoreOp) -> Result<StoredRecord, StoreError> {
+        self.read_record(op, &self.path())?
+            .ok_or_else(|| self.err(op, StoreErrorKind::Corrupt, "no current record".into()))
+    }
+
+    /// Writes `cur` back as the current record with `journal`, unless it
+    /// holds that journal already.
+    fn rewrite_journal(
+        &self,
+        op: StoreOp,
+        cur: &mut StoredRecord,
+        journal: &Journal,
+    ) -> Result<(), StoreError> {
+        if cur.rotation.as_ref() != Some(journal) {
+            cur.rotation = Some(journal.clone());
+            self.write_atomic(op, &self.path(), &cur.to_pretty_bytes())?;
+        }
+        Ok(())
     }
 
     /// Writes `bytes` to `target` atomically with mode 0600.
@@ -367,8 +378,7 @@ impl FileDestination {
     }
 
     pub async fn load(&self) -> Result<DestinationView, StoreError> {
-        self.blocking(StoreOp::Load, |d| {
-            let op = StoreOp::Load;
+        self.blocking(StoreOp::Load, |d, op| {
             let current = d.read_record(op, &d.path())?;
             // The bare file is what many consumers read: a record whose
             // token it does not hold yet is not fully current.
@@ -392,12 +402,12 @@ impl FileDestination {
         rotation_id: &str,
     ) -> Result<Option<(SecretString, Option<SecretString>)>, StoreError> {
         let rotation_id = rotation_id.to_owned();
-        self.blocking(StoreOp::ReadSecret, move |d| {
+        self.blocking(StoreOp::ReadSecret, move |d, op| {
             let path = match slot {
                 Slot::Current => d.path(),
                 Slot::Pending => d.sibling("pending"),
             };
-            Ok(d.read_record(StoreOp::ReadSecret, &path)?
+            Ok(d.read_record(op, &path)?
                 .filter(|r| r.rotation_id == rotation_id)
                 .map(|r| (r.token, r.ack_secret)))
         })
@@ -406,21 +416,16 @@ impl FileDestination {
 
     pub async fn stage(&self, record: &NewRecord) -> Result<(), StoreError> {
         let rec = StoredRecord::from_new(record);
-        self.blocking(StoreOp::Stage, move |d| {
-            d.ensure_dir(StoreOp::Stage)?;
-            d.write_atomic(
-                StoreOp::Stage,
-                &d.sibling("pending"),
-                &rec.to_pretty_bytes(),
-            )
+        self.blocking(StoreOp::Stage, move |d, op| {
+            d.ensure_dir(op)?;
+            d.write_atomic(op, &d.sibling("pending"), &rec.to_pretty_bytes())
         })
         .await
     }
 
     pub async fn promote(&self, journal: &Journal) -> Result<(), StoreError> {
         let journal = journal.clone();
-        self.blocking(StoreOp::Promote, move |d| {
-            let op = StoreOp::Promote;
+        self.blocking(StoreOp::Promote, move |d, op| {
             let current = d.read_record(op, &d.path())?;
             let pending = d.read_record(op, &d.sibling("pending"))?;
             let rid = &journal.rotation_id;
@@ -458,24 +463,15 @@ impl FileDestination {
 
     pub async fn set_journal(&self, journal: &Journal) -> Result<(), StoreError> {
         let journal = journal.clone();
-        self.blocking(StoreOp::Journal, move |d| {
-            let op = StoreOp::Journal;
-            let Some(mut cur) = d.read_record(op, &d.path())? else {
-                return Err(d.err(op, StoreErrorKind::Corrupt, "no current record".into()));
-            };
-            if cur.rotation.as_ref() == Some(&journal) {
-                return Ok(());
-            }
-            cur.rotation = Some(journal);
-            d.write_atomic(op, &d.path(), &cur.to_pretty_bytes())
+        self.blocking(StoreOp::Journal, move |d, op| {
+            d.rewrite_journal(op, &mut d.current_record(op)?, &journal)
         })
         .await
     }
 
     pub async fn rollback(&self, journal: &Journal) -> Result<(), StoreError> {
         let journal = journal.clone();
-        self.blocking(StoreOp::Rollback, move |d| {
-            let op = StoreOp::Rollback;
+        self.blocking(StoreOp::Rollback, move |d, op| {
             let rid = &journal.rotation_id;
             let current = d.read_record(op, &d.path())?;
             let previous = d.read_record(op, &d.sibling("previous"))?;
@@ -501,10 +497,7 @@ impl FileDestination {
                     }
                 },
                 Some(mut cur) => {
-                    if cur.rotation.as_ref() != Some(&journal) {
-                        cur.rotation = Some(journal.clone());
-                        d.write_atomic(op, &d.path(), &cur.to_pretty_bytes())?;
-                    }
+                    d.rewrite_journal(op, &mut cur, &journal)?;
                     // A repeat after a restore that stopped between the
                     // record and the bare file: the bare file may still hold
                     // the new token, which is about to be revoked.
@@ -523,15 +516,8 @@ impl FileDestination {
 
     pub async fn finish(&self, journal: &Journal) -> Result<(), StoreError> {
         let journal = journal.clone();
-        self.blocking(StoreOp::Finish, move |d| {
-            let op = StoreOp::Finish;
-            let Some(mut cur) = d.read_record(op, &d.path())? else {
-                return Err(d.err(op, StoreErrorKind::Corrupt, "no current record".into()));
-            };
-            if cur.rotation.as_ref() != Some(&journal) {
-                cur.rotation = Some(journal.clone());
-                d.write_atomic(op, &d.path(), &cur.to_pretty_bytes())?;
-            }
+        self.blocking(StoreOp::Finish, move |d, op| {
+            d.rewrite_journal(op, &mut d.current_record(op)?, &journal)?;
             d.remove(op, &d.sibling("previous"))
         })
         .await
@@ -573,8 +559,7 @@ impl FileDestination {
     }
 
     pub async fn leftovers(&self, remove: bool) -> Result<usize, StoreError> {
-        self.blocking(StoreOp::Check, move |d| {
-            let op = StoreOp::Check;
+        self.blocking(StoreOp::Check, move |d, op| {
             let entries = match std::fs::read_dir(&d.directory) {
                 Ok(e) => e,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
@@ -617,8 +602,7 @@ impl FileDestination {
 
     pub async fn try_lock(&self, holder: &str) -> Result<Option<FileLease>, StoreError> {
         let holder = holder.to_owned();
-        self.blocking(StoreOp::Lock, move |d| {
-            let op = StoreOp::Lock;
+        self.blocking(StoreOp::Lock, move |d, op| {
             d.ensure_dir(op)?;
             let path = d.sibling("lock");
             let mut opts = OpenOptions::new();
@@ -670,9 +654,9 @@ impl FileDestination {
     /// directory, not once per policy.
     pub async fn check_directory(&self) -> Result<(), StoreError> {
         let done = self.check_running(self.directory.clone(), "directory")?;
-        self.blocking(StoreOp::Check, move |d| {
+        self.blocking(StoreOp::Check, move |d, op| {
             let _done = done;
-            d.ensure_dir(StoreOp::Check)?;
+            d.ensure_dir(op)?;
             d.probe_writable()
         })
         .await
@@ -681,11 +665,11 @@ impl FileDestination {
     /// This destination's records (current, pending, previous) parse.
     pub async fn check_records(&self) -> Result<(), StoreError> {
         let done = self.check_running(self.path(), "destination")?;
-        self.blocking(StoreOp::Check, move |d| {
+        self.blocking(StoreOp::Check, move |d, op| {
             let _done = done;
-            d.read_record(StoreOp::Check, &d.path())?;
-            d.read_record(StoreOp::Check, &d.sibling("pending"))?;
-            d.read_record(StoreOp::Check, &d.sibling("previous"))?;
+            d.read_record(op, &d.path())?;
+            d.read_record(op, &d.sibling("pending"))?;
+            d.read_record(op, &d.sibling("previous"))?;
             Ok(())
         })
         .await
@@ -715,9 +699,8 @@ impl FileDestination {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::motherduck::TokenType;
     use crate::stores::JournalState;
-    use crate::stores::TokenMeta;
+    use crate::stores::testing::journal;
 
     fn dest(dir: &Path) -> FileDestination {
         FileDestination {
@@ -773,7 +756,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_check_still_running_is_not_started_twice() {
-        let d = dest(&tmpdir());
+        let (_dir, d) = store();
         d.check().await.unwrap();
         // As if a check cut off by the readiness deadline still hung.
         CHECKS_RUNNING.lock().unwrap().insert(d.path());
@@ -785,49 +768,50 @@ mod tests {
         d.check().await.unwrap();
     }
 
-    fn tmpdir() -> PathBuf {
-        std::env::temp_dir()
-            .join(format!("mdr-file-{}", uuid::Uuid::new_v4().simple()))
-            .join("store")
+    /// A store directory (`<tmp>/mdr-file-<uuid>/store`, not created
+    /// yet), removed with its parent when dropped.
+    struct TempStore(PathBuf);
+
+    impl std::ops::Deref for TempStore {
+        type Target = Path;
+
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl AsRef<Path> for TempStore {
+        fn as_ref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempStore {
+        fn drop(&mut self) {
+            if let Some(parent) = self.0.parent() {
+                let _ = std::fs::remove_dir_all(parent);
+            }
+        }
+    }
+
+    /// A destination in a fresh [`TempStore`].
+    fn store() -> (TempStore, FileDestination) {
+        let dir = tmpdir();
+        let d = dest(&dir);
+        (dir, d)
+    }
+
+    fn tmpdir() -> TempStore {
+        TempStore(
+            std::env::temp_dir()
+                .join(format!("mdr-file-{}", uuid::Uuid::new_v4().simple()))
+                .join("store"),
+        )
     }
 
     fn record(rid: &str, secret: &str, prev: Option<&str>) -> NewRecord {
-        let now: chrono::DateTime<chrono::Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
-        NewRecord {
-            token: SecretString::from(secret.to_owned()),
-            meta: TokenMeta {
-                token_id: format!("id-{rid}"),
-                token_name: format!("rotator.etl.{rid}"),
-                service_account: "svc_etl".into(),
-                token_type: TokenType::ReadWrite,
-                created_at: now,
-                expires_at: None,
-                rotation_id: rid.into(),
-            },
-            journal: Journal {
-                rotation_id: rid.into(),
-                state: JournalState::Staged,
-                previous_token_id: prev.map(str::to_owned),
-                new_token_id: format!("id-{rid}"),
-                started_at: now,
-                updated_at: now,
-                revoke_after: None,
-                last_error: None,
-                failures: 0,
-                retry_at: None,
-                acknowledged_at: None,
-                reloaded_at: None,
-                reload_note: None,
-            },
-            ack_secret: None,
-        }
-    }
-
-    fn journal(r: &NewRecord, state: JournalState) -> Journal {
-        Journal {
-            state,
-            ..r.journal.clone()
-        }
+        let now = "2026-01-01T00:00:00Z".parse().unwrap();
+        crate::stores::testing::staged(rid, secret, prev, now, None)
     }
 
     /// Stages and promotes a record of rotation `rid`.
@@ -845,16 +829,25 @@ mod tests {
         r
     }
 
+    /// Promotes `r1` (`eyJone`), then `r2` (`eyJtwo`); returns `r2`.
+    async fn two_rotations(d: &FileDestination) -> NewRecord {
+        promoted(d, "r1", "eyJone", None).await;
+        promoted(d, "r2", "eyJtwo", Some("id-r1")).await
+    }
+
     fn read_token(d: &FileDestination) -> String {
         let v: serde_json::Value =
             serde_json::from_slice(&std::fs::read(d.path()).unwrap()).unwrap();
         v["token"].as_str().unwrap().to_owned()
     }
 
+    fn read_bare(dir: &Path) -> String {
+        std::fs::read_to_string(dir.join("etl.token")).unwrap()
+    }
+
     #[tokio::test]
     async fn stage_promote_finish_and_repeat() {
-        let dir = tmpdir();
-        let d = dest(&dir);
+        let (dir, d) = store();
         let r1 = record("r1", "eyJone", None);
         d.stage(&r1).await.unwrap();
         let v = d.load().await.unwrap();
@@ -865,10 +858,7 @@ mod tests {
         d.promote(&j).await.unwrap();
         d.promote(&j).await.unwrap(); // repeat is harmless
         assert_eq!(read_token(&d), "eyJone");
-        assert_eq!(
-            std::fs::read_to_string(dir.join("etl.token")).unwrap(),
-            "eyJone\n"
-        );
+        assert_eq!(read_bare(&dir), "eyJone\n");
 
         let r2 = promoted(&d, "r2", "eyJtwo", Some("id-r1")).await;
         let v = d.load().await.unwrap();
@@ -898,36 +888,28 @@ mod tests {
             let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o700);
         }
-        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }
 
     #[tokio::test]
     async fn rollback_restores_previous_everywhere() {
-        let dir = tmpdir();
-        let d = dest(&dir);
-        promoted(&d, "r1", "eyJone", None).await;
-        let r2 = promoted(&d, "r2", "eyJtwo", Some("id-r1")).await;
+        let (dir, d) = store();
+        let r2 = two_rotations(&d).await;
 
         let rb = journal(&r2, JournalState::RolledBack);
         d.rollback(&rb).await.unwrap();
         d.rollback(&rb).await.unwrap();
         assert_eq!(read_token(&d), "eyJone");
-        assert_eq!(
-            std::fs::read_to_string(dir.join("etl.token")).unwrap(),
-            "eyJone\n"
-        );
+        assert_eq!(read_bare(&dir), "eyJone\n");
         let v = d.load().await.unwrap();
         let cur = v.current.unwrap();
         assert_eq!(cur.meta.rotation_id, "r1");
         assert_eq!(cur.journal.unwrap(), rb, "the journal records the rollback");
         assert!(v.previous.is_none() && v.pending.is_none());
-        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }
 
     #[tokio::test]
     async fn rollback_before_promotion_drops_the_staged_record() {
-        let dir = tmpdir();
-        let d = dest(&dir);
+        let (_dir, d) = store();
         promoted(&d, "r1", "eyJone", None).await;
         let r2 = record("r2", "eyJtwo", Some("id-r1"));
         d.stage(&r2).await.unwrap();
@@ -938,7 +920,6 @@ mod tests {
         assert!(v.pending.is_none());
         assert_eq!(v.current.unwrap().meta.rotation_id, "r1");
         assert_eq!(read_token(&d), "eyJone");
-        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }
 
     /// Regression: a rollback interrupted after restoring the record but
@@ -947,10 +928,8 @@ mod tests {
     /// which the rollback then revokes.
     #[tokio::test]
     async fn regression_repeated_rollback_restores_the_bare_file() {
-        let dir = tmpdir();
-        let d = dest(&dir);
-        promoted(&d, "r1", "eyJone", None).await;
-        let r2 = promoted(&d, "r2", "eyJtwo", Some("id-r1")).await;
+        let (dir, d) = store();
+        let r2 = two_rotations(&d).await;
         // The first attempt restored the record, then stopped.
         let rb = journal(&r2, JournalState::RolledBack);
         let mut prev = d
@@ -960,18 +939,11 @@ mod tests {
         prev.rotation = Some(rb.clone());
         d.write_atomic(StoreOp::Rollback, &d.path(), &prev.to_pretty_bytes())
             .unwrap();
-        assert_eq!(
-            std::fs::read_to_string(dir.join("etl.token")).unwrap(),
-            "eyJtwo\n"
-        );
+        assert_eq!(read_bare(&dir), "eyJtwo\n");
 
         d.rollback(&rb).await.unwrap();
         assert_eq!(read_token(&d), "eyJone");
-        assert_eq!(
-            std::fs::read_to_string(dir.join("etl.token")).unwrap(),
-            "eyJone\n"
-        );
-        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+        assert_eq!(read_bare(&dir), "eyJone\n");
     }
 
     /// Regression: the lock file, records and bare file were opened
@@ -981,8 +953,7 @@ mod tests {
     #[cfg(unix)]
     #[tokio::test]
     async fn symbolic_links_in_the_store_are_refused_not_followed() {
-        let dir = tmpdir();
-        let d = dest(&dir);
+        let (dir, d) = store();
         promoted(&d, "r1", "eyJone", None).await;
         let victim = dir.parent().unwrap().join("victim.txt");
         std::fs::write(&victim, "precious\n").unwrap();
@@ -997,7 +968,6 @@ mod tests {
         std::os::unix::fs::symlink(dir.join("real.json"), dir.join("etl.json")).unwrap();
         let e = d.load().await.unwrap_err();
         assert!(e.to_string().contains("symbolic link"), "{e}");
-        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }
 
     #[tokio::test]
@@ -1010,13 +980,11 @@ mod tests {
         assert!(b.try_lock("b").await.unwrap().is_none());
         drop(lease);
         assert!(b.try_lock("b").await.unwrap().is_some());
-        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }
 
     #[tokio::test]
     async fn corrupt_record_and_open_directory_are_clear_errors() {
-        let dir = tmpdir();
-        let d = dest(&dir);
+        let (dir, d) = store();
         std::fs::create_dir_all(&dir).unwrap();
         #[cfg(unix)]
         {
@@ -1032,6 +1000,5 @@ mod tests {
         assert_eq!(e.kind, StoreErrorKind::Corrupt);
         assert!(e.to_string().contains("not a valid token record"), "{e}");
         assert!(!e.to_string().contains("eyJsecret"));
-        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }
 }

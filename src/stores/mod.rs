@@ -17,6 +17,8 @@ pub mod aws;
 pub mod file;
 mod lease;
 mod record;
+#[doc(hidden)]
+pub mod testing;
 pub mod vault;
 
 use chrono::{DateTime, Utc};
@@ -237,6 +239,20 @@ pub struct StoreError {
 }
 
 impl StoreError {
+    pub(crate) fn new(
+        destination: String,
+        op: StoreOp,
+        kind: StoreErrorKind,
+        message: String,
+    ) -> StoreError {
+        StoreError {
+            destination,
+            op,
+            kind,
+            message,
+        }
+    }
+
     pub fn is_retryable(&self) -> bool {
         matches!(
             self.kind,

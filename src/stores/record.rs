@@ -29,6 +29,19 @@ pub(super) struct StoredRecord {
     pub(super) ack_secret: Option<SecretString>,
 }
 
+/// Where a stored record stopped parsing; displayed as `line L column C`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ParseFailedAt {
+    line: usize,
+    column: usize,
+}
+
+impl std::fmt::Display for ParseFailedAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {} column {}", self.line, self.column)
+    }
+}
+
 /// The fields of a [`StoredRecord`], in the order they are written.
 #[derive(Serialize)]
 struct StoredRecordOut<'a> {
@@ -78,10 +91,13 @@ impl<'a> StoredRecordOut<'a> {
 }
 
 impl StoredRecord {
-    /// Parses a stored record. A failure says only where it was found
-    /// (line and column): serde's message could quote the secret.
-    pub(super) fn parse(bytes: &[u8]) -> Result<StoredRecord, (usize, usize)> {
-        serde_json::from_slice(bytes).map_err(|e| (e.line(), e.column()))
+    /// Parses a stored record. A failure says only where it was found:
+    /// serde's message could quote the secret.
+    pub(super) fn parse(bytes: &[u8]) -> Result<StoredRecord, ParseFailedAt> {
+        serde_json::from_slice(bytes).map_err(|e| ParseFailedAt {
+            line: e.line(),
+            column: e.column(),
+        })
     }
 
     /// The record of `r`, with the journal it is staged with.

@@ -550,17 +550,27 @@ pub(crate) mod tests {
         assert_eq!(started.elapsed(), Duration::from_secs(4));
     }
 
+    /// The failure of `poll`, never cancelled, running `attempt` every
+    /// `interval` seconds within `deadline` seconds.
+    async fn poll_failure<F, Fut>(interval: u64, deadline: u64, attempt: F) -> Failure
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<(), Reason>>,
+    {
+        poll(
+            Duration::from_secs(interval),
+            Duration::from_secs(deadline),
+            &CancellationToken::new(),
+            attempt,
+        )
+        .await
+        .unwrap_err()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn poll_gives_up_when_no_attempt_fits_before_the_deadline() {
         let started = Instant::now();
-        let failure = poll(
-            Duration::from_secs(4),
-            Duration::from_secs(10),
-            &CancellationToken::new(),
-            || async { Err(Reason::Rejected) },
-        )
-        .await
-        .unwrap_err();
+        let failure = poll_failure(4, 10, || async { Err(Reason::Rejected) }).await;
         // Attempts at 0, 4 and 8 s; a fourth at 12 s would be too late.
         assert_eq!(started.elapsed(), Duration::from_secs(8));
         let Failure::Deadline { attempts, last, .. } = &failure else {
@@ -577,14 +587,7 @@ pub(crate) mod tests {
     #[tokio::test(start_paused = true)]
     async fn poll_cuts_a_hanging_attempt_at_the_deadline() {
         let started = Instant::now();
-        let failure = poll(
-            Duration::from_secs(1),
-            Duration::from_secs(10),
-            &CancellationToken::new(),
-            std::future::pending::<Result<(), Reason>>,
-        )
-        .await
-        .unwrap_err();
+        let failure = poll_failure(1, 10, std::future::pending::<Result<(), Reason>>).await;
         assert_eq!(started.elapsed(), Duration::from_secs(10));
         assert!(
             matches!(
@@ -620,6 +623,18 @@ pub(crate) mod tests {
         assert_eq!(started.elapsed(), Duration::from_secs(3));
     }
 
+    /// A `/bin/sh -c <script>` hook with the given timeout, interval and
+    /// deadline, in seconds.
+    fn sh(script: &str, timeout: u64, interval: u64, deadline: u64) -> CommandHook {
+        CommandHook::builder("/bin/sh")
+            .args(["-c", script])
+            .timeout(Duration::from_secs(timeout))
+            .interval(Duration::from_secs(interval))
+            .deadline(Duration::from_secs(deadline))
+            .build()
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn run_all_passes_with_no_hooks() {
         run_all(&[], &ctx(), &deps(), &CancellationToken::new())
@@ -644,13 +659,7 @@ pub(crate) mod tests {
             .request_timeout(Duration::from_millis(200))
             .build()
             .unwrap();
-        let command = CommandHook::builder("/bin/sh")
-            .args(["-c", "exit 3"])
-            .timeout(Duration::from_secs(2))
-            .interval(Duration::from_secs(2))
-            .deadline(Duration::from_secs(2))
-            .build()
-            .unwrap();
+        let command = sh("exit 3", 2, 2, 2);
         let hooks = [HookSpec::Http(probe), HookSpec::Command(command)];
         let err = run_all(&hooks, &ctx(), &deps(), &CancellationToken::new())
             .await
@@ -667,20 +676,8 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn run_all_fails_fast_without_waiting_for_slower_hooks() {
-        let failing = CommandHook::builder("/bin/sh")
-            .args(["-c", "exit 1"])
-            .timeout(Duration::from_secs(2))
-            .interval(Duration::from_secs(2))
-            .deadline(Duration::from_secs(2))
-            .build()
-            .unwrap();
-        let slow = CommandHook::builder("/bin/sh")
-            .args(["-c", "exec sleep 30"])
-            .timeout(Duration::from_secs(30))
-            .interval(Duration::from_secs(1))
-            .deadline(Duration::from_secs(60))
-            .build()
-            .unwrap();
+        let failing = sh("exit 1", 2, 2, 2);
+        let slow = sh("exec sleep 30", 30, 1, 60);
         let hooks = [HookSpec::Command(slow), HookSpec::Command(failing)];
         let started = std::time::Instant::now();
         let err = run_all(&hooks, &ctx(), &deps(), &CancellationToken::new())

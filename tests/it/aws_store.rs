@@ -11,6 +11,10 @@
 use std::time::Duration;
 
 use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_secretsmanager::error::SdkError;
+use aws_sdk_secretsmanager::operation::describe_secret::{
+    DescribeSecretError, DescribeSecretOutput,
+};
 use chrono::{DateTime, Utc};
 use motherduck_rotator::clock::Clock;
 use motherduck_rotator::secret::{ExposeSecret, SecretString};
@@ -22,8 +26,8 @@ use serde_json::{Value, json};
 use wiremock::matchers::{header, method};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::support::records::{self, journal};
 use crate::support::services::Moto;
+use motherduck_rotator::stores::testing::{self as records, journal};
 
 /// The static test credentials; the secret key must never be printed.
 const ACCESS_KEY: &str = "AKIDMOTOTESTKEY00001";
@@ -87,10 +91,7 @@ async fn stages(
     client: &aws_sdk_secretsmanager::Client,
     name: &str,
 ) -> std::collections::HashMap<String, Vec<String>> {
-    client
-        .describe_secret()
-        .secret_id(name)
-        .send()
+    describe(client, name)
         .await
         .unwrap()
         .version_ids_to_stages()
@@ -99,6 +100,14 @@ async fn stages(
 }
 
 /// How many versions a secret has, unlabelled ones included.
+/// `DescribeSecret` of `name`, as a consumer calls it.
+async fn describe(
+    client: &aws_sdk_secretsmanager::Client,
+    name: &str,
+) -> Result<DescribeSecretOutput, SdkError<DescribeSecretError>> {
+    client.describe_secret().secret_id(name).send().await
+}
+
 async fn version_count(client: &aws_sdk_secretsmanager::Client, name: &str) -> usize {
     client
         .list_secret_version_ids()
@@ -157,6 +166,19 @@ async fn rotate(d: &AwsDestination, r: &NewRecord) {
 }
 
 /// Everything printable about an error, for leak checks.
+/// The secret and acknowledgement secret of `r` in `slot`, which must be
+/// there.
+async fn secret_of(
+    d: &AwsDestination,
+    slot: Slot,
+    r: &NewRecord,
+) -> (SecretString, Option<SecretString>) {
+    d.read_secret(slot, &r.meta.rotation_id)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 fn printed(e: &StoreError) -> String {
     format!("{e} {e:?}")
 }
@@ -197,11 +219,7 @@ async fn full_rotation_is_what_consumers_read() {
     let pending = v.pending.unwrap();
     assert_eq!(pending.meta.rotation_id, r2.meta.rotation_id);
     assert_eq!(pending.journal.unwrap().state, JournalState::Staged);
-    let (secret, ack) = d
-        .read_secret(Slot::Pending, &r2.meta.rotation_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let (secret, ack) = secret_of(&d, Slot::Pending, &r2).await;
     assert_eq!(secret.expose_secret(), "eyJtwo.second.sig");
     assert!(ack.is_none());
 
@@ -265,11 +283,7 @@ async fn full_rotation_is_what_consumers_read() {
         stages(&client, "prod/md/etl").await[&v2],
         vec!["AWSCURRENT".to_owned()]
     );
-    let (secret, _) = d
-        .read_secret(Slot::Current, &r2.meta.rotation_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let (secret, _) = secret_of(&d, Slot::Current, &r2).await;
     assert_eq!(secret.expose_secret(), "eyJtwo.second.sig");
     assert!(
         d.read_secret(Slot::Current, &r1.meta.rotation_id)
@@ -454,12 +468,7 @@ async fn absent_secret_fails_clearly_unless_created() {
         assert!(text.starts_with("aws:us-east-1/prod/absent: "), "{text}");
         assert_no_secret(&printed(&e), &["eyJnever"]);
     }
-    let e = client
-        .describe_secret()
-        .secret_id("prod/absent")
-        .send()
-        .await
-        .unwrap_err();
+    let e = describe(&client, "prod/absent").await.unwrap_err();
     assert!(
         e.into_service_error().is_resource_not_found_exception(),
         "nothing was created"
@@ -472,12 +481,7 @@ async fn absent_secret_fails_clearly_unless_created() {
     let r1 = record(&rid(), "eyJone", None);
     rotate(&d, &r1).await;
     assert_eq!(consumer_token(&client, "prod/created").await, "eyJone");
-    let described = client
-        .describe_secret()
-        .secret_id("prod/created")
-        .send()
-        .await
-        .unwrap();
+    let described = describe(&client, "prod/created").await.unwrap();
     assert_eq!(described.kms_key_id(), Some(kms));
     assert!(
         described

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use motherduck_rotator::motherduck::{
-    ApiError, CreateTokenRequest, DucklingConfig, EmbedSessionRequest, Endpoint, InstanceSize,
-    ReadScalingConfig, ReadWriteConfig, Removal, TokenCheck, TokenType,
+    ApiError, Client, CreateTokenRequest, CreatedToken, DucklingConfig, EmbedSessionRequest,
+    Endpoint, InstanceSize, ReadScalingConfig, ReadWriteConfig, Removal, TokenCheck, TokenType,
 };
 use motherduck_rotator::secret::{ExposeSecret, SecretString};
 use motherduck_rotator::simulator::Fault;
@@ -19,6 +19,11 @@ fn token_req(name: &str, ttl: Option<u64>) -> CreateTokenRequest {
         token_type: TokenType::ReadWrite,
         description: None,
     }
+}
+
+/// A token named `name` of `sa`, without a TTL.
+async fn token(c: &Client, sa: &str, name: &str) -> CreatedToken {
+    c.create_token(sa, &token_req(name, None)).await.unwrap()
 }
 
 fn status_of(e: &ApiError) -> (Option<u16>, Option<&str>) {
@@ -62,10 +67,7 @@ async fn token_create_list_check_revoke() {
         description: Some("rotated".into()),
     };
     let a = c.create_token("svc_etl", &req).await.unwrap();
-    let b = c
-        .create_token("svc_etl", &token_req("rot-etl-r2", None))
-        .await
-        .unwrap();
+    let b = token(&c, "svc_etl", "rot-etl-r2").await;
 
     // Secrets look like JWTs and are unique.
     let secret = a.token.expose_secret();
@@ -172,11 +174,7 @@ async fn unauthorized_and_forbidden() {
     // A service account's own token is valid but not an admin token.
     let admin = client_with_token(&base, s.admin_token.clone());
     admin.create_service_account("svc_x").await.unwrap();
-    let sa_token = admin
-        .create_token("svc_x", &token_req("x", None))
-        .await
-        .unwrap()
-        .token;
+    let sa_token = token(&admin, "svc_x", "x").await.token;
     let sa = client_with_token(&base, sa_token);
     let e = sa.create_service_account("svc_y").await.unwrap_err();
     assert_eq!(status_of(&e), (Some(403), Some("FORBIDDEN")));
@@ -251,19 +249,14 @@ async fn entity_not_found_and_forbidden_targets() {
         .unwrap_err();
     assert_eq!(status_of(&e), (Some(403), Some("FORBIDDEN")));
     // ...but may for itself.
-    c.create_token("admin", &token_req("mine", None))
-        .await
-        .unwrap();
+    token(&c, "admin", "mine").await;
 }
 
 #[tokio::test]
 async fn deleting_an_account_revokes_its_tokens() {
     let (_s, c, _) = sim().await;
     c.create_service_account("svc_gone").await.unwrap();
-    let t = c
-        .create_token("svc_gone", &token_req("t", None))
-        .await
-        .unwrap();
+    let t = token(&c, "svc_gone", "t").await;
     c.delete_service_account("svc_gone").await.unwrap();
     assert_eq!(c.check_token(&t.token).await.unwrap(), TokenCheck::Rejected);
 }
@@ -325,9 +318,7 @@ async fn active_accounts_and_embed_sessions() {
     let (s, c, _) = sim().await;
     c.create_service_account("svc_active").await.unwrap();
     c.create_service_account("svc_idle").await.unwrap();
-    c.create_token("svc_active", &token_req("t", None))
-        .await
-        .unwrap();
+    token(&c, "svc_active", "t").await;
     let accounts = c.active_accounts().await.unwrap().accounts;
     assert_eq!(accounts.len(), 1);
     assert_eq!(accounts[0].username, "svc_active");
@@ -416,10 +407,7 @@ async fn lost_create_answer_leaves_exactly_one_live_token() {
     c.create_service_account("svc_amb").await.unwrap();
     s.sim
         .fail_next(Endpoint::CreateToken, 1, Fault::StatusAfterCommit(502));
-    let created = c
-        .create_token("svc_amb", &token_req("rot-amb-r1", None))
-        .await
-        .unwrap();
+    let created = token(&c, "svc_amb", "rot-amb-r1").await;
     let live = s.sim.live_tokens("svc_amb");
     assert_eq!(live.len(), 1);
     assert_eq!(live[0].id, created.info.id);
@@ -443,9 +431,7 @@ async fn create_retried_after_clean_failures_makes_one_token() {
     c.create_service_account("svc_retry").await.unwrap();
     s.sim
         .fail_next(Endpoint::CreateToken, 2, Fault::Status(503));
-    c.create_token("svc_retry", &token_req("rot-r", None))
-        .await
-        .unwrap();
+    token(&c, "svc_retry", "rot-r").await;
     assert_eq!(s.sim.live_tokens("svc_retry").len(), 1);
     assert_eq!(s.sim.request_count(Endpoint::CreateToken), 3);
     assert_eq!(

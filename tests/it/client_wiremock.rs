@@ -31,6 +31,28 @@ fn error_body(status: u16, code: &str) -> serde_json::Value {
     json!({"message": "boom", "code": code, "data": {"code": code, "httpStatus": status, "path": "users.listTokens"}})
 }
 
+/// A 429 whose `Retry-After` is `value`.
+fn retry_after(value: &str) -> ResponseTemplate {
+    ResponseTemplate::new(429).insert_header("retry-after", value)
+}
+
+/// Answers every `m` request with `response`.
+async fn answer_all(server: &MockServer, m: &str, response: ResponseTemplate) {
+    Mock::given(method(m))
+        .respond_with(response)
+        .mount(server)
+        .await;
+}
+
+/// Answers the first `m` request with `response`.
+async fn answer_once(server: &MockServer, m: &str, response: ResponseTemplate) {
+    Mock::given(method(m))
+        .respond_with(response)
+        .up_to_n_times(1)
+        .mount(server)
+        .await;
+}
+
 async fn received(server: &MockServer, m: &str) -> usize {
     server
         .received_requests()
@@ -71,10 +93,7 @@ async fn sends_bearer_token_and_retries_gateway_errors_with_backoff() {
 #[tokio::test]
 async fn retry_budget_is_bounded() {
     let (server, c, log) = setup(|cfg| cfg.max_retries = 2).await;
-    Mock::given(method("GET"))
-        .respond_with(ResponseTemplate::new(502))
-        .mount(&server)
-        .await;
+    answer_all(&server, "GET", ResponseTemplate::new(502)).await;
     let e = c.list_tokens("svc").await.unwrap_err();
     assert_eq!(e.status(), Some(502));
     assert!(e.to_string().contains("non-JSON error body"), "{e}");
@@ -85,20 +104,14 @@ async fn retry_budget_is_bounded() {
 #[tokio::test]
 async fn retry_after_in_seconds_is_honoured_and_capped() {
     let (server, c, log) = setup(|cfg| cfg.retry_after_cap = Duration::from_secs(30)).await;
-    Mock::given(method("GET"))
-        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "3"))
-        .up_to_n_times(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "120"))
-        .up_to_n_times(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(tokens_body()))
-        .mount(&server)
-        .await;
+    answer_once(&server, "GET", retry_after("3")).await;
+    answer_once(&server, "GET", retry_after("120")).await;
+    answer_all(
+        &server,
+        "GET",
+        ResponseTemplate::new(200).set_body_json(tokens_body()),
+    )
+    .await;
     c.list_tokens("svc").await.unwrap();
     assert_eq!(
         delays(&log),
@@ -110,15 +123,13 @@ async fn retry_after_in_seconds_is_honoured_and_capped() {
 async fn retry_after_as_http_date_is_honoured() {
     let (server, c, log) = setup(|_| {}).await;
     let when = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(20));
-    Mock::given(method("DELETE"))
-        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", when.as_str()))
-        .up_to_n_times(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("DELETE"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({})))
-        .mount(&server)
-        .await;
+    answer_once(&server, "DELETE", retry_after(when.as_str())).await;
+    answer_all(
+        &server,
+        "DELETE",
+        ResponseTemplate::new(200).set_body_json(json!({})),
+    )
+    .await;
     c.revoke_token("svc", "t1").await.unwrap();
     let d = delays(&log);
     assert_eq!(d.len(), 1);
@@ -132,15 +143,13 @@ async fn retry_after_as_http_date_is_honoured() {
 #[tokio::test]
 async fn a_429_is_retried_even_for_posts() {
     let (server, c, _) = setup(|_| {}).await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "1"))
-        .up_to_n_times(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"username": "svc_a"})))
-        .mount(&server)
-        .await;
+    answer_once(&server, "POST", retry_after("1")).await;
+    answer_all(
+        &server,
+        "POST",
+        ResponseTemplate::new(200).set_body_json(json!({"username": "svc_a"})),
+    )
+    .await;
     assert_eq!(
         c.create_service_account("svc_a").await.unwrap().username,
         "svc_a"
@@ -151,10 +160,7 @@ async fn a_429_is_retried_even_for_posts() {
 #[tokio::test]
 async fn a_gateway_error_on_a_post_is_not_blindly_retried() {
     let (server, c, _) = setup(|_| {}).await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(503))
-        .mount(&server)
-        .await;
+    answer_all(&server, "POST", ResponseTemplate::new(503)).await;
     let e = c.create_service_account("svc_a").await.unwrap_err();
     assert_eq!(e.status(), Some(503));
     assert_eq!(received(&server, "POST").await, 1);

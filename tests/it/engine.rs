@@ -176,6 +176,14 @@ retry = {retry}
         (driver, config.policies[0].clone())
     }
 
+    /// A restarted daemon for `spec`, run until its first rotation is
+    /// done; the token it stored.
+    async fn first_token(&self, spec: &PolicySpec) -> (Driver, Policy, String) {
+        let (driver, policy) = self.restart(spec);
+        let token = first_token(self, &driver, &policy).await;
+        (driver, policy, token)
+    }
+
     /// The current record of a destination file in the `local` store.
     fn record(&self, file: &str) -> Value {
         read_json(&self.store().join(file)).unwrap_or_else(|| panic!("no record `{file}`"))
@@ -275,6 +283,20 @@ retry = {retry}
         self.assert_stored_token_works().await;
     }
 
+    /// Exactly `issued` tokens were ever issued, and all is settled.
+    async fn assert_settled_with(&self, issued: usize, driver: &Driver, policy: &Policy) {
+        assert_eq!(self.issued().len(), issued);
+        self.assert_settled(driver, policy).await;
+    }
+
+    /// The rotation away from `old` is over: `old` is revoked, the journal
+    /// says `done`, and all is settled.
+    async fn assert_replaced(&self, old: &str, driver: &Driver, policy: &Policy) {
+        assert!(self.revoked(old));
+        assert_eq!(journal_state(&self.current()), "done");
+        self.assert_settled(driver, policy).await;
+    }
+
     /// Every live token named by this policy is referenced by a record,
     /// and a dry-run sweep agrees.
     async fn assert_no_orphans(&self, driver: &Driver, policy: &Policy) {
@@ -342,6 +364,18 @@ fn journal_state(v: &Value) -> &str {
     v["rotation"]["state"].as_str().unwrap_or("none")
 }
 
+/// Record `cur` holds `old` again, its journal rolled back by a failure
+/// whose message starts with `error_prefix`.
+fn assert_rolled_back(cur: &Value, old: &str, error_prefix: &str) {
+    assert_eq!(str_of(cur, "token_id"), old);
+    assert_eq!(journal_state(cur), "rolled_back");
+    assert!(
+        str_of(&cur["rotation"], "last_error").starts_with(error_prefix),
+        "{}",
+        cur["rotation"]
+    );
+}
+
 fn ts(v: &Value) -> DateTime<Utc> {
     v.as_str()
         .unwrap_or_else(|| panic!("not a timestamp: {v}"))
@@ -366,6 +400,27 @@ async fn failing_pass(
         .reconcile(policy, false, &CancellationToken::new())
         .await
         .expect_err("the pass fails")
+}
+
+/// Starts a pass in the background and waits (10 s at most) until it asks
+/// `probe` to verify; the pass, still running.
+async fn pass_until_verifying(
+    driver: &Driver,
+    policy: &Policy,
+    probe: &Probe,
+    what: &str,
+) -> tokio::task::JoinHandle<Result<Tick, motherduck_rotator::rotation::driver::DriveError>> {
+    let hits = probe.hits();
+    let task = {
+        let (d, p) = (driver.clone(), policy.clone());
+        tokio::spawn(async move { d.reconcile(&p, false, &CancellationToken::new()).await })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while probe.hits() == hits {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    task
 }
 
 /// Runs passes until the first rotation is complete (`done`).

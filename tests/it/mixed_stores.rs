@@ -116,11 +116,7 @@ async fn one_policy_rotates_into_vault_and_aws_and_status_reports_both() {
         .output()
         .await
         .unwrap();
-    assert!(
-        cli.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cli.stderr)
-    );
+    crate::support::assert_success(&cli, "");
     let read = String::from_utf8(cli.stdout).unwrap();
     // Compared without printing: the values are token secrets.
     assert!(
@@ -129,11 +125,7 @@ async fn one_policy_rotates_into_vault_and_aws_and_status_reports_both() {
     );
 
     let out = command(&s, &["status", "--json"]).output().await.unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::support::assert_success(&out, "");
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
     let p = &status[0];
     assert_eq!(p["state"], "idle");

@@ -270,6 +270,7 @@ async fn vault_current(bao: &OpenBao) -> Value {
 /// Calls an IAM action through moto's query protocol (unsigned: only while
 /// moto does not enforce IAM).
 async fn iam(moto: &Moto, params: &[(&str, &str)]) -> String {
+    let what = format!("IAM {params:?}");
     let resp = reqwest::Client::builder()
         .no_proxy()
         .build()
@@ -285,10 +286,7 @@ async fn iam(moto: &Moto, params: &[(&str, &str)]) -> String {
         .send()
         .await
         .unwrap();
-    let status = resp.status();
-    let text = resp.text().await.unwrap();
-    assert!(status.is_success(), "IAM {params:?}: HTTP {status}: {text}");
-    text
+    crate::support::success_text(resp, &what).await
 }
 
 fn form(params: &[(&str, &str)]) -> String {

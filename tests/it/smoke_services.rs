@@ -107,6 +107,16 @@ async fn openbao_rejects_other_tokens() {
     assert_eq!(status, reqwest::StatusCode::FORBIDDEN);
 }
 
+/// A request to `url` fails to connect: nothing listens there any more.
+async fn assert_unreachable(url: &str) {
+    let err = client()
+        .get(url)
+        .send()
+        .await
+        .expect_err("request after kill must fail");
+    assert!(err.is_connect(), "expected a connection error, got {err:?}");
+}
+
 #[tokio::test]
 async fn openbao_kill_makes_it_unreachable() {
     let mut bao = OpenBao::start().await;
@@ -119,12 +129,7 @@ async fn openbao_kill_makes_it_unreachable() {
 
     bao.kill();
 
-    let err = client()
-        .get(&health)
-        .send()
-        .await
-        .expect_err("request after kill must fail");
-    assert!(err.is_connect(), "expected a connection error, got {err:?}");
+    assert_unreachable(&health).await;
 }
 
 #[tokio::test]
@@ -172,12 +177,7 @@ async fn moto_kill_makes_it_unreachable() {
 
     moto.kill();
 
-    let err = client()
-        .get(&url)
-        .send()
-        .await
-        .expect_err("request after kill must fail");
-    assert!(err.is_connect(), "expected a connection error, got {err:?}");
+    assert_unreachable(&url).await;
 }
 
 #[test]

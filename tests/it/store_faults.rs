@@ -54,7 +54,7 @@ use motherduck_rotator::stores::{Destination, JournalState};
 use crate::smoke_services::secrets_manager;
 use crate::support::config_toml;
 use crate::support::driver::Frozen;
-use crate::support::fault_proxy::{Answer, FaultProxy, Match};
+use crate::support::fault_proxy::{Answer, FaultProxy, Match, Rule};
 use crate::support::services::{Moto, OpenBao};
 use crate::support::world;
 
@@ -380,6 +380,22 @@ retry = {{ max_attempts = {ATTEMPTS}, initial_backoff = "1ms", max_backoff = "2m
     }
 
     /// The first token of the policy, rotated in by one pass.
+    /// AWS answers the next `n` moves of a version label
+    /// (`UpdateSecretVersionStage`) with throttling.
+    fn throttle_label_moves(&self, n: usize) -> Rule {
+        self.aws_proxy
+            .arm(aws("UpdateSecretVersionStage"), Answer::AwsThrottling, n)
+    }
+
+    /// A world and a driver for `order`, run until its first token is
+    /// stored everywhere: with the policy, the token's id and secret.
+    async fn started(order: Order) -> (World, Driver, Policy, String, SecretString) {
+        let w = World::new().await;
+        let (driver, policy) = w.driver(order);
+        let (id, secret) = w.first_token(&driver, &policy).await;
+        (w, driver, policy, id, secret)
+    }
+
     async fn first_token(&self, driver: &Driver, policy: &Policy) -> (String, SecretString) {
         self.ok_pass(driver, policy).await;
         let id = self.assert_converged(driver, policy).await;

@@ -172,9 +172,7 @@ impl World {
             .send()
             .await
             .unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        assert!(status.is_success(), "{verb} {api}: HTTP {status}: {text}");
+        let text = crate::support::success_text(resp, &format!("{verb} {api}")).await;
         serde_json::from_str(&text).unwrap_or(Value::Null)
     }
 

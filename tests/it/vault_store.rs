@@ -31,8 +31,8 @@ use motherduck_rotator::stores::{
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::support::records::{self, journal};
 use crate::support::services::{OpenBao, free_port, tool_path};
+use motherduck_rotator::stores::testing::{self as records, journal};
 
 /// The root token and a plain HTTP client, as an operator or a consumer
 /// uses them.

@@ -17,6 +17,10 @@ use super::destination::AwsDestination;
 use super::labels::{Labels, interpret};
 use super::record::JournalDoc;
 
+use aws_sdk_secretsmanager::operation::describe_secret::{
+    DescribeSecretError, DescribeSecretOutput,
+};
+
 type UpdateStageError =
     aws_sdk_secretsmanager::operation::update_secret_version_stage::UpdateSecretVersionStageError;
 
@@ -32,15 +36,7 @@ impl AwsDestination {
     /// exist.
     pub(super) async fn describe(&self, op: StoreOp) -> Result<Option<Labels>, StoreError> {
         let name = &self.secret_name;
-        let out = self
-            .connection
-            .client()
-            .await
-            .describe_secret()
-            .secret_id(name)
-            .send()
-            .await;
-        let out = match out {
+        let out = match self.describe_secret(name).await {
             Ok(o) => o,
             Err(e) if e.code() == Some("ResourceNotFoundException") => return Ok(None),
             Err(e) => return Err(self.sdk_err(op, "DescribeSecret", name, &e)),
@@ -64,15 +60,16 @@ impl AwsDestination {
 
     /// Whether a companion secret exists (for `check`).
     pub(super) async fn exists(&self, op: StoreOp, name: &str) -> Result<bool, StoreError> {
-        let r = self
-            .connection
-            .client()
-            .await
-            .describe_secret()
-            .secret_id(name)
-            .send()
-            .await;
+        let r = self.describe_secret(name).await;
         self.succeeded(op, "DescribeSecret", name, "ResourceNotFoundException", r)
+    }
+
+    async fn describe_secret(
+        &self,
+        name: &str,
+    ) -> Result<DescribeSecretOutput, SdkError<DescribeSecretError, HttpResponse>> {
+        let client = self.connection.client().await;
+        client.describe_secret().secret_id(name).send().await
     }
 
     /// Reads one version of `name`: its id and string value. `None` when
@@ -244,12 +241,12 @@ impl AwsDestination {
         };
         StoredRecord::parse(text.as_bytes())
             .map(Some)
-            .map_err(|(line, column)| {
+            .map_err(|at| {
                 self.err(
                     op,
                     StoreErrorKind::Corrupt,
                     format!(
-                        "version `{version}` of secret `{}` is not a token record written by motherduck-rotator (line {line} column {column}); a secret created for the rotator should have no value until its first rotation",
+                        "version `{version}` of secret `{}` is not a token record written by motherduck-rotator ({at}); a secret created for the rotator should have no value until its first rotation",
                         self.secret_name,
                     ),
                 )

@@ -177,12 +177,7 @@ impl AwsDestination {
     }
 
     pub(super) fn err(&self, op: StoreOp, kind: StoreErrorKind, message: String) -> StoreError {
-        StoreError {
-            destination: self.label(),
-            op,
-            kind,
-            message,
-        }
+        StoreError::new(self.label(), op, kind, message)
     }
 
     /// Classifies an SDK failure. The message names the API call and the

@@ -227,12 +227,7 @@ impl VaultDestination {
     }
 
     pub(super) fn err(&self, op: StoreOp, kind: StoreErrorKind, message: String) -> StoreError {
-        StoreError {
-            destination: self.label(),
-            op,
-            kind,
-            message,
-        }
+        StoreError::new(self.label(), op, kind, message)
     }
 
     /// Turns a failed request into a store error. `action` says what was

@@ -83,14 +83,10 @@ impl VaultDestination {
         op: StoreOp,
         path: &str,
     ) -> Result<Option<V2Meta>, StoreError> {
-        let mount = &self.mount;
         let r = self
-            .conn
-            .call(|c: Arc<Authed>| async move {
-                vaultrs::kv2::read_metadata(&c.0, mount, path)
-                    .await
-                    .map_err(Failure::from)
-            })
+            .on_mount(
+                |c, mount| async move { vaultrs::kv2::read_metadata(&c.0, mount, path).await },
+            )
             .await;
         match r {
             Ok(m) => {
@@ -130,12 +126,10 @@ impl VaultDestination {
         path: &str,
         version: u64,
     ) -> Result<Option<SensitiveValue>, StoreError> {
-        let mount = &self.mount;
         let r = self
-            .conn
-            .call(|c: Arc<Authed>| async move {
+            .on_mount(|c, mount| async move {
                 let endpoint = ReadSecretRequest::builder()
-                    .mount(mount.as_str())
+                    .mount(mount)
                     .path(path)
                     .version(Some(version))
                     .build()
@@ -230,22 +224,13 @@ impl VaultDestination {
                 format!("{action}: version {cas} is out of range"),
             )
         })?;
-        let mount = &self.mount;
-        self.conn
-            .call(|c: Arc<Authed>| async move {
-                vaultrs::kv2::set_with_options(
-                    &c.0,
-                    mount,
-                    path,
-                    data,
-                    SetSecretRequestOptions { cas },
-                )
+        self.on_mount(|c, mount| async move {
+            vaultrs::kv2::set_with_options(&c.0, mount, path, data, SetSecretRequestOptions { cas })
                 .await
-                .map_err(Failure::from)
-            })
-            .await
-            .map(|m| m.version)
-            .map_err(|f| self.fail(op, &action, "`create` and `update`", f))
+        })
+        .await
+        .map(|m| m.version)
+        .map_err(|f| self.fail(op, &action, "`create` and `update`", f))
     }
 
     pub(super) async fn v2_set_custom(
@@ -254,25 +239,15 @@ impl VaultDestination {
         path: &str,
         custom: HashMap<String, String>,
     ) -> Result<(), StoreError> {
-        let mount = &self.mount;
+        let action = format!("write `{}`", self.api("metadata", path));
         let custom = &custom;
-        self.conn
-            .call(|c: Arc<Authed>| async move {
-                let mut b = SetSecretMetadataRequest::builder();
-                b.custom_metadata(custom.clone());
-                vaultrs::kv2::set_metadata(&c.0, mount, path, Some(&mut b))
-                    .await
-                    .map_err(Failure::from)
-            })
-            .await
-            .map_err(|f| {
-                self.fail(
-                    op,
-                    &format!("write `{}`", self.api("metadata", path)),
-                    "`create` and `update`",
-                    f,
-                )
-            })
+        self.on_mount(|c, mount| async move {
+            let mut b = SetSecretMetadataRequest::builder();
+            b.custom_metadata(custom.clone());
+            vaultrs::kv2::set_metadata(&c.0, mount, path, Some(&mut b)).await
+        })
+        .await
+        .map_err(|f| self.fail(op, &action, "`create` and `update`", f))
     }
 
     /// Writes the journal of `P` for version `record_version`.
@@ -296,34 +271,20 @@ impl VaultDestination {
         path: &str,
         version: u64,
     ) -> Result<(), StoreError> {
-        let mount = &self.mount;
-        self.conn
-            .call(|c: Arc<Authed>| async move {
-                vaultrs::kv2::delete_versions(&c.0, mount, path, vec![version])
-                    .await
-                    .map_err(Failure::from)
-            })
-            .await
-            .map_err(|f| {
-                self.fail(
-                    op,
-                    &format!("delete version {version} of `{}`", self.api("data", path)),
-                    "`update`",
-                    f,
-                )
-            })
+        let action = format!("delete version {version} of `{}`", self.api("data", path));
+        self.on_mount(|c, mount| async move {
+            vaultrs::kv2::delete_versions(&c.0, mount, path, vec![version]).await
+        })
+        .await
+        .map_err(|f| self.fail(op, &action, "`update`", f))
     }
 
     /// Deletes a secret with all its versions and metadata.
     pub(super) async fn v2_destroy_all(&self, op: StoreOp, path: &str) -> Result<(), StoreError> {
-        let mount = &self.mount;
         let r = self
-            .conn
-            .call(|c: Arc<Authed>| async move {
-                vaultrs::kv2::delete_metadata(&c.0, mount, path)
-                    .await
-                    .map_err(Failure::from)
-            })
+            .on_mount(
+                |c, mount| async move { vaultrs::kv2::delete_metadata(&c.0, mount, path).await },
+            )
             .await;
         self.deleted(op, &self.api("metadata", path), r)
     }
@@ -389,14 +350,8 @@ impl VaultDestination {
         op: StoreOp,
         path: &str,
     ) -> Result<Option<(SensitiveValue, Record)>, StoreError> {
-        let mount = &self.mount;
         let r = self
-            .conn
-            .call(|c: Arc<Authed>| async move {
-                vaultrs::kv1::get_raw(&c.0, mount, path)
-                    .await
-                    .map_err(Failure::from)
-            })
+            .on_mount(|c, mount| async move { vaultrs::kv1::get_raw(&c.0, mount, path).await })
             .await;
         let data = match r {
             Ok(resp) => SensitiveValue(resp.data),
@@ -433,29 +388,31 @@ impl VaultDestination {
             ));
         };
         let map: HashMap<&str, &Value> = obj.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        let mount = &self.mount;
         let map = &map;
-        self.conn
-            .call(|c: Arc<Authed>| async move {
-                vaultrs::kv1::set(&c.0, mount, path, map)
-                    .await
-                    .map_err(Failure::from)
-            })
+        self.on_mount(|c, mount| async move { vaultrs::kv1::set(&c.0, mount, path, map).await })
             .await
             .map_err(|f| self.fail(op, &action, "`create` and `update`", f))
     }
 
     pub(super) async fn v1_delete(&self, op: StoreOp, path: &str) -> Result<(), StoreError> {
-        let mount = &self.mount;
         let r = self
-            .conn
-            .call(|c: Arc<Authed>| async move {
-                vaultrs::kv1::delete(&c.0, mount, path)
-                    .await
-                    .map_err(Failure::from)
-            })
+            .on_mount(|c, mount| async move { vaultrs::kv1::delete(&c.0, mount, path).await })
             .await;
         self.deleted(op, &self.api("", path), r)
+    }
+
+    /// One `vaultrs` call on this destination's mount, through the
+    /// connection (which logs in again and retries once on a 403).
+    async fn on_mount<'a, T, E, F, Fut>(&'a self, f: F) -> Result<T, Failure>
+    where
+        F: Fn(Arc<Authed>, &'a str) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        Failure: From<E>,
+    {
+        let f = &f;
+        self.conn
+            .call(|c: Arc<Authed>| async move { Ok(f(c, &self.mount).await?) })
+            .await
     }
 
     /// The outcome of deleting the secret at `api_path`: one that does not

@@ -159,14 +159,7 @@ impl VaultDestination {
                 }
                 self.check_observed(op, cur.version())?;
                 let Some(data) = pend.data.as_ref().filter(|_| pend.is_rotation(rid)) else {
-                    return Err(self.err(
-                        op,
-                        StoreErrorKind::Corrupt,
-                        format!(
-                            "no staged record for rotation `{rid}` at `{}`",
-                            self.api("data", &pp)
-                        ),
-                    ));
+                    return Err(self.no_staged_record(op, rid, &self.api("data", &pp)));
                 };
                 let previous = cur.record.is_some().then(|| cur.version());
                 let written = self.v2_write(op, &p, &data.0, cur.version()).await?;
@@ -191,14 +184,7 @@ impl VaultDestination {
                     return Ok(());
                 }
                 let Some((new, _)) = pending.filter(|(_, r)| r.rotation_id() == rid) else {
-                    return Err(self.err(
-                        op,
-                        StoreErrorKind::Corrupt,
-                        format!(
-                            "no staged record for rotation `{rid}` at `{}`",
-                            self.api("", &pp)
-                        ),
-                    ));
+                    return Err(self.no_staged_record(op, rid, &self.api("", &pp)));
                 };
                 if let Some((cur, _)) = &current {
                     self.v1_write(op, &self.sib(Sibling::Previous), &cur.0)
@@ -218,35 +204,21 @@ impl VaultDestination {
     /// `Corrupt` when there is no current record.
     pub async fn set_journal(&self, journal: &Journal) -> Result<(), StoreError> {
         let op = StoreOp::Journal;
-        let p = self.sib(Sibling::Current);
         match self.kv {
             KvVersion::V2 => {
-                let cur = self.v2_read(op, &p).await?;
-                if cur.record.is_none() {
-                    return Err(self.err(op, StoreErrorKind::Corrupt, "no current record".into()));
-                }
-                if cur.journal() != Some(journal) {
-                    self.check_observed(op, cur.version())?;
-                    let (prev, _) = cur.previous_version();
-                    self.v2_set_journal(op, &cur.custom(), journal, cur.version(), prev)
-                        .await?;
-                }
-                if cur.is_rotation(&journal.rotation_id) {
-                    // After a crash inside `promote`, the staged copy is
-                    // still there; it must not look like an active stage.
-                    self.v2_drop_pending_of(op, &journal.rotation_id).await?;
-                }
-                Ok(())
+                let cur = self.v2_current(op).await?;
+                let (prev, _) = cur.previous_version();
+                let done = cur.journal() == Some(journal);
+                self.v2_journal_current(op, &cur, journal, prev, done).await
             }
             KvVersion::V1 => {
-                let Some((data, cur)) = self.v1_read(op, &p).await? else {
-                    return Err(self.err(op, StoreErrorKind::Corrupt, "no current record".into()));
-                };
+                let (data, cur) = self.v1_current(op).await?;
                 if cur.fields.rotation.as_ref() == Some(journal) {
                     return Ok(());
                 }
                 let data = with_inline_journal(&data.0, journal);
-                self.v1_write(op, &p, &data.0).await
+                self.v1_write(op, &self.sib(Sibling::Current), &data.0)
+                    .await
             }
         }
     }
@@ -265,7 +237,6 @@ impl VaultDestination {
         let op = StoreOp::Rollback;
         let rid = &journal.rotation_id;
         let p = self.sib(Sibling::Current);
-        let pp = self.sib(Sibling::Pending);
         match self.kv {
             KvVersion::V2 => {
                 let cur = self.v2_read(op, &p).await?;
@@ -332,14 +303,7 @@ impl VaultDestination {
                     }
                     Some(_) | None => {}
                 }
-                if self
-                    .v1_read(op, &pp)
-                    .await?
-                    .is_some_and(|(_, r)| r.rotation_id() == rid)
-                {
-                    self.v1_delete(op, &pp).await?;
-                }
-                Ok(())
+                self.v1_drop_pending_of(op, rid).await
             }
         }
     }
@@ -353,34 +317,81 @@ impl VaultDestination {
     /// `Corrupt` when there is no current record.
     pub async fn finish(&self, journal: &Journal) -> Result<(), StoreError> {
         let op = StoreOp::Finish;
-        let p = self.sib(Sibling::Current);
         match self.kv {
             KvVersion::V2 => {
-                let cur = self.v2_read(op, &p).await?;
-                if cur.record.is_none() {
-                    return Err(self.err(op, StoreErrorKind::Corrupt, "no current record".into()));
-                }
+                let cur = self.v2_current(op).await?;
                 let done = matches!(&cur.tag, Tag::Valid { journal: j, previous_version: None } if j == journal);
-                if !done {
-                    self.check_observed(op, cur.version())?;
-                    self.v2_set_journal(op, &cur.custom(), journal, cur.version(), None)
-                        .await?;
-                }
-                if cur.is_rotation(&journal.rotation_id) {
-                    self.v2_drop_pending_of(op, &journal.rotation_id).await?;
-                }
-                Ok(())
+                self.v2_journal_current(op, &cur, journal, None, done).await
             }
             KvVersion::V1 => {
-                let Some((data, cur)) = self.v1_read(op, &p).await? else {
-                    return Err(self.err(op, StoreErrorKind::Corrupt, "no current record".into()));
-                };
+                let (data, cur) = self.v1_current(op).await?;
                 if cur.fields.rotation.as_ref() != Some(journal) {
                     let data = with_inline_journal(&data.0, journal);
-                    self.v1_write(op, &p, &data.0).await?;
+                    self.v1_write(op, &self.sib(Sibling::Current), &data.0)
+                        .await?;
                 }
                 self.v1_delete(op, &self.sib(Sibling::Previous)).await
             }
         }
+    }
+
+    fn no_staged_record(&self, op: StoreOp, rid: &str, api_path: &str) -> StoreError {
+        self.err(
+            op,
+            StoreErrorKind::Corrupt,
+            format!("no staged record for rotation `{rid}` at `{api_path}`"),
+        )
+    }
+
+    /// The current KV v2 version, which must hold a record.
+    async fn v2_current(&self, op: StoreOp) -> Result<V2Read, StoreError> {
+        let cur = self.v2_read(op, &self.sib(Sibling::Current)).await?;
+        if cur.record.is_none() {
+            return Err(self.err(op, StoreErrorKind::Corrupt, "no current record".into()));
+        }
+        Ok(cur)
+    }
+
+    /// Writes `journal` for the current version `cur` (unless `done`: it is
+    /// there already), then drops a staged copy of the same rotation: after
+    /// a crash inside `promote` it is still there, and must not look like
+    /// an active stage.
+    async fn v2_journal_current(
+        &self,
+        op: StoreOp,
+        cur: &V2Read,
+        journal: &Journal,
+        previous_version: Option<u64>,
+        done: bool,
+    ) -> Result<(), StoreError> {
+        if !done {
+            self.check_observed(op, cur.version())?;
+            self.v2_set_journal(op, &cur.custom(), journal, cur.version(), previous_version)
+                .await?;
+        }
+        if cur.is_rotation(&journal.rotation_id) {
+            self.v2_drop_pending_of(op, &journal.rotation_id).await?;
+        }
+        Ok(())
+    }
+
+    /// The current KV v1 record, which must exist.
+    async fn v1_current(&self, op: StoreOp) -> Result<(SensitiveValue, Record), StoreError> {
+        self.v1_read(op, &self.sib(Sibling::Current))
+            .await?
+            .ok_or_else(|| self.err(op, StoreErrorKind::Corrupt, "no current record".into()))
+    }
+
+    /// Deletes KV v1 `P.pending` if it holds rotation `rid`.
+    async fn v1_drop_pending_of(&self, op: StoreOp, rid: &str) -> Result<(), StoreError> {
+        let pp = self.sib(Sibling::Pending);
+        if self
+            .v1_read(op, &pp)
+            .await?
+            .is_some_and(|(_, r)| r.rotation_id() == rid)
+        {
+            self.v1_delete(op, &pp).await?;
+        }
+        Ok(())
     }
 }

@@ -54,19 +54,7 @@ async fn a_second_driver_is_kept_out_while_the_first_verifies() {
     // Replica A rotates and sits in verification until the probe says 200.
     probe.set_status(503);
     fx.advance(HOUR);
-    let hits = probe.hits();
-    let task = {
-        let (a, pa) = (a.clone(), pa.clone());
-        tokio::spawn(async move { a.reconcile(&pa, false, &CancellationToken::new()).await })
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while probe.hits() == hits {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "A never reached verification"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let task = pass_until_verifying(&a, &pa, &probe, "A never reached verification").await;
     assert_eq!(journal_state(&fx.current()), "promoted");
 
     // Replica B sees the unfinished rotation but may not touch it.
@@ -89,8 +77,7 @@ async fn a_second_driver_is_kept_out_while_the_first_verifies() {
     assert!(fx.revoked(&old));
     // B now finds nothing to do.
     pass(&b, &pb).await;
-    assert_eq!(fx.issued().len(), 2);
-    fx.assert_settled(&b, &pb).await;
+    fx.assert_settled_with(2, &b, &pb).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -157,8 +144,7 @@ async fn sweep_revokes_only_unreferenced_old_enough_tokens_of_the_policy() {
     let mut fx = Fixture::new().await;
     fx.orphan_min_age = "10m";
     let spec = PolicySpec::new("0s");
-    let (driver, policy) = fx.restart(&spec);
-    let stored = first_token(&fx, &driver, &policy).await;
+    let (driver, policy, stored) = fx.first_token(&spec).await;
 
     // A token named like one of this policy's rotations, but stored nowhere
     // (a crash between create and stage), and tokens that are not ours.
@@ -217,23 +203,10 @@ async fn sweep_skips_while_a_rotation_holds_the_lock() {
     let fx = Fixture::new().await;
     let probe = Probe::start(|| {}).await;
     let spec = PolicySpec::new("0s").verify(probe.hook("20s"));
-    let (driver, policy) = fx.restart(&spec);
-    first_token(&fx, &driver, &policy).await;
+    let (driver, policy, _) = fx.first_token(&spec).await;
     probe.set_status(503);
     fx.advance(HOUR);
-    let hits = probe.hits();
-    let task = {
-        let (d, p) = (driver.clone(), policy.clone());
-        tokio::spawn(async move { d.reconcile(&p, false, &CancellationToken::new()).await })
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while probe.hits() == hits {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never reached verification"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let task = pass_until_verifying(&driver, &policy, &probe, "never reached verification").await;
     // Another replica's sweep must not judge tokens mid-rotation: with an
     // unreferenced token of the policy about (an orphan of some earlier
     // crash), its first look finds a candidate, and the lock it then needs
@@ -258,8 +231,7 @@ async fn sweep_skips_while_a_rotation_holds_the_lock() {
 async fn a_sweep_with_nothing_to_judge_takes_no_lock() {
     let fx = Fixture::new().await;
     let spec = PolicySpec::new("0s");
-    let (driver, policy) = fx.restart(&spec);
-    let stored = first_token(&fx, &driver, &policy).await;
+    let (driver, policy, stored) = fx.first_token(&spec).await;
     let _held = policy
         .lock
         .try_lock("another-replica")

@@ -21,8 +21,7 @@ async fn rotated_once(fx: &Fixture) -> (Driver, Policy, String, String) {
 async fn create_failing_keeps_the_old_token_and_retries_later() {
     let fx = Fixture::new().await;
     let spec = PolicySpec::new("0s").retry(SLOW_RETRY);
-    let (driver, policy) = fx.restart(&spec);
-    let old = first_token(&fx, &driver, &policy).await;
+    let (driver, policy, old) = fx.first_token(&spec).await;
 
     fx.sim()
         .fail_next(Endpoint::CreateToken, 100, Fault::Status(500));
@@ -30,9 +29,7 @@ async fn create_failing_keeps_the_old_token_and_retries_later() {
     pass(&driver, &policy).await;
     assert_eq!(fx.issued().len(), 1, "no token was created");
     let cur = fx.current();
-    assert_eq!(str_of(&cur, "token_id"), old);
-    assert_eq!(journal_state(&cur), "rolled_back");
-    assert!(str_of(&cur["rotation"], "last_error").starts_with("create: "));
+    assert_rolled_back(&cur, &old, "create: ");
     assert_eq!(cur["rotation"]["failures"], 1);
     fx.assert_settled(&driver, &policy).await;
 
@@ -41,16 +38,13 @@ async fn create_failing_keeps_the_old_token_and_retries_later() {
     fx.advance(10 * MINUTE);
     pass(&driver, &policy).await;
     assert_eq!(fx.issued().len(), 2);
-    assert!(fx.revoked(&old));
-    assert_eq!(journal_state(&fx.current()), "done");
-    fx.assert_settled(&driver, &policy).await;
+    fx.assert_replaced(&old, &driver, &policy).await;
 }
 
 #[tokio::test]
 async fn create_answer_lost_after_commit_leaves_no_second_live_token() {
     let fx = Fixture::new().await;
-    let (driver, policy) = fx.restart(&PolicySpec::new("0s"));
-    let old = first_token(&fx, &driver, &policy).await;
+    let (driver, policy, old) = fx.first_token(&PolicySpec::new("0s")).await;
 
     // The server creates the token but the answer is lost: its secret is
     // gone, so that token must not survive.
@@ -92,9 +86,7 @@ async fn revoking_the_old_token_failing_keeps_the_new_one_and_resumes() {
 
     fx.sim().clear_faults();
     pass(&driver, &policy).await;
-    assert!(fx.revoked(&old));
-    assert_eq!(journal_state(&fx.current()), "done");
-    fx.assert_settled(&driver, &policy).await;
+    fx.assert_replaced(&old, &driver, &policy).await;
 }
 
 #[tokio::test]
@@ -107,8 +99,7 @@ async fn builtin_check_failing_beyond_its_deadline_rolls_back() {
             ))
             .retry(SLOW_RETRY)
     };
-    let (driver, policy) = fx.restart(&check("10s"));
-    let old = first_token(&fx, &driver, &policy).await;
+    let (_, _, old) = fx.first_token(&check("10s")).await;
 
     fx.sim()
         .fail_next(Endpoint::ActiveAccounts, 10_000, Fault::Status(500));
@@ -120,13 +111,7 @@ async fn builtin_check_failing_beyond_its_deadline_rolls_back() {
     assert_eq!(issued.len(), 2);
     assert!(fx.revoked(&issued[1].id), "the unverified token is revoked");
     let cur = fx.current();
-    assert_eq!(str_of(&cur, "token_id"), old);
-    assert_eq!(journal_state(&cur), "rolled_back");
-    assert!(
-        str_of(&cur["rotation"], "last_error").starts_with("verify: motherduck hook"),
-        "{}",
-        cur["rotation"]
-    );
+    assert_rolled_back(&cur, &old, "verify: motherduck hook");
     fx.assert_settled(&driver, &policy).await;
 }
 
@@ -149,8 +134,7 @@ fn two_dests() -> String {
 async fn a_verified_rotation_repairs_a_destination_that_lost_its_record() {
     let fx = Fixture::new().await;
     let spec = PolicySpec::new("30m").destinations(two_dests());
-    let (driver, policy) = fx.restart(&spec);
-    let old = first_token(&fx, &driver, &policy).await;
+    let (driver, policy, old) = fx.first_token(&spec).await;
 
     // A rotation, verified, waiting out its overlap.
     fx.advance(HOUR);
@@ -183,8 +167,7 @@ async fn a_verified_rotation_repairs_a_destination_that_lost_its_record() {
 async fn stage_failing_in_one_destination_revokes_the_new_token() {
     let fx = Fixture::new().await;
     let spec = PolicySpec::new("0s").destinations(two_dests());
-    let (driver, policy) = fx.restart(&spec);
-    let old = first_token(&fx, &driver, &policy).await;
+    let (driver, policy, old) = fx.first_token(&spec).await;
     assert_eq!(
         str_of(
             &read_json(&fx.store2().join("etl.json")).unwrap(),
@@ -229,8 +212,7 @@ async fn stage_failing_in_one_destination_revokes_the_new_token() {
 #[tokio::test]
 async fn regression_unwritable_store_at_stage_still_revokes_the_new_token() {
     let fx = Fixture::new().await;
-    let (driver, policy) = fx.restart(&PolicySpec::new("0s"));
-    let old = first_token(&fx, &driver, &policy).await;
+    let (driver, policy, old) = fx.first_token(&PolicySpec::new("0s")).await;
 
     freeze(&fx.store());
     fx.advance(HOUR);
@@ -292,13 +274,7 @@ async fn promote_failing_rolls_back_to_the_old_token() {
     assert!(fx.revoked(&issued[1].id), "the unpromoted token is revoked");
     assert_eq!(fx.live_ids(), vec![old.clone()]);
     let cur = fx.record(&name);
-    assert_eq!(str_of(&cur, "token_id"), old);
-    assert_eq!(journal_state(&cur), "rolled_back");
-    assert!(
-        str_of(&cur["rotation"], "last_error").starts_with("promote: "),
-        "{}",
-        cur["rotation"]
-    );
+    assert_rolled_back(&cur, &old, "promote: ");
     assert_eq!(fx.bare(), old_secret);
     assert!(!fx.store().join(format!("{name}.pending")).exists());
     fx.assert_no_orphans(&driver, &policy).await;
@@ -327,8 +303,7 @@ async fn finish_failing_leaves_the_new_token_current_and_resumes() {
     pass(&driver, &policy).await;
     assert_eq!(journal_state(&fx.current()), "done");
     assert!(!fx.store().join("etl.json.previous").exists());
-    assert_eq!(fx.issued().len(), 2);
-    fx.assert_settled(&driver, &policy).await;
+    fx.assert_settled_with(2, &driver, &policy).await;
 }
 
 /// A pass that cannot read the policy's records fails before any rotation

@@ -1,6 +1,6 @@
 //! Regressions, each naming the bug it pins.
 
-use super::verification::probe_specs;
+use super::verification::probed;
 use super::*;
 
 /// One pass, which must return within 10 s: after the failed attempt,
@@ -20,10 +20,7 @@ async fn pass_within_10s(driver: &Driver, policy: &Policy) -> Tick {
 /// reconcile pass began a new rotation at once, forever.
 #[tokio::test]
 async fn regression_first_token_failing_verification_does_not_retry_in_a_loop() {
-    let fx = Fixture::new().await;
-    let probe = Probe::start(|| {}).await;
-    probe.set_status(500);
-    let (ok, failing) = probe_specs(&probe);
+    let (fx, probe, ok, failing) = probed(500).await;
     let (driver, policy) = fx.restart(&failing);
     let started = fx.now();
     let tick = pass_within_10s(&driver, &policy).await;
@@ -43,8 +40,7 @@ async fn regression_first_token_failing_verification_does_not_retry_in_a_loop() 
     let (driver, policy) = fx.restart(&ok);
     fx.advance(10 * MINUTE);
     pass(&driver, &policy).await;
-    assert_eq!(fx.issued().len(), 2);
-    fx.assert_settled(&driver, &policy).await;
+    fx.assert_settled_with(2, &driver, &policy).await;
 }
 
 /// Regression companion: the first token failing to be created also backs

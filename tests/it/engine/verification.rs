@@ -14,13 +14,19 @@ pub(super) fn probe_specs(probe: &Probe) -> (PolicySpec, PolicySpec) {
     (spec("10s"), spec("60ms"))
 }
 
-#[tokio::test]
-async fn failed_verification_restores_the_old_token_revokes_the_new_and_backs_off() {
+/// A fixture, a probe answering `status` and its [`probe_specs`].
+pub(super) async fn probed(status: u16) -> (Fixture, Probe, PolicySpec, PolicySpec) {
     let fx = Fixture::new().await;
     let probe = Probe::start(|| {}).await;
+    probe.set_status(status);
     let (ok, failing) = probe_specs(&probe);
-    let (driver, policy) = fx.restart(&ok);
-    let old = first_token(&fx, &driver, &policy).await;
+    (fx, probe, ok, failing)
+}
+
+#[tokio::test]
+async fn failed_verification_restores_the_old_token_revokes_the_new_and_backs_off() {
+    let (fx, probe, ok, failing) = probed(200).await;
+    let (_, _, old) = fx.first_token(&ok).await;
     let old_secret = str_of(&fx.current(), "token").to_owned();
 
     // The application stops answering 200: the new token fails verification.
@@ -97,11 +103,8 @@ async fn failed_verification_restores_the_old_token_revokes_the_new_and_backs_of
 /// and revoked the only live one.
 #[tokio::test]
 async fn a_failed_verification_keeps_the_new_token_when_the_old_one_is_dead() {
-    let fx = Fixture::new().await;
-    let probe = Probe::start(|| {}).await;
-    let (ok, failing) = probe_specs(&probe);
-    let (driver, policy) = fx.restart(&ok);
-    let old = first_token(&fx, &driver, &policy).await;
+    let (fx, probe, ok, failing) = probed(200).await;
+    let (_, _, old) = fx.first_token(&ok).await;
     // The old token leaked and an operator revoked it; the application is
     // down, so the replacement fails verification.
     fx.frozen.admin.revoke_token(SA, &old).await.unwrap();
@@ -125,13 +128,10 @@ async fn a_failed_verification_keeps_the_new_token_when_the_old_one_is_dead() {
 /// expiry, not only whether it was revoked.
 #[tokio::test]
 async fn a_failed_verification_keeps_the_new_token_when_the_old_one_expired() {
-    let fx = Fixture::new().await;
-    let probe = Probe::start(|| {}).await;
-    let (ok, failing) = probe_specs(&probe);
+    let (fx, probe, ok, failing) = probed(200).await;
     let ok = ok.ttl("2h");
     let failing = failing.ttl("2h");
-    let (driver, policy) = fx.restart(&ok);
-    let old = first_token(&fx, &driver, &policy).await;
+    let (_, _, old) = fx.first_token(&ok).await;
     probe.set_status(500);
     let (driver, policy) = fx.restart(&failing);
     fx.advance(2 * HOUR + MINUTE);
@@ -146,11 +146,8 @@ async fn a_failed_verification_keeps_the_new_token_when_the_old_one_expired() {
 
 #[tokio::test]
 async fn consecutive_failed_verifications_back_off_longer() {
-    let fx = Fixture::new().await;
-    let probe = Probe::start(|| {}).await;
-    let (ok, failing) = probe_specs(&probe);
-    let (driver, policy) = fx.restart(&ok);
-    let old = first_token(&fx, &driver, &policy).await;
+    let (fx, probe, ok, failing) = probed(200).await;
+    let (_, _, old) = fx.first_token(&ok).await;
     probe.set_status(503);
     let (driver, policy) = fx.restart(&failing);
     fx.advance(HOUR);
@@ -177,10 +174,7 @@ async fn consecutive_failed_verifications_back_off_longer() {
 /// the retries still back off longer each time.
 #[tokio::test]
 async fn a_first_token_that_keeps_failing_backs_off_longer() {
-    let fx = Fixture::new().await;
-    let probe = Probe::start(|| {}).await;
-    probe.set_status(503);
-    let (_, failing) = probe_specs(&probe);
+    let (fx, _probe, _, failing) = probed(503).await;
     let (driver, policy) = fx.restart(&failing);
     let mut gaps = Vec::new();
     for _ in 0..3 {

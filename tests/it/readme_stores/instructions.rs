@@ -155,11 +155,7 @@ auth = {{ method = "token", token = {{ file = "vault.token" }} }}
             .output()
             .await
             .unwrap();
-        assert!(
-            out.status.success(),
-            "`{command}` fails: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        crate::support::assert_success(&out, &format!("`{command}` fails: "));
         // Compared without printing: the value is a token secret.
         assert!(
             String::from_utf8(out.stdout).unwrap().trim_end() == token,
@@ -203,11 +199,7 @@ auto_auth {{
         .await
         .expect("bao agent renders and exits")
         .unwrap();
-    assert!(
-        agent.status.success(),
-        "bao agent: {}",
-        String::from_utf8_lossy(&agent.stderr)
-    );
+    crate::support::assert_success(&agent, "bao agent: ");
     assert!(
         std::fs::read_to_string(&rendered).unwrap() == token,
         "the Vault Agent template does not render the current token"

@@ -147,6 +147,24 @@ macro_rules! release_refused_then_taken_back {
     }};
 }
 
+/// `$take_over`, another replica taking `$d`'s expired `$what` over, must
+/// succeed; then `replica-a` may not take back the one it abandoned. The
+/// other replica releases its lease.
+macro_rules! taken_over_not_taken_back {
+    ($d:expr, $take_over:expr, $what:literal) => {{
+        let other =
+            $take_over
+                .await
+                .unwrap()
+                .expect(concat!("an expired ", $what, " is taken over"));
+        assert!(
+            $d.try_lock("replica-a").await.unwrap().is_none(),
+            concat!("the ", $what, " another holder wrote is not taken back")
+        );
+        other.release().await.unwrap();
+    }};
+}
+
 /// A lease whose release failed (the store answered 503 or throttled) is
 /// still recorded as held, so other replicas wait for it to expire; the
 /// process that dropped it knows nobody holds it and takes it back at once
@@ -182,16 +200,7 @@ async fn a_lease_this_process_could_not_release_is_taken_back_only_by_it() {
     // version this process abandoned is gone, so it must wait.
     let later =
         Utc::now() + chrono::Duration::from_std(ttl).unwrap() + chrono::Duration::seconds(1);
-    let other = vault
-        .try_lock_at("replica-b", later)
-        .await
-        .unwrap()
-        .expect("an expired lease is taken over");
-    assert!(
-        vault.try_lock("replica-a").await.unwrap().is_none(),
-        "the lease another holder wrote is not taken back"
-    );
-    other.release().await.unwrap();
+    taken_over_not_taken_back!(vault, vault.try_lock_at("replica-b", later), "lease");
 
     // AWS: swapping AWSCURRENT to the released version is throttled once.
     let aws_release = || Match::Aws {
@@ -199,14 +208,5 @@ async fn a_lease_this_process_could_not_release_is_taken_back_only_by_it() {
     };
     release_refused_then_taken_back!(aws, aws_proxy, aws_release(), AwsThrottling, "lock");
     clock.advance(chrono::Duration::from_std(ttl).unwrap() + chrono::Duration::seconds(1));
-    let other = aws
-        .try_lock("replica-b")
-        .await
-        .unwrap()
-        .expect("an expired lock is taken over");
-    assert!(
-        aws.try_lock("replica-a").await.unwrap().is_none(),
-        "the lock another holder wrote is not taken back"
-    );
-    other.release().await.unwrap();
+    taken_over_not_taken_back!(aws, aws.try_lock("replica-b"), "lock");
 }

@@ -69,15 +69,9 @@ async fn assert_promotion_failed_after(
 /// AWSCURRENT. The rollback must undo Vault's promotion too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_throttling_while_promoting_rolls_vault_back_too() {
-    let w = World::new().await;
-    let (driver, policy) = w.driver(Order::VaultFirst);
-    let (old, old_secret) = w.first_token(&driver, &policy).await;
+    let (w, driver, policy, old, old_secret) = World::started(Order::VaultFirst).await;
 
-    let rule = w.aws_proxy.arm(
-        aws("UpdateSecretVersionStage"),
-        Answer::AwsThrottling,
-        ATTEMPTS,
-    );
+    let rule = w.throttle_label_moves(ATTEMPTS);
     w.advance(HOUR);
     w.ok_pass(&driver, &policy).await;
     assert_eq!(rule.intercepted(), ATTEMPTS);
@@ -91,9 +85,7 @@ async fn aws_throttling_while_promoting_rolls_vault_back_too() {
 /// AWSCURRENT back as well as restore Vault. `vault_writes`: how many
 /// versions of the current record the failed rotation leaves behind.
 async fn vault_503_while_promoting_after_aws(matcher: Match, vault_writes: u64) {
-    let w = World::new().await;
-    let (driver, policy) = w.driver(Order::AwsFirst);
-    let (old, old_secret) = w.first_token(&driver, &policy).await;
+    let (w, driver, policy, old, old_secret) = World::started(Order::AwsFirst).await;
     let versions = w.vault_versions().await;
 
     let rule = w
@@ -189,9 +181,7 @@ async fn rotate_past(w: &World, driver: &Driver, policy: &Policy, old: &str) {
 /// the step; the next pass rotates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vault_refusing_the_rollback_too_still_revokes_the_new_token() {
-    let w = World::new().await;
-    let (driver, policy) = w.driver(Order::VaultFirst);
-    let (old, old_secret) = w.first_token(&driver, &policy).await;
+    let (w, driver, policy, old, old_secret) = World::started(Order::VaultFirst).await;
 
     // Staging writes `P.pending`'s metadata first; the rollback writes
     // `P`'s. Both paths contain this; the lock's data path does not.
@@ -230,15 +220,9 @@ async fn vault_refusing_the_rollback_too_still_revokes_the_new_token() {
 /// rotates and clears the leftover label.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_throttling_that_outlasts_the_rollback_still_revokes_and_counts() {
-    let w = World::new().await;
-    let (driver, policy) = w.driver(Order::VaultFirst);
-    let (old, old_secret) = w.first_token(&driver, &policy).await;
+    let (w, driver, policy, old, old_secret) = World::started(Order::VaultFirst).await;
 
-    let rule = w.aws_proxy.arm(
-        aws("UpdateSecretVersionStage"),
-        Answer::AwsThrottling,
-        2 * ATTEMPTS,
-    );
+    let rule = w.throttle_label_moves(2 * ATTEMPTS);
     w.advance(HOUR);
     fails_with_rollback_cut_short(&w, &driver, &policy, &[AWS_LABEL, "ThrottlingException"]).await;
     assert_eq!(rule.intercepted(), 2 * ATTEMPTS, "promote, then rollback");

@@ -8,9 +8,7 @@ use super::*;
 /// failed attempt is counted by step, reason and store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_that_clear_within_a_pass_are_retried_and_counted() {
-    let w = World::new().await;
-    let (driver, policy) = w.driver(Order::VaultFirst);
-    let (old, _) = w.first_token(&driver, &policy).await;
+    let (w, driver, policy, old, _) = World::started(Order::VaultFirst).await;
     let successes = (
         w.store_ops("vault", "stage", "success"),
         w.store_ops("aws", "stage", "success"),
@@ -23,11 +21,7 @@ async fn faults_that_clear_within_a_pass_are_retried_and_counted() {
     let aws_stage = w
         .aws_proxy
         .arm(aws("PutSecretValue"), Answer::AwsInternalError, 1);
-    let aws_promote = w.aws_proxy.arm(
-        aws("UpdateSecretVersionStage"),
-        Answer::AwsThrottling,
-        ATTEMPTS - 1,
-    );
+    let aws_promote = w.throttle_label_moves(ATTEMPTS - 1);
     w.advance(HOUR);
     w.ok_pass(&driver, &policy).await;
     assert_eq!(vault_stage.intercepted(), ATTEMPTS - 1);

@@ -8,9 +8,7 @@ use super::*;
 /// rotates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vault_503_on_staging_revokes_the_new_token_and_the_next_pass_rotates() {
-    let w = World::new().await;
-    let (driver, policy) = w.driver(Order::VaultFirst);
-    let (old, old_secret) = w.first_token(&driver, &policy).await;
+    let (w, driver, policy, old, old_secret) = World::started(Order::VaultFirst).await;
 
     let rule = w
         .vault_proxy

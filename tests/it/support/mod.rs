@@ -7,9 +7,28 @@ pub mod driver;
 pub mod fault_proxy;
 pub mod log_lines;
 pub mod observability;
-pub mod records;
 pub mod services;
 pub mod world;
+
+/// Asserts that a finished command succeeded; otherwise fails with `what`
+/// followed by the command's stderr.
+#[track_caller]
+pub fn assert_success(out: &std::process::Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The body of `resp`, which must have succeeded; otherwise fails with
+/// `what`, the status and the body.
+pub async fn success_text(resp: reqwest::Response, what: &str) -> String {
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    assert!(status.is_success(), "{what}: HTTP {status}: {text}");
+    text
+}
 
 /// Writes a secret file the way an operator must: owner-only (mode 0600).
 /// The daemon refuses a secret file that others can read.

@@ -270,22 +270,14 @@ impl OpenBao {
             },
             async |port, _log| {
                 let base = format!("http://127.0.0.1:{port}");
-                let healthy = matches!(
-                    client.get(format!("{base}/v1/sys/health")).send().await,
-                    Ok(resp) if resp.status() == reqwest::StatusCode::OK
-                );
+                let healthy = answers_ok(client.get(format!("{base}/v1/sys/health"))).await;
                 // The dev server mounts `secret/` just after unsealing; the
                 // token check also proves this is our server, not another
                 // test's that happened to take the port.
-                healthy
-                    && matches!(
-                        client
-                            .get(format!("{base}/v1/sys/mounts/secret"))
-                            .header("X-Vault-Token", &root_token)
-                            .send()
-                            .await,
-                        Ok(resp) if resp.status() == reqwest::StatusCode::OK
-                    )
+                let mounts = client
+                    .get(format!("{base}/v1/sys/mounts/secret"))
+                    .header("X-Vault-Token", &root_token);
+                healthy && answers_ok(mounts).await
             },
         )
         .await;
@@ -301,6 +293,11 @@ impl OpenBao {
     pub fn kill(&mut self) {
         self.process.kill();
     }
+}
+
+/// Whether `req` is answered with 200 OK.
+async fn answers_ok(req: reqwest::RequestBuilder) -> bool {
+    matches!(req.send().await, Ok(resp) if resp.status() == reqwest::StatusCode::OK)
 }
 
 /// A moto server (`moto_server`), speaking the AWS Secrets Manager JSON
@@ -336,14 +333,8 @@ impl Moto {
                 let bound = std::fs::read_to_string(log).is_ok_and(|text| {
                     text.contains(&format!("Running on http://127.0.0.1:{port}"))
                 });
-                bound
-                    && matches!(
-                        client
-                            .get(format!("http://127.0.0.1:{port}/moto-api/data.json"))
-                            .send()
-                            .await,
-                        Ok(resp) if resp.status() == reqwest::StatusCode::OK
-                    )
+                let data = client.get(format!("http://127.0.0.1:{port}/moto-api/data.json"));
+                bound && answers_ok(data).await
             },
         )
         .await;

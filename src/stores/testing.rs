@@ -1,11 +1,11 @@
 //! Records as the driver hands them to a store, for tests that drive a
-//! destination directly.
+//! destination directly (the unit tests here and the integration tests).
 
 use chrono::{DateTime, Utc};
 
-use motherduck_rotator::motherduck::TokenType;
-use motherduck_rotator::secret::SecretString;
-use motherduck_rotator::stores::{Journal, JournalState, NewRecord, TokenMeta};
+use super::{Journal, JournalState, NewRecord, TokenMeta};
+use crate::motherduck::TokenType;
+use crate::secret::SecretString;
 
 /// The staged record of rotation `rid` of `svc_etl`: token `id-<rid>`
 /// holding `secret`, replacing `prev`, created (and the rotation started)
