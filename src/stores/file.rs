@@ -65,6 +65,31 @@ impl Drop for CheckRunning {
 /// cut off; checks write and remove theirs within milliseconds.
 const PROBE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// The hidden entries (names starting with `.`, the only names a leftover
+/// temporary file or probe has) of a store directory, with their
+/// modification times.
+type HiddenEntries = std::sync::Arc<Vec<(String, Option<std::time::SystemTime>)>>;
+
+/// Hidden-entry listings of store directories, shared by every
+/// destination in the directory: the orphan sweep asks once per policy, and
+/// listing a directory of 20,000 records for each of 10,000 policies made
+/// the sweep quadratic. A listing serves for [`HIDDEN_LISTING_TTL`] and
+/// only while this process has started no write since (its own writes are
+/// what could add a temporary file meanwhile; another process's show at the
+/// next listing). Removing leftovers always lists afresh.
+static HIDDEN_LISTINGS: std::sync::LazyLock<std::sync::Mutex<HiddenListings>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// By directory: when it was listed, [`WRITES_STARTED`] then, and what it
+/// held.
+type HiddenListings = std::collections::HashMap<PathBuf, (std::time::Instant, u64, HiddenEntries)>;
+
+/// Writes started by this process, for [`HIDDEN_LISTINGS`].
+static WRITES_STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How long a hidden-entry listing serves.
+const HIDDEN_LISTING_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// `uuid::Uuid::simple()` text: 32 lowercase hex digits.
 fn is_uuid_simple(s: &str) -> bool {
     s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
@@ -266,6 +291,7 @@ impl FileDestination {
 
     /// Writes `bytes` to `target` atomically with mode 0600.
     fn write_atomic(&self, op: StoreOp, target: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+        WRITES_STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let tmp = self.directory.join(format!(
             ".{}.tmp-{}",
             target
@@ -558,31 +584,59 @@ impl FileDestination {
                 .is_some_and(|age| age >= PROBE_MAX_AGE)
     }
 
+    /// The directory's hidden entries: a listing less than
+    /// [`HIDDEN_LISTING_TTL`] old with no write of this process since, unless
+    /// `fresh`.
+    fn hidden_entries(&self, op: StoreOp, fresh: bool) -> Result<HiddenEntries, StoreError> {
+        use std::sync::atomic::Ordering;
+        let writes = WRITES_STARTED.load(Ordering::SeqCst);
+        let listings = || {
+            HIDDEN_LISTINGS
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if !fresh
+            && let Some((at, w, entries)) = listings().get(&self.directory)
+            && *w == writes
+            && at.elapsed() < HIDDEN_LISTING_TTL
+        {
+            return Ok(entries.clone());
+        }
+        let started = std::time::Instant::now();
+        let entries = match std::fs::read_dir(&self.directory) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(HiddenEntries::default());
+            }
+            Err(e) => return Err(self.io_err(op, &self.directory, &e)),
+        };
+        let mut hidden = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| self.io_err(op, &self.directory, &e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            // The records are skipped without a `stat`.
+            if !name.starts_with('.') {
+                continue;
+            }
+            let modified = entry.metadata().ok().and_then(|m| m.modified().ok());
+            hidden.push((name.to_owned(), modified));
+        }
+        let hidden = HiddenEntries::new(hidden);
+        listings().insert(self.directory.clone(), (started, writes, hidden.clone()));
+        Ok(hidden)
+    }
+
     pub async fn leftovers(&self, remove: bool) -> Result<usize, StoreError> {
         self.blocking(StoreOp::Check, move |d, op| {
-            let entries = match std::fs::read_dir(&d.directory) {
-                Ok(e) => e,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-                Err(e) => return Err(d.io_err(op, &d.directory, &e)),
-            };
             let mut found = 0;
-            for entry in entries {
-                let entry = entry.map_err(|e| d.io_err(op, &d.directory, &e))?;
-                let name = entry.file_name();
-                let Some(name) = name.to_str() else { continue };
-                // Temporary files and probes are hidden (`.` first); the
-                // records beside them are skipped without a `stat`, so a
-                // directory shared by thousands of policies stays cheap.
-                if !name.starts_with('.') {
-                    continue;
-                }
-                let modified = entry.metadata().ok().and_then(|m| m.modified().ok());
-                if !d.is_own_temp(name) && !Self::is_stale_probe(name, modified) {
+            for (name, modified) in d.hidden_entries(op, remove)?.iter() {
+                if !d.is_own_temp(name) && !Self::is_stale_probe(name, *modified) {
                     continue;
                 }
                 found += 1;
                 if remove {
-                    let path = entry.path();
+                    let path = d.directory.join(name);
                     match std::fs::remove_file(&path) {
                         Ok(()) => {}
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

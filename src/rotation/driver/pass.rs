@@ -16,7 +16,9 @@ impl Driver {
         force: bool,
         cancel: &CancellationToken,
     ) -> Result<Tick, DriveError> {
-        let r = self.reconcile_once(policy, force, cancel).await;
+        // Boxed: the pass's state is large, and on the caller's stack it
+        // would be copied at every layer that awaits it.
+        let r = Box::pin(self.reconcile_once(policy, force, cancel)).await;
         self.count_pass(policy, &r);
         r
     }
