@@ -151,20 +151,19 @@ async fn readiness_of(driver: &Driver, config: &Config, previous: Option<&Readin
                 sharing.entry(key).or_insert(d);
             }
         }
-        let shared: HashMap<PathBuf, Result<(), String>> = futures_util::future::join_all(
-            sharing
-                .into_iter()
-                .map(|(key, d)| async move { (key, deadline(d, d.check_shared()).await) }),
-        )
-        .await
-        .into_iter()
-        .collect();
+        let shared: HashMap<PathBuf, Result<(), String>> =
+            futures_util::future::join_all(sharing.into_iter().map(|(key, d)| async move {
+                (key, deadline(&driver.metrics, d, d.check_shared()).await)
+            }))
+            .await
+            .into_iter()
+            .collect();
         futures_util::future::join_all(targets.iter().map(|(_, d, lock_only)| {
             let shared = d.shared_check().and_then(|key| shared.get(&key).cloned());
             async move {
                 match shared {
                     Some(Err(e)) => Err(e),
-                    _ => deadline(d, d.check_own(*lock_only)).await,
+                    _ => deadline(&driver.metrics, d, d.check_own(*lock_only)).await,
                 }
             }
         }))
@@ -176,14 +175,19 @@ async fn readiness_of(driver: &Driver, config: &Config, previous: Option<&Readin
     );
     let (answer, results) = tokio::join!(admin, stores);
     let admin = match answer.map_err(|_| ()) {
-        Err(()) => Check {
-            name: "motherduck".into(),
-            ok: false,
-            reason: Some(format!(
-                "no answer within {}",
-                humantime::format_duration(CHECK_DEADLINE)
-            )),
-        },
+        Err(()) => {
+            driver
+                .metrics
+                .dependency_call("motherduck", "check", CHECK_DEADLINE, Some("timeout"));
+            Check {
+                name: "motherduck".into(),
+                ok: false,
+                reason: Some(format!(
+                    "no answer within {}",
+                    humantime::format_duration(CHECK_DEADLINE)
+                )),
+            }
+        }
         Ok(answer) => match answer {
             Ok(TokenCheck::ValidAdmin) => Check {
                 name: "motherduck".into(),
@@ -227,19 +231,28 @@ async fn readiness_of(driver: &Driver, config: &Config, previous: Option<&Readin
     r
 }
 
-/// A store check, failed if it takes longer than [`CHECK_DEADLINE`].
+/// A store check, failed if it takes longer than [`CHECK_DEADLINE`];
+/// recorded as a `check` of the store's dependency health.
 async fn deadline(
+    metrics: &Metrics,
     d: &crate::stores::Destination,
     check: impl std::future::Future<Output = Result<(), crate::stores::StoreError>>,
 ) -> Result<(), String> {
-    match tokio::time::timeout(CHECK_DEADLINE, check).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(_) => Err(format!(
-            "{}: no answer within {}",
-            d.label(),
-            humantime::format_duration(CHECK_DEADLINE)
-        )),
-    }
+    let started = tokio::time::Instant::now();
+    let (r, failure) = match tokio::time::timeout(CHECK_DEADLINE, check).await {
+        Ok(Ok(())) => (Ok(()), None),
+        Ok(Err(e)) => (Err(e.to_string()), Some(e.kind.reason())),
+        Err(_) => (
+            Err(format!(
+                "{}: no answer within {}",
+                d.label(),
+                humantime::format_duration(CHECK_DEADLINE)
+            )),
+            Some("timeout"),
+        ),
+    };
+    metrics.dependency_call(&d.dependency(), "check", started.elapsed(), failure);
+    r
 }
 
 /// How long one readiness check of a store may take before it counts as
@@ -547,7 +560,9 @@ impl Generation {
             tasks.spawn(async move {
                 loop {
                     let clock = d.clock.clone();
-                    let next = clock.now() + chrono::Duration::seconds(30);
+                    let next = clock.now()
+                        + chrono::Duration::from_std(cfg.daemon.health_interval)
+                            .unwrap_or_default();
                     if !sleep_until_wall(next, move || clock.now(), WALL_CHECK, &r).await {
                         return;
                     }

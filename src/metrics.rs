@@ -52,6 +52,10 @@ pub struct Metrics {
     /// per-policy view).
     pub reload_actions_total: IntCounterVec,
     pub build_info: IntGaugeVec,
+    /// 1 while the dependency's last request or probe succeeded.
+    pub dependency_up: IntGaugeVec,
+    pub dependency_request_duration_seconds: HistogramVec,
+    pub dependency_failures_total: IntCounterVec,
     /// The policies that have per-policy series, so that a policy removed
     /// by a reload loses them.
     policies: Arc<Mutex<BTreeSet<String>>>,
@@ -180,6 +184,22 @@ impl Metrics {
                 "rotation_in_progress",
                 "1 while this replica is working on a rotation of the policy.",
                 &["policy"],
+            ),
+            dependency_up: int_gauge(
+                "dependency_up",
+                "1 while the dependency (motherduck, store:<name>) answered its last request or probe, 0 after a failure or a probe without an answer in time.",
+                &["dependency"],
+            ),
+            dependency_request_duration_seconds: histogram(
+                "dependency_request_duration_seconds",
+                "Requests and probes to a dependency, by operation (MotherDuck endpoint, or store load, lock, stage, promote, check, ...).",
+                &["dependency", "operation"],
+                fast.clone(),
+            ),
+            dependency_failures_total: counter(
+                "dependency_failures_total",
+                "Failed requests and probes to a dependency, by operation and reason (timeout, unavailable, denied, corrupt, conflict, or the MotherDuck error reason).",
+                &["dependency", "operation", "reason"],
             ),
             superseded_tokens: int_gauge(
                 "superseded_tokens",
@@ -369,6 +389,28 @@ impl Metrics {
         self.rotation_step_failures_total
             .with_label_values(&[step, reason])
             .inc();
+    }
+
+    /// Records one request or probe to a dependency: its duration, and
+    /// its failure reason if it failed. `dependency_up` follows the latest.
+    pub fn dependency_call(
+        &self,
+        dependency: &str,
+        operation: &str,
+        elapsed: std::time::Duration,
+        failure: Option<&str>,
+    ) {
+        self.dependency_request_duration_seconds
+            .with_label_values(&[dependency, operation])
+            .observe(elapsed.as_secs_f64());
+        if let Some(reason) = failure {
+            self.dependency_failures_total
+                .with_label_values(&[dependency, operation, reason])
+                .inc();
+        }
+        self.dependency_up
+            .with_label_values(&[dependency])
+            .set(i64::from(failure.is_none()));
     }
 
     /// Counts one store operation.

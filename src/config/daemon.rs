@@ -42,6 +42,9 @@ pub struct DaemonSettings {
     /// unreadable, lock unavailable) after which the policy's failure
     /// alert is raised, as for a failed rotation.
     pub failed_passes_before_alert: u32,
+    /// How often the readiness probe checks MotherDuck and each store
+    /// (one destination per place).
+    pub health_interval: Duration,
     /// Names this replica in lock files and logs.
     pub instance_id: String,
 }
@@ -103,6 +106,12 @@ impl Validator<'_> {
             Duration::from_secs(300),
             Duration::from_secs(1),
         );
+        let health_interval = self.duration_at_least(
+            &raw.health_interval,
+            &path.key("health_interval"),
+            Duration::from_secs(5),
+            Duration::from_secs(1),
+        );
         let failed_passes_before_alert = raw.failed_passes_before_alert.unwrap_or(3);
         if failed_passes_before_alert == 0 {
             self.error(
@@ -136,6 +145,7 @@ impl Validator<'_> {
             lock_retry_interval,
             recheck_interval,
             failed_passes_before_alert,
+            health_interval,
             instance_id,
             metrics_bearer_token,
         })

@@ -132,6 +132,7 @@ pub struct RawDaemon {
     pub lock_retry_interval: Option<String>,
     pub recheck_interval: Option<String>,
     pub failed_passes_before_alert: Option<u32>,
+    pub health_interval: Option<String>,
     pub instance_id: Option<String>,
     pub metrics_bearer_token: Option<RawSecret>,
 }

@@ -666,6 +666,20 @@ impl Client {
             m.api_request_duration_seconds
                 .with_label_values(&[endpoint.as_str()])
                 .observe(started.elapsed().as_secs_f64());
+            // An answer is the server up, unless it is an error of its own
+            // or a refusal of the admin token. (A 403 is an answer: the
+            // admin check expects one for a token without the Admin role,
+            // and a 429 is the rate limiter's business.)
+            let failure = match &outcome {
+                Err(_) => Some("timeout"),
+                Ok(Err(_)) => Some("transport"),
+                Ok(Ok((status, _, _))) => match status.as_u16() {
+                    401 => Some("unauthorized"),
+                    500..=599 => Some("server_error"),
+                    _ => None,
+                },
+            };
+            m.dependency_call("motherduck", endpoint.as_str(), started.elapsed(), failure);
         }
         let (status, headers, bytes) = match outcome {
             Err(_) => {

@@ -227,6 +227,18 @@ pub enum StoreErrorKind {
     Conflict,
 }
 
+impl StoreErrorKind {
+    /// A metric label value: unavailable, denied, corrupt, conflict.
+    pub fn reason(self) -> &'static str {
+        match self {
+            StoreErrorKind::Transient => "unavailable",
+            StoreErrorKind::Permanent => "denied",
+            StoreErrorKind::Corrupt => "corrupt",
+            StoreErrorKind::Conflict => "conflict",
+        }
+    }
+}
+
 /// A store failure. Names the destination and the operation, never a
 /// secret.
 #[derive(Debug, thiserror::Error)]
@@ -423,6 +435,17 @@ impl Destination {
             Destination::File(d) => Some(d.directory.clone()),
             Destination::Vault(_) | Destination::Aws(_) => None,
         }
+    }
+
+    /// The configured store (`[stores.<name>]`) it is in, as the
+    /// `store:<name>` dependency of the health metrics.
+    pub fn dependency(&self) -> String {
+        let name = match self {
+            Destination::File(d) => d.store.as_str(),
+            Destination::Vault(d) => d.store(),
+            Destination::Aws(d) => d.store(),
+        };
+        format!("store:{name}")
     }
 
     /// Which server (and, on Vault, mount) or directory the destination

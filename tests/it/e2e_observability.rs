@@ -550,6 +550,7 @@ async fn failure_alerts_fire_and_resolve_end_to_end() {
     assert_eq!(
         rules,
         [
+            "MotherDuckRotatorDependencyDown",
             "MotherDuckRotatorOldTokenNotRevoked",
             "RollbackHappened",
             "RotationFailed",

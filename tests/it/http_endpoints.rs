@@ -30,6 +30,8 @@ const REQUIRED: &[&str] = &[
     "motherduck_rotator_verification_duration_seconds",
     "motherduck_rotator_config_reloads_total",
     "motherduck_rotator_build_info",
+    "motherduck_rotator_dependency_up",
+    "motherduck_rotator_dependency_request_duration_seconds",
     "process_resident_memory_bytes",
     "process_cpu_seconds_total",
 ];
@@ -79,6 +81,17 @@ async fn metrics_health_and_readiness() {
     }
     assert!(
         body.contains(r#"motherduck_rotator_rotations_total{outcome="success"} 1"#),
+        "{body}"
+    );
+    // Live traffic and probes feed each dependency's health.
+    for dep in ["motherduck", "store:local"] {
+        let line = format!(r#"motherduck_rotator_dependency_up{{dependency="{dep}"}} 1"#);
+        assert!(body.contains(&line), "{line} missing:\n{body}");
+    }
+    assert!(
+        body.contains(
+            r#"motherduck_rotator_dependency_request_duration_seconds_count{dependency="motherduck",operation="create_token"} "#
+        ),
         "{body}"
     );
     for name in REQUIRED {

@@ -26,7 +26,7 @@ fn promtool(args: &[&str]) -> (bool, String) {
 fn alert_rules_are_valid() {
     let (ok, out) = promtool(&["check", "rules", "alerts.yml"]);
     assert!(ok, "{out}");
-    assert!(out.contains("SUCCESS: 7 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 8 rules found"), "{out}");
 }
 
 #[test]
@@ -46,6 +46,7 @@ fn alert_rule_unit_tests_pass() {
         "RotatorNotReady",
         "RollbackHappened",
         "MotherDuckRotatorOldTokenNotRevoked",
+        "MotherDuckRotatorDependencyDown",
     ] {
         assert!(
             tests.contains(&format!("alertname: {name}")),

@@ -268,6 +268,27 @@ async fn the_periodic_pass_checks_one_destination_per_place_and_every_failing_on
         )
     };
     let c = &file("c");
+    // The checks feed the dependency health: the hung servers are down
+    // after one deadline, the file store is up.
+    let m = &driver.metrics;
+    let up = |dep: &str| m.dependency_up.with_label_values(&[dep]).get();
+    assert_eq!(
+        (up("motherduck"), up("store:vault"), up("store:local")),
+        (0, 0, 1)
+    );
+    assert_eq!(
+        m.dependency_failures_total
+            .with_label_values(&["store:vault", "check", "timeout"])
+            .get(),
+        2,
+        "one failed check per Vault destination"
+    );
+    assert_eq!(
+        m.dependency_failures_total
+            .with_label_values(&["motherduck", "check", "timeout"])
+            .get(),
+        1
+    );
     assert!(
         names(&full).contains(&(c.to_owned(), false)),
         "{:?}",

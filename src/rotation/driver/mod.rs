@@ -263,6 +263,24 @@ impl Driver {
         }
     }
 
+    /// Counts one call to a destination's store, in the store metrics and
+    /// the store's dependency health.
+    fn store_call(
+        &self,
+        d: &crate::stores::Destination,
+        op: crate::stores::StoreOp,
+        started: tokio::time::Instant,
+        error: Option<&StoreError>,
+    ) {
+        self.metrics.store_op(d.kind(), op, error.is_none());
+        self.metrics.dependency_call(
+            &d.dependency(),
+            op.as_str(),
+            started.elapsed(),
+            error.map(|e| e.kind.reason()),
+        );
+    }
+
     /// The last failure of `policy` while it has no token stored yet, as
     /// this process saw it.
     pub fn unrecorded_failure(&self, policy: &str) -> Option<UnrecordedFailure> {
@@ -276,9 +294,9 @@ impl Driver {
     async fn load_all(&self, policy: &Policy) -> Result<Vec<DestinationView>, DriveError> {
         let mut views = Vec::with_capacity(policy.destinations.len());
         for d in &policy.destinations {
+            let started = tokio::time::Instant::now();
             let r = d.load().await;
-            self.metrics
-                .store_op(d.kind(), crate::stores::StoreOp::Load, r.is_ok());
+            self.store_call(d, crate::stores::StoreOp::Load, started, r.as_ref().err());
             views.push(r.map_err(|source| DriveError::Store {
                 policy: policy.name.clone(),
                 source,

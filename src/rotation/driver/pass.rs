@@ -445,14 +445,18 @@ impl Driver {
         &self,
         policy: &Policy,
     ) -> Result<Option<crate::stores::Lease>, DriveError> {
-        policy
-            .lock
-            .try_lock(&self.instance_id)
-            .await
-            .map_err(|source| DriveError::Store {
-                policy: policy.name.clone(),
-                source,
-            })
+        let started = tokio::time::Instant::now();
+        let r = policy.lock.try_lock(&self.instance_id).await;
+        self.store_call(
+            &policy.lock,
+            crate::stores::StoreOp::Lock,
+            started,
+            r.as_ref().err(),
+        );
+        r.map_err(|source| DriveError::Store {
+            policy: policy.name.clone(),
+            source,
+        })
     }
 
     /// Runs the store call `f` on `d` under the policy's retry settings,
@@ -471,8 +475,9 @@ impl Driver {
         Fut: std::future::Future<Output = Result<(), StoreError>>,
     {
         self.retrying(policy, cancel, || async {
+            let started = tokio::time::Instant::now();
             let r = f().await;
-            self.metrics.store_op(d.kind(), op, r.is_ok());
+            self.store_call(d, op, started, r.as_ref().err());
             r.map_err(|e| store_err(op.as_str(), &e))
         })
         .await

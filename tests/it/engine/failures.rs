@@ -349,10 +349,21 @@ async fn passes_that_cannot_read_the_records_are_counted_and_alert_after_three()
         assert_eq!(gauge(), if alerting { 3 } else { 0 }, "pass {n}");
     }
 
+    // The store's dependency health saw each failed read.
+    let m = &driver.metrics;
+    assert_eq!(
+        m.dependency_failures_total
+            .with_label_values(&["store:local", "load", "corrupt"])
+            .get(),
+        3
+    );
+    assert_eq!(m.dependency_up.with_label_values(&["store:local"]).get(), 0);
+
     std::fs::write(&record, good).unwrap();
     let r = driver.reconcile(&policy, false, &cancel).await;
     assert!(matches!(r, Ok(Tick::Wait { .. })), "{r:?}");
     assert!(!driver.alerts.is_firing(AlertKind::RotationFailed, "etl"));
+    assert_eq!(m.dependency_up.with_label_values(&["store:local"]).get(), 1);
     assert_eq!(gauge(), 0);
     assert_eq!(read_failures(), 3);
     assert_eq!(str_of(&fx.current(), "token_id"), first);
