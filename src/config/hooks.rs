@@ -9,6 +9,34 @@ use super::validator::{Validator, root};
 use crate::verify::HookSpec;
 
 impl Validator<'_> {
+    /// The program and arguments of a command (a verification hook or a
+    /// reload action, named by `what`) at `path`; every variable it may
+    /// inherit is checked not to hold a secret the configuration
+    /// references. `None` without a program.
+    pub(super) fn command_line<'c>(
+        &mut self,
+        path: &FieldPath,
+        command: &'c [String],
+        inherit_env: &[String],
+        what: &str,
+    ) -> Option<(&'c String, &'c [String])> {
+        let Some((program, args)) = command.split_first() else {
+            self.error(&path.key("command"), "needs at least the program to run");
+            return None;
+        };
+        for (i, name) in inherit_env.iter().enumerate() {
+            if self.secret_envs.contains(name) {
+                self.error(
+                    &path.key("inherit_env").index(i),
+                    format!(
+                        "`{name}` holds a secret this configuration references; a {what} command must not inherit it"
+                    ),
+                );
+            }
+        }
+        Some((program, args))
+    }
+
     /// Reads the verification hook at `path` by its `type`; `None` when it
     /// has errors (reported).
     pub(super) fn raw_hook(&mut self, path: &FieldPath) -> Option<RawHook> {
@@ -68,20 +96,8 @@ impl Validator<'_> {
                 b.build().map(HookSpec::Http)
             }
             RawHook::Command(c) => {
-                let Some((program, args)) = c.command.split_first() else {
-                    self.error(&path.key("command"), "needs at least the program to run");
-                    return None;
-                };
-                for (i, name) in c.inherit_env.iter().enumerate() {
-                    if self.secret_envs.contains(name) {
-                        self.error(
-                            &path.key("inherit_env").index(i),
-                            format!(
-                                "`{name}` holds a secret this configuration references; a verification command must not inherit it"
-                            ),
-                        );
-                    }
-                }
+                let (program, args) =
+                    self.command_line(path, &c.command, &c.inherit_env, "verification")?;
                 let mut b = CommandHook::builder(program.clone())
                     .args(args.iter().cloned())
                     .pass_token(c.pass_token)

@@ -105,20 +105,8 @@ impl Validator<'_> {
                     debounce: c.debounce,
                     min_interval: c.min_interval,
                 };
-                let Some((program, args)) = c.command.split_first() else {
-                    self.error(&path.key("command"), "needs at least the program to run");
-                    return None;
-                };
-                for (i, name) in c.inherit_env.iter().enumerate() {
-                    if self.secret_envs.contains(name) {
-                        self.error(
-                            &path.key("inherit_env").index(i),
-                            format!(
-                                "`{name}` holds a secret this configuration references; a reload command must not inherit it"
-                            ),
-                        );
-                    }
-                }
+                let (program, args) =
+                    self.command_line(path, &c.command, &c.inherit_env, "reload")?;
                 let timeout = self.duration(&c.timeout, &path.key("timeout"), thirty);
                 let built = CommandHook::builder(program.clone())
                     .args(args.iter().cloned())

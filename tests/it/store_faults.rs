@@ -231,14 +231,7 @@ retry = {{ max_attempts = {ATTEMPTS}, initial_backoff = "1ms", max_backoff = "2m
 
     /// Ids of every token issued to the service account, in order.
     fn issued(&self) -> Vec<String> {
-        self.frozen
-            .running
-            .sim
-            .issued_tokens()
-            .into_iter()
-            .filter(|t| t.username == SA)
-            .map(|t| t.id)
-            .collect()
+        world::issued_ids(&self.frozen.running.sim, SA)
     }
 
     fn revoked(&self, id: &str) -> bool {

@@ -119,23 +119,11 @@ retry = {{ max_attempts = 1, initial_backoff = "10m", max_backoff = "1h" }}
     }
 
     fn issued(&self) -> Vec<String> {
-        self.frozen
-            .running
-            .sim
-            .issued_tokens()
-            .into_iter()
-            .filter(|t| t.username == SA)
-            .map(|t| t.id)
-            .collect()
+        world::issued_ids(&self.frozen.running.sim, SA)
     }
 
     fn live(&self, id: &str) -> bool {
-        self.frozen
-            .running
-            .sim
-            .issued_tokens()
-            .iter()
-            .any(|t| t.id == id && t.revoked_at.is_none())
+        world::is_live(&self.frozen.running.sim, id)
     }
 }
 

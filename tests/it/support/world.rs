@@ -87,6 +87,22 @@ pub fn live_ids(sim: &Simulator, account: &str) -> Vec<String> {
     ids
 }
 
+/// Ids of every token the simulator issued to `account`, in order.
+pub fn issued_ids(sim: &Simulator, account: &str) -> Vec<String> {
+    sim.issued_tokens()
+        .into_iter()
+        .filter(|t| t.username == account)
+        .map(|t| t.id)
+        .collect()
+}
+
+/// Whether token `id` was issued and is not revoked.
+pub fn is_live(sim: &Simulator, id: &str) -> bool {
+    sim.issued_tokens()
+        .iter()
+        .any(|t| t.id == id && t.revoked_at.is_none())
+}
+
 /// How many tokens the simulator ever issued to `account`.
 pub fn issued_count(sim: &Simulator, account: &str) -> usize {
     sim.issued_tokens()
