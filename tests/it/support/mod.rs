@@ -8,6 +8,7 @@ pub mod fault_proxy;
 pub mod log_lines;
 pub mod observability;
 pub mod services;
+pub mod tcp_fault;
 pub mod world;
 
 /// Asserts that a finished command succeeded; otherwise fails with `what`
