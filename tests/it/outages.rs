@@ -182,8 +182,7 @@ async fn a_refused_or_partitioned_motherduck_api_is_seen_within_seconds_and_reco
     }
     stop.cancel();
     let (reads, dead) = consumer.await.unwrap();
-    daemon::sigterm(&child);
-    let _ = child.wait();
+    let _ = daemon::stop(&mut child, log).await;
     eprintln!(
         "outages (MotherDuck API): {}; {reads} consumer reads",
         report.join("; ")
