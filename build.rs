@@ -78,19 +78,20 @@ impl Git {
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
-    /// Reruns the build script when HEAD moves, the branch it names gets a
-    /// new commit, or the index changes (a commit, a checkout, `git add`).
+    /// Reruns the build script when HEAD moves (its reflog grows with every
+    /// commit, checkout and reset), the branch it names gets a new commit,
+    /// or the index changes (`git add`). Only existing files are watched:
+    /// cargo reruns on every build for one that is missing.
     fn watch(&self) {
-        let mut paths = vec![
-            "HEAD".to_owned(),
-            "index".to_owned(),
-            "packed-refs".to_owned(),
-        ];
+        let mut paths = ["HEAD", "index", "packed-refs", "logs/HEAD"]
+            .map(str::to_owned)
+            .to_vec();
         if let Some(branch) = self.run(&["symbolic-ref", "-q", "HEAD"]) {
             paths.push(branch);
         }
         for p in paths {
             if let Some(abs) = self.run(&["rev-parse", "--path-format=absolute", "--git-path", &p])
+                && Path::new(&abs).exists()
             {
                 println!("cargo::rerun-if-changed={abs}");
             }

@@ -15,6 +15,7 @@ mod harness;
 mod http_endpoints;
 mod leak;
 mod mixed_stores;
+mod package;
 mod probe;
 mod prometheus_rules;
 mod readiness;
