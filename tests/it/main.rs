@@ -20,6 +20,7 @@ mod probe;
 mod prometheus_rules;
 mod readiness;
 mod readme_stores;
+mod release;
 mod scale;
 mod signals;
 mod simulator_validation;
