@@ -25,6 +25,7 @@ mod scale;
 mod signals;
 mod simulator_validation;
 mod smoke_services;
+mod state_compat;
 mod store_faults;
 mod support;
 mod vault_kubernetes;
