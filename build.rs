@@ -79,11 +79,12 @@ impl Git {
     }
 
     /// Reruns the build script when HEAD moves (its reflog grows with every
-    /// commit, checkout and reset), the branch it names gets a new commit,
-    /// or the index changes (`git add`). Only existing files are watched:
-    /// cargo reruns on every build for one that is missing.
+    /// commit, checkout and reset) or the branch it names gets a new
+    /// commit. Not on index changes: `git status` rewrites the index, and
+    /// staging changes nothing that "dirty" compares. Only existing files
+    /// are watched: cargo reruns on every build for one that is missing.
     fn watch(&self) {
-        let mut paths = ["HEAD", "index", "packed-refs", "logs/HEAD"]
+        let mut paths = ["HEAD", "packed-refs", "logs/HEAD"]
             .map(str::to_owned)
             .to_vec();
         if let Some(branch) = self.run(&["symbolic-ref", "-q", "HEAD"]) {

@@ -7,17 +7,23 @@
 # Prints the path of the .deb on stdout:
 # target/debian/motherduck-rotator_<version>-1_<arch>.deb
 #
-# The build is a `cargo build --release --locked`. The build date baked into
-# the binary and the packaged files' times are the commit's
-# (SOURCE_DATE_EPOCH), so two builds of one commit are the same.
+# The binary is a plain `cargo build --release --locked`, the one a
+# developer or the container build makes; its build date is the commit's
+# (build.rs). The packaged files' times are the commit's too
+# (SOURCE_DATE_EPOCH for cargo-deb), so two builds of one commit give the
+# same package. SOURCE_DATE_EPOCH is not set for the build itself: a
+# dependency's build script (aws-lc-sys) watches it, and a new value at
+# every commit would rebuild the whole dependency tree.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo_root"
 bin="$(bash scripts/release-tools.sh)"
 
-if [[ -z ${SOURCE_DATE_EPOCH:-} ]] && epoch="$(git log -1 --format=%ct 2>/dev/null)"; then
-  export SOURCE_DATE_EPOCH="$epoch"
-fi
+cargo build --release --locked --quiet
 
-"$bin/cargo-deb" --locked --quiet "$@"
+epoch="${SOURCE_DATE_EPOCH:-}"
+if [[ -z $epoch ]]; then
+  epoch="$(git log -1 --format=%ct 2>/dev/null || true)"
+fi
+SOURCE_DATE_EPOCH="$epoch" "$bin/cargo-deb" --locked --quiet --no-build "$@"
