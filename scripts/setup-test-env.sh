@@ -17,6 +17,9 @@
 #   /usr/bin/jq, /usr/bin/openssl
 #                                the README's consumer command pipes into jq;
 #                                openssl makes the certificates of the TLS tests
+#   .tools/release/bin/{cargo-deb,cargo-cyclonedx,cargo-deny}, /usr/bin/lintian
+#                                the release tools (scripts/release-tools.sh):
+#                                the package, SBOM and licence tests use them
 #
 # Environment:
 #   MDR_TOOLS_DIR  where to put the venv (default: <repo>/.tools)
@@ -142,6 +145,10 @@ else
   printf '%s\n' "$stamp_content" >"$venv/.mdr-requirements.txt"
 fi
 
+# --------------------------------------------------------------- Release ---
+release_bin="$(bash "$repo_root/scripts/release-tools.sh")" ||
+  die "scripts/release-tools.sh failed"
+
 # ---------------------------------------------------------------- Report ---
 failed=()
 report() { # name, command...
@@ -170,6 +177,10 @@ report prometheus-alertmanager /usr/bin/prometheus-alertmanager --version
 report systemd-analyze /usr/bin/systemd-analyze --version
 report jq /usr/bin/jq --version
 report openssl /usr/bin/openssl version
+report cargo-deb "$release_bin/cargo-deb" deb --version
+report cargo-cyclonedx "$release_bin/cargo-cyclonedx" cyclonedx --version
+report cargo-deny "$release_bin/cargo-deny" deny --version
+report lintian /usr/bin/lintian --version
 kubernetes_validate_version() {
   printf 'kubernetes-validate %s\n' "$("$venv/bin/kubernetes-validate" --version)"
 }

@@ -4,6 +4,7 @@
 //! the codemap.
 
 pub mod alerts;
+pub mod build_info;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -272,8 +272,8 @@ impl Metrics {
             ),
             build_info: int_gauge(
                 "build_info",
-                "Always 1; the labels carry the version.",
-                &["version"],
+                "Always 1; the labels carry the version and the git commit (with -dirty when the sources differed from it).",
+                &["version", "commit"],
             ),
             registry,
             policies: Arc::default(),
@@ -283,8 +283,9 @@ impl Metrics {
         m.superseded_token_oldest_age_seconds
             .with_label_values::<&str>(&[])
             .set(0.0);
+        let build = crate::build_info::BUILD;
         m.build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .with_label_values(&[build.version, &build.commit_label()])
             .set(1);
         for outcome in ["success", "failure"] {
             m.config_reloads_total.with_label_values(&[outcome]);

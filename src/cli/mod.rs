@@ -39,7 +39,12 @@ const DEFAULT_CONFIG: &str = "/etc/motherduck-rotator/config.toml";
 /// Every step is journaled in the stores, so a crash or restart resumes
 /// where it stopped.
 #[derive(Debug, Parser)]
-#[command(name = "motherduck-rotator", version, about, long_about)]
+#[command(
+    name = "motherduck-rotator",
+    version = crate::build_info::version_line(),
+    about,
+    long_about
+)]
 pub struct Cli {
     /// Configuration file.
     #[arg(

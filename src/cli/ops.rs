@@ -546,6 +546,13 @@ struct DestinationStatus {
     previous_token_id: Option<String>,
 }
 
+/// What `status --json` prints: which build answered, and the policies.
+#[derive(Serialize)]
+struct StatusReport<'a> {
+    build: crate::build_info::BuildInfo,
+    policies: &'a [PolicyStatus],
+}
+
 pub async fn status(path: &Path, args: &StatusArgs) -> anyhow::Result<ExitCode> {
     let config = or_exit!(load_config(path, LoadOptions::default()));
     let d = driver(&config)?;
@@ -665,7 +672,11 @@ pub async fn status(path: &Path, args: &StatusArgs) -> anyhow::Result<ExitCode> 
         out.push(s);
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        let report = StatusReport {
+            build: crate::build_info::BUILD,
+            policies: &out,
+        };
+        println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         for s in &out {
             print_status(s);

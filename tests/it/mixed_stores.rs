@@ -127,7 +127,7 @@ async fn one_policy_rotates_into_vault_and_aws_and_status_reports_both() {
     let out = command(&s, &["status", "--json"]).output().await.unwrap();
     crate::support::assert_success(&out, "");
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let p = &status[0];
+    let p = &status["policies"][0];
     assert_eq!(p["state"], "idle");
     assert_eq!(p["token_id"], live);
     let dests = p["destinations"].as_array().unwrap();

@@ -142,8 +142,14 @@ async fn status_shows_a_lost_destination_record_as_due_now() {
         .await;
     assert!(status.success(), "{}", w.logs());
     let out: Value = serde_json::from_str(&w.log("status.out")).unwrap();
-    let reason = out[0]["next_due_reason"].as_str().unwrap_or_default();
+    let reason = out["policies"][0]["next_due_reason"]
+        .as_str()
+        .unwrap_or_default();
     assert_eq!(reason, "1 destination(s) hold no token", "{out}");
-    let due: DateTime<Utc> = out[0]["next_due"].as_str().unwrap().parse().unwrap();
+    let due: DateTime<Utc> = out["policies"][0]["next_due"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(due <= Utc::now(), "{out}");
 }

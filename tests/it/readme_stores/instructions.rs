@@ -63,8 +63,8 @@ auth = {{ method = "token", token = {{ file = "vault.token" }} }}
     let out = w.run(&ok, &["status", "--json"], &env).await;
     assert_ok("status", &out);
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(status[0]["state"], "idle", "{status}");
-    for d in status[0]["destinations"].as_array().unwrap() {
+    assert_eq!(status["policies"][0]["state"], "idle", "{status}");
+    for d in status["policies"][0]["destinations"].as_array().unwrap() {
         assert_eq!(d["current_token_id"], json!(current[0]), "{d}");
     }
     let out = w.run(&ok, &["validate", "--online"], &env).await;

@@ -97,7 +97,8 @@ impl Rotator {
     }
 }
 
-/// Runs `cmd` (the binary's `status --json`) and parses what it prints.
+/// Runs `cmd` (the binary's `status --json`), parses what it prints and
+/// returns its `policies` list.
 pub async fn status_json(cmd: &mut Command) -> Result<serde_json::Value, String> {
     let out = cmd
         .stdout(Stdio::piped())
@@ -105,13 +106,14 @@ pub async fn status_json(cmd: &mut Command) -> Result<serde_json::Value, String>
         .output()
         .await
         .map_err(|e| e.to_string())?;
-    serde_json::from_slice(&out.stdout).map_err(|e| {
+    let mut report: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
         format!(
             "status --json: {e}: {}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         )
-    })
+    })?;
+    Ok(report["policies"].take())
 }
 
 /// Sends `sig` to `child` if it still runs.
